@@ -1,0 +1,416 @@
+"""Configuration: typed dataclasses are the schema, YAML files are data.
+
+``load_config(path, overrides)`` reads a YAML file strictly into :class:`RunConfig`: an unknown key is an error
+that names it and suggests the closest valid key, a wrong type names the field and the expected type.
+``key=value`` overrides use dotted paths (``method.temperature=2``, ``model.teachers.0.checkpoint=t.pt``).
+The ``method`` section is selected by its ``name`` through the method registry; each method defines its own
+``Config`` dataclass (see :mod:`kdlab.methods.base`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from kdlab.registry import closest
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid; the message names the key and says how to fix it."""
+
+
+@dataclass(kw_only=True)
+class MethodConfig:
+    """Base of every method's ``Config``; ``name`` selects the method in the registry."""
+
+    name: str = "ce"
+    """Registry name of the method (``kdlab list methods``)."""
+
+
+@dataclass(kw_only=True)
+class TeacherConfig:
+    """One frozen teacher."""
+
+    name: str
+    """Model registry name (``kdlab list models``)."""
+    checkpoint: str | None = None
+    """A kdlab run checkpoint or export, or a plain state dict (``module.`` prefixes are stripped)."""
+    input_mean: list[float] | None = None
+    """Per-channel mean the teacher was trained with, if it differs from the dataset's; inputs are renormalised."""
+    input_std: list[float] | None = None
+    """Per-channel std the teacher was trained with (see ``input_mean``)."""
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """The student and its teachers."""
+
+    student: str = "resnet8x4"
+    """Model registry name of the student."""
+    teachers: list[TeacherConfig] = field(default_factory=list)
+    """Frozen teachers (empty for ``ce``)."""
+    student_checkpoint: str | None = None
+    """Optional initial weights for the student (same formats as teacher checkpoints)."""
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Dataset, split and augmentation."""
+
+    name: str = "cifar100"
+    """Dataset registry name (``kdlab list datasets``)."""
+    root: str = "data"
+    """Directory holding (or receiving) the dataset files."""
+    download: bool = False
+    """Download the official archive into ``root`` if missing (CIFAR), checking its MD5."""
+    train_files: list[str] = field(default_factory=list)
+    """``npz`` dataset: training files (arrays ``x`` uint8 [N, H, W, C] and ``y``); relative to ``root``."""
+    test_file: str | None = None
+    """``npz`` dataset: test file."""
+    train_per_class: int | None = None
+    """Keep this many training images per class (class-balanced subset drawn with ``split_seed``)."""
+    test_limit: int | None = None
+    """Evaluate on only the first this-many test images (for smoke runs)."""
+    val_fraction: float = 0.0
+    """Hold out this stratified fraction of the training set as a validation split (never from the test set)."""
+    split_seed: int = 0
+    """Seed of subsetting and of the validation split (kept fixed across training seeds)."""
+    batch_size: int = 64
+    """Global training batch size."""
+    eval_batch_size: int = 256
+    """Evaluation batch size."""
+    drop_last: bool = False
+    """Drop the last incomplete training batch of each epoch."""
+    augment: Literal["crop_flip", "flip", "none"] = "crop_flip"
+    """Batch-wise training augmentation: random crop with padding plus horizontal flip, flip only, or none."""
+    crop_padding: int = 4
+    """Zero padding of the random crop, in pixels."""
+    num_classes: int = 10
+    """``synthetic`` dataset: number of classes."""
+    image_size: int = 32
+    """``synthetic`` dataset: image height and width."""
+    channels: int = 3
+    """``synthetic`` dataset: image channels."""
+    train_size: int = 512
+    """``synthetic`` dataset: training images."""
+    test_size: int = 256
+    """``synthetic`` dataset: test images."""
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """Optimiser and learning-rate schedule; defaults are the CIFAR-100 KD benchmark recipe."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    """Optimiser."""
+    lr: float = 0.05
+    """Peak learning rate (0.01 for MobileNet/ShuffleNet students in the CIFAR recipes)."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    nesterov: bool = False
+    """SGD Nesterov momentum."""
+    weight_decay: float = 5e-4
+    """Weight decay (applied to all parameters, as in the benchmark)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    """``step``: multiply by ``gamma`` after each milestone epoch; ``cosine``: cosine decay to ``min_lr``."""
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    """``step`` schedule: epochs after which the LR is multiplied by ``gamma`` (1-based, as the references)."""
+    gamma: float = 0.1
+    """``step`` schedule: decay factor."""
+    min_lr: float = 0.0
+    """``cosine`` schedule: final learning rate."""
+    warmup_epochs: float = 0.0
+    """Linear warm-up from 0 over this many epochs (per step)."""
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """The run: length, seed, device, checkpoints."""
+
+    epochs: int = 240
+    """Training epochs."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps (smoke runs); the schedule still spans ``epochs``."""
+    seed: int = 0
+    """Seed of initialisation, data order, augmentation and method randomness."""
+    device: str = "auto"
+    """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
+    threads: int | None = None
+    """CPU threads for torch (None: torch's default)."""
+    eval_every: int = 1
+    """Evaluate on the test set every this many epochs (and always after the last)."""
+    checkpoint_every: int = 1
+    """Write ``checkpoint.pt`` every this many epochs (and on interruption and at the end)."""
+    run_dir: str = "runs"
+    """Parent directory of run directories."""
+    name: str | None = None
+    """Run directory name under ``run_dir``; default: ``<method>__<teacher>__<student>__s<seed>``."""
+    deterministic: bool = False
+    """Ask torch for deterministic algorithms (slower on GPU; CPU training is deterministic already)."""
+
+
+@dataclass(kw_only=True)
+class LogConfig:
+    """Console and file logging."""
+
+    every_steps: int = 50
+    """Log training terms every this many steps (plain-text mode)."""
+    progress: Literal["auto", "bar", "plain", "off"] = "auto"
+    """Progress display: a bar with ETA on a terminal, periodic lines otherwise."""
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """A whole run: ``model``, ``data``, ``method``, ``optim``, ``train``, ``log``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    description: str = ""
+    """Free text: what this config reproduces."""
+    target: dict[str, float] = field(default_factory=dict)
+    """Published numbers this config should reproduce (e.g. ``top1: 73.33``), for reports."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _method_config_class(name: object, path: str) -> type[MethodConfig]:
+    from kdlab.methods import METHODS
+
+    if not isinstance(name, str):
+        raise ConfigError(f"{path}.name must be a method name (a string), got {name!r}")
+    try:
+        return METHODS.get(name).Config
+    except KeyError as err:
+        raise ConfigError(f"{path}.name: {err}") from None
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """Check and convert a YAML value to the annotated type ``tp``; ``path`` names it in errors."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except ConfigError as err:
+                errors.append(err)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{path} must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{path} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list ({_type_name(tp)}), got {value!r}")
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        items = [_convert(v, item, f"{path}.{i}") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping ({_type_name(tp)}), got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _convert(v, vt, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(value) and isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path or 'config'} must be a mapping of {tp.__name__} fields, got {value!r}")
+        if issubclass(tp, MethodConfig):
+            tp = _method_config_class(value.get("name", "ce"), path or "method")
+        return from_dict(tp, value, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path} must be a boolean (true/false), got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{path} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{path} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path} must be a string, got {value!r}")
+    raise ConfigError(f"{path}: unsupported annotation {tp!r}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls: type, data: dict, path: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, strictly (unknown keys and wrong types are errors)."""
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            hint = closest(str(key), list(fields))
+            did = f" Did you mean {hint!r}?" if hint else ""
+            raise ConfigError(f"unknown config key {full!r}.{did} Valid keys here: {', '.join(fields)}")
+        kwargs[key] = _convert(value, hints[key], full)
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"missing required config key(s){where}: {', '.join(missing)}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{path or cls.__name__}: {err}") from None
+
+
+def to_dict(cfg: Any) -> Any:
+    """A dataclass (recursively) as plain dicts/lists, in field order; the inverse of :func:`from_dict`."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into a key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. train.epochs=1")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply dotted ``key=value`` overrides to a raw config mapping (before type checking).
+
+    Keys are validated against the schema afterwards, so a misspelt key still gets a suggestion.
+    List elements are addressed by index (``model.teachers.0.name=resnet56``).
+    """
+    for text in overrides:
+        keys, value = parse_override(text)
+        node: Any = data
+        for i, k in enumerate(keys[:-1]):
+            node = _descend(node, k, keys[: i + 1], list_next=keys[i + 1].isdigit())
+        last = keys[-1]
+        if isinstance(node, list):
+            idx = _index(node, last, keys, allow_append=True)
+            if idx == len(node):
+                node.append(value)
+            else:
+                node[idx] = value
+        else:
+            node[last] = value
+    return data
+
+
+def _index(node: list, key: str, keys: list[str], allow_append: bool = False) -> int:
+    if not key.isdigit():
+        raise ConfigError(f"override {'.'.join(keys)}: {key!r} must be a list index")
+    idx = int(key)
+    limit = len(node) + (1 if allow_append else 0)
+    if idx >= limit:
+        raise ConfigError(f"override {'.'.join(keys)}: index {idx} is past the end of a list of {len(node)}")
+    return idx
+
+
+def _descend(node: Any, key: str, keys: list[str], list_next: bool) -> Any:
+    empty: Any = [] if list_next else {}
+    if isinstance(node, list):
+        idx = _index(node, key, keys, allow_append=True)
+        if idx == len(node):
+            node.append(empty)
+        return node[idx]
+    if not isinstance(node, dict):
+        raise ConfigError(f"override {'.'.join(keys)}: {'.'.join(keys[:-1])} is not a section")
+    child = node.get(key)
+    if child is None:
+        child = node[key] = empty
+    return child
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; a missing or malformed file is a :class:`ConfigError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist (configs ship under configs/, e.g. configs/debug/)")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+    return data
+
+
+def build_config(data: dict, overrides: list[str] | None = None) -> RunConfig:
+    """A :class:`RunConfig` from a raw mapping plus dotted overrides, strictly checked."""
+    import copy
+
+    data = apply_overrides(copy.deepcopy(data), list(overrides or []))
+    return from_dict(RunConfig, data)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config file (or the defaults when ``path`` is None) with ``key=value`` overrides."""
+    data = load_yaml(path) if path is not None else {}
+    return build_config(data, overrides)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML (loads back to an equal config)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False, width=120)

@@ -1,0 +1,50 @@
+"""Distillation methods: every method registers its class here under its registry name."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from kdlab.methods.base import AuxObjective, BuildContext, DistillMethod, PrepareContext
+from kdlab.registry import Registry
+
+METHODS: Registry[type[DistillMethod]] = Registry("method")
+
+
+def register_method(name: str, **meta: object) -> Callable[[type[DistillMethod]], type[DistillMethod]]:
+    """Class decorator registering a :class:`DistillMethod` under ``name``.
+
+    The class's ``Config.name`` default must equal ``name`` (checked) so configs round-trip.
+    """
+
+    def deco(cls: type[DistillMethod]) -> type[DistillMethod]:
+        default = cls.Config().name if _constructible(cls.Config) else None
+        if default is not None and default != name:
+            raise ValueError(f"{cls.__name__}.Config.name defaults to {default!r}, expected {name!r}")
+        METHODS.add(name, cls, **meta)
+        return cls
+
+    return deco
+
+
+def _constructible(cfg_cls: type) -> bool:
+    try:
+        cfg_cls()
+    except TypeError:
+        return False
+    return True
+
+
+# Modules that register methods on import (one file per method family).
+_METHOD_MODULES = ("kdlab.methods.ce", "kdlab.methods.kd")
+
+for _mod in _METHOD_MODULES:
+    importlib.import_module(_mod)
+
+
+def build_method(cfg, ctx: BuildContext) -> DistillMethod:
+    """Instantiate the method selected by ``cfg.name``."""
+    return METHODS.get(cfg.name)(cfg, ctx)
+
+
+__all__ = ["METHODS", "AuxObjective", "BuildContext", "DistillMethod", "PrepareContext", "build_method", "register_method"]

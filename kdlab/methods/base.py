@@ -1,0 +1,132 @@
+"""The method contract (DESIGN.md, "The method contract").
+
+A method is an ``nn.Module`` with a nested ``Config`` dataclass and one required function,
+``loss(io: StepIO) -> LossOut``. It never calls the models: the trainer runs them and hands the outputs over.
+Learnable parts live in ``self.adapters`` (trained with the student, the only parameters DDP may see besides
+the student); extra optimisation loops are :class:`AuxObjective` objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.config import MethodConfig
+from kdlab.types import LossOut, Needs, Progress, StepIO, TapInfo
+
+
+@dataclass
+class BuildContext:
+    """What a method may know when it is built (before training).
+
+    Attributes:
+        num_classes: ``K``.
+        num_train: number of training samples (size of per-sample state such as CRD's memory bank).
+        student_taps: the student's taps (name -> :class:`TapInfo`).
+        teacher_taps: per teacher, its taps.
+        student_shapes: shapes (without batch) of the student's taps and ``"logits"``, from one dry run.
+        teacher_shapes: per teacher, the same.
+        teacher_classifiers: per teacher, its final ``nn.Linear`` (frozen; SimKD reuses it).
+        student_classifier: the student's final ``nn.Linear``.
+        train_labels: ``[N]`` labels of the training set (for class-aware sampling), on the device.
+        device: the training device.
+        seed: the run's seed (for method-owned generators).
+    """
+
+    num_classes: int
+    num_train: int = 0
+    student_taps: Mapping[str, TapInfo] = field(default_factory=dict)
+    teacher_taps: Sequence[Mapping[str, TapInfo]] = ()
+    student_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    teacher_shapes: Sequence[Mapping[str, tuple[int, ...]]] = ()
+    teacher_classifiers: Sequence[nn.Module] = ()
+    student_classifier: nn.Module | None = None
+    train_labels: Tensor | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+
+
+@dataclass
+class PrepareContext:
+    """Handed to :meth:`DistillMethod.prepare` once before the first step (and again after a resume).
+
+    Attributes:
+        teacher_outputs: ``fn(taps) -> iterator of (Batch, [Outputs per teacher])`` over the un-augmented
+            training split, teachers in eval and inference mode.
+        device: the training device.
+    """
+
+    teacher_outputs: Callable[..., Any]
+    device: torch.device
+
+
+class AuxObjective:
+    """An extra optimisation loop owned by a method (e.g. the TGeo-KD outer step).
+
+    The trainer calls :meth:`step` whenever :meth:`due` says so, after the main optimiser step, and
+    checkpoints :meth:`state_dict`.
+    """
+
+    def due(self, progress: Progress) -> bool:
+        """Whether to run at this step."""
+        return True
+
+    def step(self, ctx: Any) -> dict[str, float]:
+        """Run one update; return scalars to log."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+class DistillMethod(nn.Module):
+    """Base class of every method (registered with :func:`kdlab.methods.register_method`).
+
+    Subclasses define ``Config`` (a ``MethodConfig`` dataclass) and :meth:`loss`; everything else has a
+    no-op default.
+
+    Args:
+        cfg: the method's config.
+        ctx: taps, shapes and dataset facts the method may build its adapters from.
+    """
+
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.adapters = nn.ModuleDict()
+
+    def needs(self) -> Needs:
+        """What the method reads (taps, views, batch fields); the default reads the teacher's logits."""
+        return Needs()
+
+    def loss(self, io: StepIO) -> LossOut:
+        """Named, weighted loss terms for one batch."""
+        raise NotImplementedError
+
+    def prepare(self, ctx: PrepareContext) -> None:
+        """One-off set-up before training (e.g. per-class teacher means)."""
+
+    def aux_objectives(self) -> Sequence[AuxObjective]:
+        """Extra optimisation loops (default: none)."""
+        return ()
+
+    def export(self, student: nn.Module) -> nn.Module:
+        """The deployable model (default: the student itself)."""
+        return student
+
+    def generator_state(self) -> dict[str, Tensor]:
+        """States of method-owned random generators, saved in checkpoints (override when a method has some)."""
+        return {}
+
+    def set_generator_state(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`generator_state`."""

@@ -1,0 +1,31 @@
+"""``ce``: train a model alone with cross-entropy (teachers and student baselines).
+
+Objective: ``CE(z_s, y)`` with optional label smoothing. Reads no teacher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdlab import losses
+from kdlab.config import MethodConfig
+from kdlab.methods import register_method
+from kdlab.methods.base import DistillMethod
+from kdlab.types import LossOut, Needs, StepIO
+
+
+@register_method("ce", description="cross-entropy only (no teacher): teachers and student baselines")
+class CE(DistillMethod):
+    """Plain supervised training."""
+
+    @dataclass(kw_only=True)
+    class Config(MethodConfig):
+        name: str = "ce"
+        label_smoothing: float = 0.0
+        """Label smoothing epsilon of the cross-entropy."""
+
+    def needs(self) -> Needs:
+        return Needs(teacher=False)
+
+    def loss(self, io: StepIO) -> LossOut:
+        return LossOut({"ce": losses.cross_entropy(io.s.logits, io.y, self.cfg.label_smoothing)})

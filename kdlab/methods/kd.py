@@ -1,0 +1,54 @@
+"""``kd``: Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", NIPS-W 2014, arXiv 1503.02531.
+
+Objective: ``ce_weight * CE(z_s, y) + kd_weight * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))`` (batch mean).
+
+Reference: megvii-research/mdistiller@a08d46f ``mdistiller/distillers/KD.py`` (``kd_loss``) and
+HobbitLong/RepDistiller ``distiller_zoo/KD.py`` (``DistillKL``), identical values.
+CIFAR defaults T=4, CE 0.1, KD 0.9. ``standardize: true`` is logit standardisation (Sun et al., CVPR 2024;
+recipe T=2, kd_weight 9). Several teachers: the KD term is averaged over teachers.
+
+Deviations: none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdlab import losses
+from kdlab.config import MethodConfig
+from kdlab.methods import register_method
+from kdlab.methods.base import DistillMethod
+from kdlab.types import DEFAULT_VIEW, LossOut, StepIO
+
+
+@register_method("kd", description="Hinton KD: CE + T^2 KL(teacher || student) on softened logits")
+class KD(DistillMethod):
+    """Vanilla knowledge distillation."""
+
+    @dataclass(kw_only=True)
+    class Config(MethodConfig):
+        name: str = "kd"
+        temperature: float = 4.0
+        """Softmax temperature T."""
+        ce_weight: float = 0.1
+        """Weight of the cross-entropy term."""
+        kd_weight: float = 0.9
+        """Weight of the KD term."""
+        standardize: bool = False
+        """Logit standardisation of both logit sets before the temperature."""
+        label_smoothing: float = 0.0
+        """Label smoothing epsilon of the cross-entropy term."""
+
+    def loss(self, io: StepIO) -> LossOut:
+        cfg = self.cfg
+        s = io.s.logits
+        kd_terms = [
+            losses.kd(s, t[DEFAULT_VIEW].logits, cfg.temperature, standardize=cfg.standardize) for t in io.teachers
+        ]
+        kd_term = sum(kd_terms[1:], kd_terms[0]) / len(kd_terms)
+        return LossOut(
+            {
+                "ce": cfg.ce_weight * losses.cross_entropy(s, io.y, cfg.label_smoothing),
+                "kd": cfg.kd_weight * kd_term,
+            }
+        )

@@ -1,0 +1,205 @@
+"""Typed values passed between the data layer, the models, the methods and the trainer.
+
+Everything here is a small frozen dataclass so that methods are pure functions of typed model outputs
+(DESIGN.md, principle 2): a method receives a :class:`StepIO` and returns a :class:`LossOut`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+#: Name of the default view of a batch (the plainly augmented image).
+DEFAULT_VIEW = "x"
+
+
+@dataclass(frozen=True)
+class TapInfo:
+    """One feature tap a model can return.
+
+    Attributes:
+        name: canonical tap name (``stem``, ``stage1`` .. ``stageN``, ``stageK.pre``, ``pool``).
+        channels: channel count (``C`` of ``[B, C, H, W]``, or ``D`` of a ``[B, D]`` embedding).
+        stride: spatial reduction relative to the input (1 for ``pool``, which has no spatial extent).
+        kind: ``"post"`` (a post-activation map), ``"pre"`` (before the final ReLU of a stage) or ``"pool"``.
+    """
+
+    name: str
+    channels: int
+    stride: int
+    kind: str = "post"
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """One model, one view, one forward.
+
+    Attributes:
+        logits: ``[B, K]`` class scores.
+        taps: feature taps by canonical name, e.g. ``"stage3": [B, C, H, W]``, ``"pool": [B, D]``.
+    """
+
+    logits: Tensor
+    taps: Mapping[str, Tensor] = field(default_factory=dict)
+
+    def replace(self, **changes: object) -> Outputs:
+        """Return a copy with some fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A training or evaluation batch, already on the training device.
+
+    Attributes:
+        x: ``[B, C, H, W]`` normalised float images of the default view.
+        y: ``[B]`` integer labels.
+        index: ``[B]`` dataset position of every sample (CRD, per-sample methods).
+        views: extra views by name (e.g. ``"strong"`` for MLKD), each ``[B, C, H, W]``.
+    """
+
+    x: Tensor
+    y: Tensor
+    index: Tensor
+    views: Mapping[str, Tensor] = field(default_factory=dict)
+
+    def view(self, name: str) -> Tensor:
+        """The images of view ``name`` (``"x"`` is the default view)."""
+        return self.x if name == DEFAULT_VIEW else self.views[name]
+
+    @property
+    def size(self) -> int:
+        """Number of samples ``B``."""
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands when a step runs.
+
+    Attributes:
+        step: global optimiser step counted from 0.
+        epoch: 0-based index of the current epoch.
+        step_in_epoch: 0-based step inside the epoch.
+        steps_per_epoch: optimiser steps in one epoch.
+        total_epochs: epochs of the run.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    steps_per_epoch: int = 1
+    total_epochs: int = 1
+
+    @property
+    def epoch_float(self) -> float:
+        """Fractional epochs done so far, e.g. 2.5 halfway through the third epoch."""
+        return self.epoch + self.step_in_epoch / max(self.steps_per_epoch, 1)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps of the whole run."""
+        return self.steps_per_epoch * self.total_epochs
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of training done, in [0, 1]."""
+        return min(self.step / max(self.total_steps, 1), 1.0)
+
+
+@dataclass(frozen=True)
+class StepIO:
+    """Everything a method sees in one training step.
+
+    Attributes:
+        student: the student's outputs, by view name.
+        teachers: one mapping per teacher (real teachers, or synthetic views of one teacher), by view name.
+        batch: the batch (labels, dataset indices, images).
+        progress: where training stands.
+    """
+
+    student: Mapping[str, Outputs]
+    teachers: tuple[Mapping[str, Outputs], ...]
+    batch: Batch
+    progress: Progress = field(default_factory=Progress)
+
+    @property
+    def s(self) -> Outputs:
+        """The student's outputs on the default view."""
+        return self.student[DEFAULT_VIEW]
+
+    @property
+    def t(self) -> Outputs:
+        """The first teacher's outputs on the default view."""
+        if not self.teachers:
+            raise LookupError("this method reads a teacher, but the run has none: set model.teachers in the config")
+        return self.teachers[0][DEFAULT_VIEW]
+
+    @property
+    def y(self) -> Tensor:
+        """``[B]`` labels."""
+        return self.batch.y
+
+    def replace(self, **changes: object) -> StepIO:
+        """Return a copy with some fields replaced (e.g. ``teachers=`` for perturbed views)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method asks the trainer and the data layer for.
+
+    Attributes:
+        student_taps: feature taps of the student (canonical names).
+        teacher_taps: feature taps of each teacher.
+        views: views of each image; ``"x"`` is the default view, ``"strong"`` adds a RandAugment view.
+        batch_fields: extra batch fields the method reads (``"index"``).
+        holdout_fraction: fraction of the training set held out for the method (bilevel methods), 0 for none.
+        teacher: whether the method reads a teacher at all (``ce`` does not).
+    """
+
+    student_taps: frozenset[str] = frozenset()
+    teacher_taps: frozenset[str] = frozenset()
+    views: tuple[str, ...] = (DEFAULT_VIEW,)
+    batch_fields: frozenset[str] = frozenset()
+    holdout_fraction: float = 0.0
+    teacher: bool = True
+
+    def union(self, other: Needs) -> Needs:
+        """The needs of two methods run together."""
+        views = tuple(dict.fromkeys(self.views + other.views))
+        return Needs(
+            student_taps=self.student_taps | other.student_taps,
+            teacher_taps=self.teacher_taps | other.teacher_taps,
+            views=views,
+            batch_fields=self.batch_fields | other.batch_fields,
+            holdout_fraction=max(self.holdout_fraction, other.holdout_fraction),
+            teacher=self.teacher or other.teacher,
+        )
+
+
+@dataclass
+class LossOut:
+    """The result of a method's loss.
+
+    Attributes:
+        terms: already weighted scalar loss terms; their sum is back-propagated.
+        metrics: scalars that are only logged (never back-propagated).
+    """
+
+    terms: dict[str, Tensor]
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def total(self) -> Tensor:
+        """Sum of all terms (a scalar)."""
+        values = list(self.terms.values())
+        if not values:
+            raise ValueError("a method returned no loss terms")
+        total = values[0]
+        for v in values[1:]:
+            total = total + v
+        return total
