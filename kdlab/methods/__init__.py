@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 
 from kdlab.methods.base import AuxObjective, BuildContext, DistillMethod, PrepareContext
@@ -35,11 +36,11 @@ def _constructible(cfg_cls: type) -> bool:
     return True
 
 
-# Modules that register methods on import (one file per method family).
-_METHOD_MODULES = ("kdlab.methods.ce", "kdlab.methods.kd")
-
-for _mod in _METHOD_MODULES:
-    importlib.import_module(_mod)
+# Every module of this package except `base` registers its method(s) on import: a new method file joins
+# the registry (and the generated tests, the CLI and the demo) by existing.
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name != "base" and not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 
 def build_method(cfg, ctx: BuildContext) -> DistillMethod:

@@ -7,6 +7,7 @@ Every model follows the tap contract of :class:`kdlab.models.base.TapModel`. Bui
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 
 from torch import nn
@@ -16,8 +17,8 @@ from kdlab.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
-# Modules that register models on import. Kept explicit so that `kdlab list models` is complete.
-_ZOO_MODULES = ("kdlab.models.simple",)
+# Packages whose modules register models on import; every module in them is imported by `_load_zoo`.
+_ZOO_PACKAGES = ("kdlab.models.cifar", "kdlab.models.imagenet")
 
 
 def register_model(name: str, **meta: object) -> Callable:
@@ -29,8 +30,12 @@ def register_model(name: str, **meta: object) -> Callable:
 
 
 def _load_zoo() -> None:
-    for mod in _ZOO_MODULES:
-        importlib.import_module(mod)
+    importlib.import_module("kdlab.models.simple")
+    for pkg_name in _ZOO_PACKAGES:
+        pkg = importlib.import_module(pkg_name)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{pkg_name}.{info.name}")
 
 
 def create(name: str, num_classes: int = 100, in_channels: int = 3, **kwargs: object) -> nn.Module:
