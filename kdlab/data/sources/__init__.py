@@ -1,0 +1,1 @@
+"""Dataset sources; every module here registers datasets in `kdlab.data.base.DATASETS` on import."""
