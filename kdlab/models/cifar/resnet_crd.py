@@ -1,4 +1,4 @@
-"""CIFAR ResNets of the CRD knowledge-distillation benchmark (``resnet8`` .. ``resnet110``, ``resnet8x4``, ``resnet32x4``).
+"""CIFAR ResNets of the CRD distillation benchmark (``resnet8`` .. ``resnet110``, ``resnet8x4``, ``resnet32x4``).
 
 Paper: K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image Recognition", CVPR 2016,
 arXiv:1512.03385 (the 6n+2-layer CIFAR networks of section 4.2). The widths, the projection shortcuts and the
@@ -154,8 +154,7 @@ def _builder(name: str, depth: int, widths: tuple[int, int, int, int]):
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = (
-        f"CRD-benchmark CIFAR ResNet-{depth}, stem/stage widths {widths}: "
-        f"``[B, C, 32, 32] -> [B, num_classes]``."
+        f"CRD-benchmark CIFAR ResNet-{depth}, stem/stage widths {widths}: ``[B, C, 32, 32] -> [B, num_classes]``."
     )
     return build
 
