@@ -64,6 +64,32 @@ class PrepareContext:
     device: torch.device
 
 
+@dataclass
+class AuxContext:
+    """Handed to :meth:`AuxObjective.step`.
+
+    Attributes:
+        student: the student (un-wrapped).
+        method: the method that owns the objective.
+        progress: where training stands (after the main step).
+        lr: the main optimiser's current learning rate.
+        batch: the training batch of the step just taken.
+        teacher_outputs: ``fn(batch) -> tuple of {view: Outputs}`` per teacher (frozen, inference mode).
+        student_outputs: ``fn(batch, params=None) -> {view: Outputs}``; with ``params`` (a name -> tensor
+            mapping of the student's parameters) the student runs functionally (``torch.func.functional_call``).
+        heldout_batches: ``fn() -> iterator of Batch`` over the held-out split (``data.val_fraction``), forever.
+    """
+
+    student: nn.Module
+    method: DistillMethod
+    progress: Progress
+    lr: float
+    batch: Any
+    teacher_outputs: Callable[..., Any]
+    student_outputs: Callable[..., Any]
+    heldout_batches: Callable[[], Any]
+
+
 class AuxObjective:
     """An extra optimisation loop owned by a method (e.g. the TGeo-KD outer step).
 

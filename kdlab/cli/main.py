@@ -1,0 +1,138 @@
+"""``kdlab`` command line: train, eval, list, show, demo.
+
+Heavy imports (torch, the registries) happen inside the subcommands so ``kdlab --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+log = logging.getLogger("kdlab")
+
+# Exit codes: 0 ok, 1 run failed (bad loss, bad checkpoint), 2 bad input (config, names, files), 130 interrupted.
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from kdlab.config import load_config
+    from kdlab.train.trainer import Trainer
+
+    cfg = load_config(args.config, args.overrides)
+    trainer = Trainer(cfg, run_dir=args.run_dir, resume=args.resume, force=args.force)
+    summary = trainer.fit()
+    print(
+        f"{summary['run']}: test top1 last {summary['last']['top1']:.2f} (epoch {summary['last']['epoch']}), "
+        f"best {summary['best']['top1']:.2f} (epoch {summary['best']['epoch']}); "
+        f"{summary['images_per_s']:.0f} img/s; run directory {trainer.run_dir}"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from kdlab.evaluate import evaluate_file
+
+    result = evaluate_file(args.checkpoint, data_overrides=args.data, device=args.device)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from kdlab.config import dump_config, load_config
+
+    print(dump_config(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from kdlab.listing import list_registry
+
+    print(list_registry(args.what, verbose=args.verbose))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from kdlab.demo import run_demo
+
+    run_demo(out_dir=args.out, seeds=args.seeds, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    p = argparse.ArgumentParser(prog="kdlab", description="Knowledge distillation on PyTorch.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a run from a YAML config", description="Train a run.")
+    t.add_argument("config", help="YAML config (see configs/)")
+    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=1")
+    t.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint.pt")
+    t.add_argument("--force", action="store_true", help="start over even if the run directory holds a run")
+    t.add_argument("--run-dir", default=None, help="run directory (default runs/<train.name>)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint.pt or student.pt on its test set")
+    e.add_argument("checkpoint", help="a run's checkpoint.pt or student.pt")
+    e.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="data overrides, e.g. root=/data/cifar test_limit=1000")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=cmd_eval)
+
+    ls = sub.add_parser("list", help="list registered models, methods or datasets")
+    ls.add_argument("what", choices=["models", "methods", "datasets"])
+    ls.add_argument("--verbose", action="store_true", help="models: parameters, FLOPs and taps (slower)")
+    ls.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("show", help="print the resolved config")
+    s.add_argument("config", nargs="?", default=None, help="YAML config (default: the built-in defaults)")
+    s.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    s.set_defaults(func=cmd_show)
+
+    d = sub.add_parser("demo", help="teacher + every method on the bundled digits data, 3 seeds, with a report")
+    d.add_argument("--out", default="runs/demo", help="output directory")
+    d.add_argument("--seeds", type=int, default=3)
+    d.add_argument("--quick", action="store_true", help="a much shorter schedule (smoke test)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``kdlab`` and ``python -m kdlab``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from kdlab.errors import USER_ERRORS, describe
+
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"kdlab: error: {describe(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:
+        from kdlab.train.checkpoint import CheckpointError
+        from kdlab.train.trainer import NonFiniteLossError, TrainingInterrupted
+
+        if isinstance(err, TrainingInterrupted):
+            print(f"kdlab: {err}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if isinstance(err, (NonFiniteLossError, CheckpointError)):
+            print(f"kdlab: error: {err}", file=sys.stderr)
+            return EXIT_FAILED
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The on-device batch loader: whole dataset as uint8 on the training device, batch-wise augmentation there.
+
+No per-sample Python work in the hot loop: a batch is one gather from the uint8 tensor, one batched random crop
+(zero padding, as torchvision's ``RandomCrop(32, padding=4)`` on a PIL image), one batched flip and one fused
+normalisation. Randomness is a pure function of ``(seed, epoch, step)``: the epoch's order comes from a
+generator seeded by ``(seed, epoch)`` and each batch's augmentation from one seeded by ``(seed, epoch, step)``,
+so a run resumed mid-epoch replays exactly the batches an uninterrupted run would have seen, with no loader
+state to checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from kdlab.config import DataConfig
+from kdlab.data.base import DatasetSplits, ImageSet
+from kdlab.types import DEFAULT_VIEW, Batch
+
+# Distinct odd constants mixing (seed, epoch, step, stream) into one 63-bit generator seed.
+_MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93)
+
+
+def derive_seed(*parts: int) -> int:
+    """A deterministic 63-bit seed from integers (seed, epoch, step, ...)."""
+    h = 0x2545F4914F6CDD1D
+    for i, p in enumerate(parts):
+        h = ((h ^ (int(p) + 1)) * _MIX[i % len(_MIX)]) & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
+    """Random crops of a zero-padded batch, one offset per sample.
+
+    Args:
+        x: ``[B, C, H, W]`` images (any dtype).
+        padding: zero padding on each side, in pixels.
+        generator: on ``x``'s device.
+
+    Returns:
+        ``[B, C, H, W]`` crops.
+    """
+    if padding <= 0:
+        return x
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # [B, 1, H, 1]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # [B, 1, 1, W]
+    bidx = torch.arange(b, device=x.device)[:, None, None, None]
+    cidx = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[bidx, cidx, rows, cols]
+
+
+def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Horizontal flip of each ``[B, C, H, W]`` sample with probability 1/2."""
+    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+@dataclass
+class _Split:
+    x: Tensor  # [N, C, H, W] uint8 on device
+    y: Tensor  # [N] int64 on device
+
+
+class DeviceLoader:
+    """Batches of one dataset, held on ``device``.
+
+    Args:
+        splits: the dataset (uint8 ``[N, H, W, C]`` splits).
+        cfg: data config (batch sizes, augmentation, validation fraction).
+        device: training device.
+        seed: run seed (order and augmentation).
+        views: views each training batch carries (``"x"``; ``"strong"`` adds a RandAugment view).
+        holdout_fraction: fraction held out as a validation split when ``cfg.val_fraction`` is 0 (a method's
+            request, e.g. a bilevel method's outer split).
+
+    Attributes:
+        num_train: samples in the training split (after any held-out split); ``Batch.index`` is in ``[0, N)``.
+        train_labels: ``[N]`` labels of the training split on the device.
+    """
+
+    def __init__(
+        self,
+        splits: DatasetSplits,
+        cfg: DataConfig,
+        device: torch.device,
+        seed: int,
+        views: tuple[str, ...] = (DEFAULT_VIEW,),
+        holdout_fraction: float = 0.0,
+    ) -> None:
+        from kdlab.data.split import stratified_split
+
+        self.cfg = cfg
+        self.device = device
+        self.seed = seed
+        self.views = tuple(views)
+        self.num_classes = splits.num_classes
+        self.input_size = splits.input_size
+        train = splits.train
+        fraction = cfg.val_fraction or holdout_fraction
+        self.val: _Split | None = None
+        if fraction > 0:
+            train_idx, val_idx = stratified_split(train.y, fraction, cfg.split_seed)
+            self.val = self._to_device(train.subset(val_idx))
+            train = train.subset(train_idx)
+        self.train = self._to_device(train)
+        self.test = self._to_device(splits.test)
+        c = self.input_size[0]
+        self.mean = torch.tensor(splits.mean, device=device, dtype=torch.float32).view(1, c, 1, 1)
+        self.std = torch.tensor(splits.std, device=device, dtype=torch.float32).view(1, c, 1, 1)
+        # normalise as (x_uint8 * scale - shift): one fused multiply-add per batch
+        self._scale = 1.0 / (255.0 * self.std)
+        self._shift = self.mean / self.std
+        unknown = set(self.views) - {DEFAULT_VIEW, "strong"}
+        if unknown:
+            raise ValueError(f"unknown view(s) {sorted(unknown)}; the data layer provides 'x' and 'strong'")
+
+    def _to_device(self, split: ImageSet) -> _Split:
+        x = split.x.permute(0, 3, 1, 2).contiguous().to(self.device)
+        return _Split(x, split.y.to(self.device))
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train.y.shape[0])
+
+    @property
+    def train_labels(self) -> Tensor:
+        return self.train.y
+
+    @property
+    def batch_size(self) -> int:
+        return self.cfg.batch_size
+
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps in one epoch."""
+        n, b = self.num_train, self.batch_size
+        steps = n // b if self.cfg.drop_last else math.ceil(n / b)
+        if steps == 0:
+            raise ValueError(
+                f"data.batch_size={b} with data.drop_last=true leaves no batch from {n} training samples; "
+                "lower the batch size or set data.drop_last=false"
+            )
+        return steps
+
+    def normalize(self, x_uint8: Tensor) -> Tensor:
+        """``[B, C, H, W]`` uint8 -> normalised float32."""
+        return x_uint8.float() * self._scale - self._shift
+
+    def epoch_order(self, epoch: int) -> Tensor:
+        """The permutation of training samples of ``epoch`` (``[N]`` on the device)."""
+        g = _generator(torch.device("cpu"), derive_seed(self.seed, epoch, 0, 1))
+        return torch.randperm(self.num_train, generator=g).to(self.device)
+
+    def _augment(self, x: Tensor, g: torch.Generator) -> Tensor:
+        if self.cfg.augment == "crop_flip":
+            x = random_crop(x, self.cfg.crop_padding, g)
+        if self.cfg.augment in ("crop_flip", "flip"):
+            x = random_flip(x, g)
+        return x
+
+    def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """Augmented training batches of ``epoch``, starting at ``start_step`` (for a mid-epoch resume)."""
+        order = self.epoch_order(epoch)
+        b = self.batch_size
+        for step in range(start_step, self.steps_per_epoch()):
+            idx = order[step * b : (step + 1) * b]
+            raw = self.train.x[idx]
+            g = _generator(self.device, derive_seed(self.seed, epoch, step, 2))
+            views = {}
+            if "strong" in self.views:
+                from kdlab.data.randaugment import rand_augment
+
+                views["strong"] = self.normalize(rand_augment(self._augment(raw, g), g))
+            yield Batch(x=self.normalize(self._augment(raw, g)), y=self.train.y[idx], index=idx, views=views)
+
+    def eval_batches(self, split: str = "test", limit: int | None = None) -> Iterator[Batch]:
+        """Un-augmented batches of ``"test"``, ``"val"`` or ``"train"`` in dataset order."""
+        data = {"test": self.test, "val": self.val, "train": self.train}[split]
+        if data is None:
+            raise ValueError("there is no validation split: set data.val_fraction > 0")
+        n = int(data.y.shape[0]) if limit is None else min(limit, int(data.y.shape[0]))
+        bs = self.cfg.eval_batch_size
+        for start in range(0, n, bs):
+            idx = torch.arange(start, min(start + bs, n), device=self.device)
+            yield Batch(x=self.normalize(data.x[idx]), y=data.y[idx], index=idx)

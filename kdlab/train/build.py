@@ -1,0 +1,159 @@
+"""Build a run from a config: data, student, frozen teachers, method, checked against each other."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdlab import models
+from kdlab.config import ConfigError, RunConfig
+from kdlab.data import load_dataset
+from kdlab.data.base import DatasetSplits
+from kdlab.data.loader import DeviceLoader
+from kdlab.methods import DistillMethod, build_method
+from kdlab.methods.base import BuildContext
+from kdlab.models.base import TapError, probe_taps
+from kdlab.train.checkpoint import load_model_file
+from kdlab.train.teacher import FrozenTeacher
+from kdlab.types import Needs
+
+log = logging.getLogger("kdlab")
+
+
+class BuildError(ValueError):
+    """The parts of a run do not fit together (e.g. a method needs a tap the model lacks)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as given (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"train.device={name!r} is not a device ({err}); use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available here; use train.device=cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Run:
+    """A built run.
+
+    Attributes:
+        cfg: the resolved config.
+        device: the training device.
+        splits: the dataset (CPU, uint8).
+        data: the on-device loader.
+        student: the student model (trainable).
+        teachers: frozen teachers.
+        method: the method (its ``adapters`` train with the student).
+        needs: what the method reads.
+    """
+
+    cfg: RunConfig
+    device: torch.device
+    splits: DatasetSplits
+    data: DeviceLoader
+    student: nn.Module
+    teachers: list[FrozenTeacher]
+    method: DistillMethod
+    needs: Needs
+
+
+def _all_taps(model: nn.Module) -> dict:
+    return {t.name: t for t in model.tap_info()}
+
+
+def build_run(cfg: RunConfig, device: torch.device | None = None, load_teacher_weights: bool = True) -> Run:
+    """Build everything a run needs from ``cfg`` (models initialised under ``train.seed``).
+
+    Args:
+        cfg: resolved config.
+        device: overrides ``train.device``.
+        load_teacher_weights: False to build teachers' architectures only (e.g. to rebuild an export).
+    """
+    device = device or resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    splits = load_dataset(cfg.data)
+    data = DeviceLoader(splits, cfg.data, device, cfg.train.seed)
+    k, in_ch = splits.num_classes, splits.input_size[0]
+
+    student = models.create(cfg.model.student, num_classes=k, in_channels=in_ch).to(device)
+    if cfg.model.student_checkpoint:
+        load_model_file(student, cfg.model.student_checkpoint, cfg.model.student)
+
+    teachers = []
+    for i, tcfg in enumerate(cfg.model.teachers):
+        model = models.create(tcfg.name, num_classes=k, in_channels=in_ch)
+        if tcfg.checkpoint and load_teacher_weights:
+            load_model_file(model, tcfg.checkpoint, tcfg.name)
+        elif load_teacher_weights:
+            log.warning("model.teachers.%d (%s) has no checkpoint: the teacher is randomly initialised", i, tcfg.name)
+        teachers.append(
+            FrozenTeacher(model, tcfg.name, splits.mean, splits.std, tcfg.input_mean, tcfg.input_std).to(device)
+        )
+
+    size = splits.input_size
+    s_taps = _all_taps(student)
+    t_taps = [_all_taps(t.model) for t in teachers]
+    ctx = BuildContext(
+        num_classes=k,
+        num_train=data.num_train,
+        student_taps=s_taps,
+        teacher_taps=t_taps,
+        student_shapes=probe_taps(student, s_taps, size),
+        teacher_shapes=[probe_taps(t.model, taps, size) for t, taps in zip(teachers, t_taps)],
+        teacher_classifiers=[t.model.classifier for t in teachers],
+        student_classifier=student.classifier,
+        train_labels=data.train_labels,
+        device=device,
+        seed=cfg.train.seed,
+    )
+    method = build_method(cfg.method, ctx).to(device)
+    needs = method.needs()
+    _check(cfg, method, needs, student, teachers)
+    data.views = needs.views
+    return Run(cfg, device, splits, data, student, teachers, method, needs)
+
+
+def _check(cfg: RunConfig, method: DistillMethod, needs: Needs, student: nn.Module, teachers: list) -> None:
+    name = cfg.method.name
+    if needs.teacher and not teachers:
+        raise BuildError(
+            f"method {name!r} distils from a teacher but model.teachers is empty; add one, e.g. "
+            "model.teachers.0.name=<model> model.teachers.0.checkpoint=<file>"
+        )
+    try:
+        student.check_taps(needs.student_taps, cfg.model.student)
+        for t in teachers:
+            t.model.check_taps(needs.teacher_taps, t.name)
+    except TapError as err:
+        raise BuildError(f"method {name!r}: {err}") from None
+    if needs.holdout_fraction > 0 and cfg.data.val_fraction < needs.holdout_fraction:
+        raise BuildError(
+            f"method {name!r} trains on a held-out split of {needs.holdout_fraction:g} of the training set; "
+            f"set data.val_fraction={needs.holdout_fraction:g}"
+        )
+    # Every trainable parameter of a method must be an adapter (trained and synced with the student) or belong
+    # to an aux objective (its own optimiser); anything else would silently never train or never sync.
+    adapter_ids = {id(p) for p in method.adapters.parameters()}
+    aux_ids = {id(p) for aux in method.aux_objectives() for p in getattr(aux, "parameters", lambda: [])()}
+    stray = [n for n, p in method.named_parameters() if p.requires_grad and id(p) not in adapter_ids | aux_ids]
+    if stray:
+        raise BuildError(
+            f"method {name!r} has trainable parameters outside its adapters and aux objectives: {', '.join(stray)}"
+        )

@@ -1,0 +1,74 @@
+"""Frozen teachers: eval mode, no gradients, inference mode, never wrapped in DDP."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.types import Batch, Outputs
+
+
+class FrozenTeacher(nn.Module):
+    """A frozen teacher model that returns :class:`Outputs` for the views and taps a method needs.
+
+    When the teacher was trained with another input normalisation than the dataset's, its input is re-normalised
+    (``x_t = x * scale + shift`` per channel, from the dataset's and the teacher's mean/std).
+
+    Args:
+        model: the teacher (a tap model).
+        name: its registry name (for messages).
+        data_mean, data_std: the dataset's normalisation.
+        input_mean, input_std: the teacher's own normalisation, or None when equal to the dataset's.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        name: str,
+        data_mean: tuple[float, ...],
+        data_std: tuple[float, ...],
+        input_mean: list[float] | None = None,
+        input_std: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.name = name
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model.eval()
+        c = len(data_mean)
+        self.renormalize = input_mean is not None or input_std is not None
+        t_mean = torch.tensor(input_mean if input_mean is not None else data_mean, dtype=torch.float32)
+        t_std = torch.tensor(input_std if input_std is not None else data_std, dtype=torch.float32)
+        d_mean, d_std = torch.tensor(data_mean), torch.tensor(data_std)
+        # x_raw = x * d_std + d_mean;  x_t = (x_raw - t_mean) / t_std
+        self.register_buffer("scale", (d_std / t_std).view(1, c, 1, 1), persistent=False)
+        self.register_buffer("shift", ((d_mean - t_mean) / t_std).view(1, c, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        """Teachers always stay in eval mode."""
+        return super().train(False)
+
+    @torch.inference_mode()
+    def _run(self, x: Tensor, taps: Collection[str]) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.renormalize:
+            x = x * self.scale + self.shift
+        return self.model.forward_taps(x, tuple(taps))
+
+    def outputs(self, batch: Batch, views: Collection[str], taps: Collection[str]) -> dict[str, Outputs]:
+        """The teacher's outputs on each view of ``batch``.
+
+        Tensors computed under inference mode cannot be saved for backward by the student's loss, so the
+        (small) outputs are cloned into ordinary tensors outside inference mode.
+        """
+        out = {}
+        for view in views:
+            logits, feats = self._run(batch.view(view), taps)
+            out[view] = Outputs(logits.clone(), {k: v.clone() for k, v in feats.items()})
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W]`` -> ``[B, K]`` logits (inference mode)."""
+        return self._run(x, ())[0].clone()

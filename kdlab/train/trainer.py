@@ -1,0 +1,502 @@
+"""The one training loop (DESIGN.md: it never names a method).
+
+Per step: frozen teachers run under inference mode on the views the method needs; the :class:`TrainStep`
+(student + method, the only trainable module) runs the student and the method's loss; the summed terms are
+back-propagated; aux objectives run when due. Per epoch: test top-1/top-5 of the exported model, metrics,
+an atomic checkpoint. A run interrupted (SIGINT/SIGTERM) writes a checkpoint after the current step and can be
+resumed to end bitwise identical, on CPU, to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import kdlab
+from kdlab.config import RunConfig, dump_config, to_dict
+from kdlab.methods.base import AuxContext, PrepareContext
+from kdlab.models.base import count_parameters
+from kdlab.train.build import Run, build_run
+from kdlab.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    EXPORT_FORMAT,
+    CheckpointError,
+    atomic_save,
+    read_file,
+)
+from kdlab.train.display import ProgressDisplay
+from kdlab.train.schedule import learning_rate
+from kdlab.types import Batch, LossOut, Needs, Outputs, Progress, StepIO
+
+log = logging.getLogger("kdlab")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; a checkpoint was written after the current step."""
+
+
+class TrainStep(nn.Module):
+    """The student and the method in one module: the only thing trained, wrapped in DDP or compiled.
+
+    Args:
+        student: the student model (tap contract).
+        method: the distillation method (its ``adapters`` are trained with the student).
+        needs: what the method reads.
+    """
+
+    def __init__(self, student: nn.Module, method: nn.Module, needs: Needs) -> None:
+        super().__init__()
+        self.student = student
+        self.method = method
+        self.needs = needs
+
+    def student_outputs(self, batch: Batch) -> dict[str, Outputs]:
+        """The student's outputs on every view the method needs (one forward per view)."""
+        taps = tuple(self.needs.student_taps)
+        out = {}
+        for view in self.needs.views:
+            logits, feats = self.student.forward_taps(batch.view(view), taps)
+            out[view] = Outputs(logits, feats)
+        return out
+
+    def forward(self, batch: Batch, teachers: tuple, progress: Progress) -> LossOut:
+        io = StepIO(self.student_outputs(batch), teachers, batch, progress)
+        return self.method.loss(io)
+
+
+def accuracy(logits: Tensor, y: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
+    """Number of samples whose label is among the top-k predictions, for each k (``[B, K]``, ``[B]``)."""
+    kmax = min(max(ks), logits.shape[1])
+    top = logits.topk(kmax, dim=1).indices
+    hit = top == y[:, None]
+    return [hit[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterator[Batch]) -> dict[str, float]:
+    """Top-1/top-5 accuracy (%) and mean cross-entropy of ``model`` over ``batches`` (eval mode)."""
+    was = model.training
+    model.eval()
+    n, c1, c5, loss = 0, 0, 0, 0.0
+    for batch in batches:
+        logits = model(batch.x).float()
+        h1, h5 = accuracy(logits, batch.y)
+        c1 += int(h1)
+        c5 += int(h5)
+        loss += float(torch.nn.functional.cross_entropy(logits, batch.y, reduction="sum"))
+        n += batch.size
+    model.train(was)
+    if n == 0:
+        raise ValueError("evaluation saw no samples")
+    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n, "n": n}
+
+
+def git_commit() -> str | None:
+    """The git commit of the kdlab source tree, when it is a checkout."""
+    try:
+        root = Path(kdlab.__file__).resolve().parents[1]
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=False
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, torch, numpy and kdlab."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "kdlab": kdlab.__version__,
+    }
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    """``<method>__<teacher>__<student>__s<seed>`` (``<method>__<student>__s<seed>`` without a teacher)."""
+    parts = [cfg.method.name, *[t.name for t in cfg.model.teachers], cfg.model.student, f"s{cfg.train.seed}"]
+    return "__".join(p.replace(":", "-").replace("/", "-") for p in parts)
+
+
+class Trainer:
+    """Trains one run.
+
+    Args:
+        cfg: the resolved config.
+        run_dir: where to write; default ``<train.run_dir>/<train.name or default_run_name>``.
+        resume: continue from ``run_dir/checkpoint.pt`` (an error if it is missing).
+        force: start over even if ``run_dir`` already holds a checkpoint.
+    """
+
+    def __init__(
+        self, cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False, force: bool = False
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir or Path(cfg.train.run_dir) / (cfg.train.name or default_run_name(cfg)))
+        self.ckpt_path = self.run_dir / "checkpoint.pt"
+        self.resume = resume
+        if resume and not self.ckpt_path.is_file():
+            raise CheckpointError(f"--resume: no checkpoint at {str(self.ckpt_path)!r}; start the run without --resume")
+        if not resume and not force and self.ckpt_path.is_file():
+            raise CheckpointError(
+                f"{str(self.run_dir)!r} already holds a run; pass --resume to continue it, --force to start over, "
+                "or choose another train.name"
+            )
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.run: Run = build_run(cfg)
+        r = self.run
+        self.step_module = TrainStep(r.student, r.method, r.needs)
+        params = [p for p in r.student.parameters() if p.requires_grad]
+        params += [p for p in r.method.adapters.parameters() if p.requires_grad]
+        self.optimizer = self._make_optimizer(params)
+        self.aux = list(r.method.aux_objectives())
+        self.steps_per_epoch = r.data.steps_per_epoch()
+        self.history: list[dict] = []
+        self.start = Progress(steps_per_epoch=self.steps_per_epoch, total_epochs=cfg.train.epochs)
+        self.train_time = 0.0
+        self.train_images = 0
+        self._stop_signal: int | None = None
+
+    # ---------------------------------------------------------------------------------------------- set-up
+    def _make_optimizer(self, params: list) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        if o.name == "sgd":
+            return torch.optim.SGD(
+                params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
+            )
+        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+    def teacher_outputs(self, batch: Batch) -> tuple[dict[str, Outputs], ...]:
+        """Every teacher's outputs on the views and taps the method needs."""
+        n = self.run.needs
+        return tuple(t.outputs(batch, n.views, n.teacher_taps) for t in self.run.teachers)
+
+    def _prepare_context(self) -> PrepareContext:
+        def batches(taps=()) -> Iterator:
+            for batch in self.run.data.eval_batches("train"):
+                yield batch, [t.outputs(batch, ("x",), taps)["x"] for t in self.run.teachers]
+
+        return PrepareContext(teacher_outputs=batches, device=self.run.device)
+
+    # ----------------------------------------------------------------------------------------- checkpoint
+    def state_dict(self, progress: Progress) -> dict:
+        """Everything needed to continue exactly from ``progress`` (the next step to run)."""
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": to_dict(self.cfg),
+            "progress": {"step": progress.step, "epoch": progress.epoch, "step_in_epoch": progress.step_in_epoch},
+            "student": self.run.student.state_dict(),
+            "method": self.run.method.state_dict(),
+            "method_generators": self.run.method.generator_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "aux": [a.state_dict() for a in self.aux],
+            "rng": rng,
+            "history": self.history,
+            "clock": {"train_time": self.train_time, "train_images": self.train_images},
+            "versions": versions(),
+        }
+
+    def load_state_dict(self, state: dict) -> Progress:
+        """Restore a :meth:`state_dict`; returns the progress to continue from."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{str(self.ckpt_path)!r} is not a kdlab training checkpoint")
+        saved_cfg = state["config"]
+        now = to_dict(self.cfg)
+        for section in ("model", "method", "data"):
+            if saved_cfg.get(section) != now.get(section):
+                raise CheckpointError(
+                    f"the checkpoint in {str(self.run_dir)!r} was written with a different '{section}' config; "
+                    "resume with the same config (see its config.yaml) or start a new run"
+                )
+        self.run.student.load_state_dict(state["student"])
+        self.run.method.load_state_dict(state["method"])
+        self.run.method.set_generator_state(state["method_generators"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for aux, s in zip(self.aux, state["aux"]):
+            aux.load_state_dict(s)
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.history = list(state["history"])
+        self.train_time = state["clock"]["train_time"]
+        self.train_images = state["clock"]["train_images"]
+        p = state["progress"]
+        return Progress(
+            step=p["step"],
+            epoch=p["epoch"],
+            step_in_epoch=p["step_in_epoch"],
+            steps_per_epoch=self.steps_per_epoch,
+            total_epochs=self.cfg.train.epochs,
+        )
+
+    def save_checkpoint(self, progress: Progress) -> None:
+        atomic_save(self.state_dict(progress), self.ckpt_path)
+
+    def export(self) -> Path:
+        """Write the deployable model (``method.export(student)``) to ``student.pt``."""
+        model = self.run.method.export(self.run.student)
+        path = self.run_dir / "student.pt"
+        atomic_save(
+            {
+                "format": EXPORT_FORMAT,
+                "config": to_dict(self.cfg),
+                "state_dict": model.state_dict(),
+                "parameters": count_parameters(model, trainable_only=False),
+            },
+            path,
+        )
+        return path
+
+    # ------------------------------------------------------------------------------------------- signals
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self._stop_signal is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        log.warning("received signal %d: finishing the current step, then writing a checkpoint", signum)
+
+    # ---------------------------------------------------------------------------------------------- loop
+    def fit(self) -> dict:
+        """Train to the end (or ``train.max_steps``); returns the summary also written to ``summary.json``."""
+        cfg, r = self.cfg, self.run
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        progress = self.start
+        if self.resume:
+            progress = self.load_state_dict(read_file(self.ckpt_path))
+            log.info("resumed %s at epoch %d step %d", self.run_dir, progress.epoch + 1, progress.step)
+        else:
+            (self.run_dir / "metrics.jsonl").write_text("")
+        (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+        r.method.prepare(self._prepare_context())
+
+        max_steps = cfg.train.max_steps
+        total = self.steps_per_epoch * cfg.train.epochs
+        if max_steps is not None:
+            total = min(total, max_steps)
+        display = ProgressDisplay(cfg.log.progress, total, cfg.log.every_steps)
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.step_module.train()
+        display.start(progress.step)
+        try:
+            progress = self._loop(progress, total, display)
+        finally:
+            display.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        return self._finish(progress)
+
+    def _loop(self, progress: Progress, total: int, display: ProgressDisplay) -> Progress:
+        cfg, r = self.cfg, self.run
+        metrics_file = self.run_dir / "metrics.jsonl"
+        while progress.epoch < cfg.train.epochs and progress.step < total:
+            epoch = progress.epoch
+            sums: dict[str, float] = {}
+            n_steps, t_epoch, images = 0, 0.0, 0
+            t_prev = time.perf_counter()  # step time includes producing the batch (the data pipeline)
+            for batch in r.data.train_batches(epoch, progress.step_in_epoch):
+                lr = learning_rate(cfg.optim, progress)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                teachers = self.teacher_outputs(batch)
+                out = self.step_module(batch, teachers, progress)
+                loss = out.total
+                # one host-device sync per step: every logged scalar and the finiteness check at once
+                named = {**out.terms, **out.metrics}
+                scalars = torch.stack(
+                    [loss.detach().float(), *(v.detach().float().reshape(()) for v in named.values())]
+                )
+                loss_value, *term_values = scalars.tolist()
+                if not math.isfinite(loss_value):
+                    bad = next((k for k, v in zip(named, term_values) if not math.isfinite(v)), "total")
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {progress.step} (epoch {epoch + 1}): term {bad!r} = "
+                        f"{dict(zip(named, term_values)).get(bad, loss_value)}. The last good checkpoint "
+                        f"{str(self.ckpt_path)!r} is kept; lower optim.lr, check the teacher checkpoint and the "
+                        "inputs, then resume or restart"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                logs = {}
+                done = Progress(
+                    step=progress.step + 1,
+                    epoch=epoch,
+                    step_in_epoch=progress.step_in_epoch + 1,
+                    steps_per_epoch=self.steps_per_epoch,
+                    total_epochs=cfg.train.epochs,
+                )
+                for aux in self.aux:
+                    if aux.due(progress):
+                        logs.update(aux.step(self._aux_context(batch, done, lr)))
+                values = dict(zip(named, term_values))
+                values["loss"] = loss_value
+                values.update(logs)
+                now = time.perf_counter()
+                dt, t_prev = now - t_prev, now
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n_steps += 1
+                t_epoch += dt
+                images += batch.size
+                display.update(progress.step, epoch, f"loss {values['loss']:.4f} lr {lr:.4g}")
+                progress = done
+                if self._stop_signal is not None or progress.step >= total:
+                    break
+            self.train_time += t_epoch
+            self.train_images += images
+            end_of_epoch = progress.step_in_epoch >= self.steps_per_epoch
+            if self._stop_signal is not None and not end_of_epoch:
+                self.save_checkpoint(progress)
+                raise TrainingInterrupted(self._resume_hint(progress))
+            if end_of_epoch:
+                progress = Progress(
+                    step=progress.step,
+                    epoch=epoch + 1,
+                    step_in_epoch=0,
+                    steps_per_epoch=self.steps_per_epoch,
+                    total_epochs=cfg.train.epochs,
+                )
+            last = progress.epoch >= cfg.train.epochs or progress.step >= total
+            record = {
+                "epoch": epoch + 1,
+                "step": progress.step,
+                "lr": learning_rate(cfg.optim, progress),
+                "train": {k: v / max(n_steps, 1) for k, v in sums.items()},
+                "images_per_s": images / max(t_epoch, 1e-9),
+            }
+            if last or (epoch + 1) % cfg.train.eval_every == 0:
+                record["test"] = self.evaluate("test")
+                if r.data.val is not None:
+                    record["val"] = self.evaluate("val")
+                display.message(
+                    f"epoch {epoch + 1}: loss {record['train'].get('loss', float('nan')):.4f} "
+                    f"test top1 {record['test']['top1']:.2f} top5 {record['test']['top5']:.2f} "
+                    f"({record['images_per_s']:.0f} img/s)"
+                )
+            self.history.append(record)
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if last or (epoch + 1) % cfg.train.checkpoint_every == 0 or self._stop_signal is not None:
+                self.save_checkpoint(progress)
+            if self._stop_signal is not None and not last:
+                raise TrainingInterrupted(self._resume_hint(progress))
+        return progress
+
+    def _resume_hint(self, progress: Progress) -> str:
+        return (
+            f"interrupted at step {progress.step} (epoch {progress.epoch + 1}); checkpoint written to "
+            f"{str(self.ckpt_path)!r}. Resume with the same command plus --resume"
+        )
+
+    def _aux_context(self, batch: Batch, progress: Progress, lr: float) -> AuxContext:
+        step = self.step_module
+
+        def student_outputs(b: Batch, params: dict | None = None) -> dict[str, Outputs]:
+            if params is None:
+                return step.student_outputs(b)
+            return functional_student_outputs(step.student, params, b, step.needs)
+
+        def heldout() -> Iterator[Batch]:
+            while True:
+                yield from self.run.data.eval_batches("val")
+
+        return AuxContext(
+            student=self.run.student,
+            method=self.run.method,
+            progress=progress,
+            lr=lr,
+            batch=batch,
+            teacher_outputs=self.teacher_outputs,
+            student_outputs=student_outputs,
+            heldout_batches=heldout,
+        )
+
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        """Accuracy of the exported model on ``split``."""
+        model = self.run.method.export(self.run.student)
+        limit = self.cfg.data.test_limit if split == "test" else None
+        return evaluate(model, self.run.data.eval_batches(split, limit))
+
+    def _finish(self, progress: Progress) -> dict:
+        cfg = self.cfg
+        evals = [h for h in self.history if "test" in h]
+        last = evals[-1]["test"] if evals else self.evaluate("test")
+        best = max(evals, key=lambda h: h["test"]["top1"]) if evals else {"epoch": progress.epoch, "test": last}
+        export_path = self.export()
+        exported = self.run.method.export(self.run.student)
+        summary = {
+            "run": self.run_dir.name,
+            "method": cfg.method.name,
+            "student": cfg.model.student,
+            "teachers": [t.name for t in cfg.model.teachers],
+            "dataset": cfg.data.name,
+            "seed": cfg.train.seed,
+            "epochs": progress.epoch,
+            "steps": progress.step,
+            "finished": progress.epoch >= cfg.train.epochs,
+            "last": {"epoch": evals[-1]["epoch"] if evals else progress.epoch, **last},
+            "best": {"epoch": best["epoch"], **best["test"]},
+            "train_time_s": self.train_time,
+            "images_per_s": self.train_images / max(self.train_time, 1e-9),
+            "student_parameters": count_parameters(self.run.student),
+            "exported_parameters": count_parameters(exported, trainable_only=False),
+            "export": export_path.name,
+            "device": str(self.run.device),
+            "threads": torch.get_num_threads(),
+            "versions": versions(),
+            "git_commit": git_commit(),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+class _ForwardTaps(nn.Module):
+    """Makes a model's ``forward_taps`` its ``forward``, so ``torch.func.functional_call`` can run it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, taps: tuple[str, ...]) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.model.forward_taps(x, taps)
+
+
+def functional_student_outputs(
+    student: nn.Module, params: dict[str, Tensor], batch: Batch, needs: Needs
+) -> dict[str, Outputs]:
+    """The student's outputs with its parameters replaced by ``params`` (name -> tensor), e.g. a virtual
+    "lookahead" step for a hypergradient. Buffers not in ``params`` are the student's own."""
+    wrapper = _ForwardTaps(student)
+    named = {f"model.{k}": v for k, v in params.items()}
+    out = {}
+    for view in needs.views:
+        logits, feats = torch.func.functional_call(
+            wrapper, named, (batch.view(view), tuple(needs.student_taps)), strict=False
+        )
+        out[view] = Outputs(logits, feats)
+    return out

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny configs that train in a fraction of a second, and the optional shared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdlab.config import RunConfig, build_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _torch_defaults():
+    """Seed and keep torch single-threaded per test (the CI machine has 2 cores), restore dtype afterwards."""
+    torch.manual_seed(0)
+    dtype = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(dtype)
+
+
+def tiny_config(tmp_path: Path, *overrides: str, method: str = "ce", teacher_ckpt: str | None = None) -> RunConfig:
+    """A run on synthetic 8x8 images with small ConvNets: a few steps per epoch."""
+    data = {
+        "model": {"student": "convnet_xs"},
+        "data": {"name": "synthetic", "num_classes": 4, "image_size": 8, "channels": 3, "train_size": 96,
+                 "test_size": 48, "batch_size": 16, "augment": "crop_flip", "crop_padding": 2},
+        "method": {"name": method},
+        "optim": {"lr": 0.05, "milestones": [2]},
+        "train": {"epochs": 3, "device": "cpu", "run_dir": str(tmp_path / "runs"), "threads": 1},
+        "log": {"progress": "off"},
+    }
+    if teacher_ckpt is not None or method != "ce":
+        data["model"]["teachers"] = [{"name": "convnet_s", "checkpoint": teacher_ckpt}]
+    return build_config(data, list(overrides))
