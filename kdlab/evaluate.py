@@ -42,5 +42,5 @@ def evaluate_file(path: str | Path, data_overrides: list[str] | None = None, dev
     else:
         model = run.method.export(run.student)
         load_weights(model, obj["state_dict"], f"export of {cfg.model.student}", str(path))
-    result = evaluate(model, run.data.eval_batches("test", cfg.data.test_limit))
+    result = evaluate(model, run.data.eval_batches("test"))
     return {**result, "file": str(path), "dataset": cfg.data.name}

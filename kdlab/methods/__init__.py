@@ -48,4 +48,12 @@ def build_method(cfg, ctx: BuildContext) -> DistillMethod:
     return METHODS.get(cfg.name)(cfg, ctx)
 
 
-__all__ = ["METHODS", "AuxObjective", "BuildContext", "DistillMethod", "PrepareContext", "build_method", "register_method"]
+__all__ = [
+    "METHODS",
+    "AuxObjective",
+    "BuildContext",
+    "DistillMethod",
+    "PrepareContext",
+    "build_method",
+    "register_method",
+]

@@ -438,9 +438,7 @@ class Trainer:
 
     def evaluate(self, split: str = "test") -> dict[str, float]:
         """Accuracy of the exported model on ``split``."""
-        model = self.run.method.export(self.run.student)
-        limit = self.cfg.data.test_limit if split == "test" else None
-        return evaluate(model, self.run.data.eval_batches(split, limit))
+        return evaluate(self.run.method.export(self.run.student), self.run.data.eval_batches(split))
 
     def _finish(self, progress: Progress) -> dict:
         cfg = self.cfg
