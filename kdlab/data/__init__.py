@@ -17,9 +17,16 @@ def _load_sources() -> None:
 
 
 def load_dataset(cfg) -> DatasetSplits:
-    """Load the dataset named by ``cfg.name`` (a :class:`kdlab.config.DataConfig`)."""
+    """Load the dataset named by ``cfg.name`` (a :class:`kdlab.config.DataConfig`).
+
+    ``cfg.train_per_class`` and ``cfg.test_limit`` are applied here, for every source
+    (:func:`kdlab.data.split.subset_splits`, seeded by ``cfg.split_seed``).
+    """
+    from kdlab.data.split import subset_splits
+
     _load_sources()
-    return DATASETS.get(cfg.name)(cfg)
+    splits = DATASETS.get(cfg.name)(cfg)
+    return subset_splits(splits, cfg.train_per_class, cfg.test_limit, cfg.split_seed)
 
 
 def dataset_names() -> list[str]:
