@@ -1,5 +1,27 @@
 """``kdlab.losses``: the math of every method, as plain functions over tensors (student first, teacher second)."""
 
-from kdlab.losses.logit import cross_entropy, kd, reduce, standardize_logits
+from kdlab.losses.logit import (
+    batch_correlation,
+    class_correlation,
+    cross_entropy,
+    dist,
+    dkd,
+    kd,
+    reduce,
+    standardize_logits,
+    tekap_kd,
+    tekap_views,
+)
 
-__all__ = ["cross_entropy", "kd", "reduce", "standardize_logits"]
+__all__ = [
+    "batch_correlation",
+    "class_correlation",
+    "cross_entropy",
+    "dist",
+    "dkd",
+    "kd",
+    "reduce",
+    "standardize_logits",
+    "tekap_kd",
+    "tekap_views",
+]
