@@ -82,7 +82,27 @@ def test_missing_required_teacher_name():
 SHIPPED = sorted((REPO / "configs").rglob("*.yaml"))
 
 
+NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "digits": 10}
+INPUT = {"cifar100": (3, 32, 32), "cifar10": (3, 32, 32), "digits": (1, 8, 8)}
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(REPO / "configs")) for p in SHIPPED])
-def test_every_shipped_config_loads_strictly(path):
+def test_every_shipped_config_loads_strictly_and_builds(path):
+    """Each shipped config loads, and its models and method build and fit together (on the meta device:
+    shapes only, no data, no weights)."""
+    import torch
+
+    from kdlab import models
+    from kdlab.methods import build_method
+    from kdlab.train.build import build_context, check_method
+
     cfg = load_config(path)
     assert dump_config(cfg)
+    k, size = NUM_CLASSES[cfg.data.name], INPUT[cfg.data.name]
+    meta = torch.device("meta")
+    with meta:
+        student = models.create(cfg.model.student, num_classes=k, in_channels=size[0])
+        teachers = [models.create(t.name, num_classes=k, in_channels=size[0]) for t in cfg.model.teachers]
+    ctx = build_context(student, teachers, k, size, meta, num_train=50_000)
+    method = build_method(cfg.method, ctx)
+    check_method(cfg, method, student, teachers)

@@ -107,30 +107,58 @@ def build_run(cfg: RunConfig, device: torch.device | None = None, load_teacher_w
             FrozenTeacher(model, tcfg.name, splits.mean, splits.std, tcfg.input_mean, tcfg.input_std).to(device)
         )
 
-    size = splits.input_size
-    s_taps = _all_taps(student)
-    t_taps = [_all_taps(t.model) for t in teachers]
-    ctx = BuildContext(
-        num_classes=k,
-        num_train=data.num_train,
-        student_taps=s_taps,
-        teacher_taps=t_taps,
-        student_shapes=probe_taps(student, s_taps, size),
-        teacher_shapes=[probe_taps(t.model, taps, size) for t, taps in zip(teachers, t_taps)],
-        teacher_classifiers=[t.model.classifier for t in teachers],
-        student_classifier=student.classifier,
-        train_labels=data.train_labels,
-        device=device,
-        seed=cfg.train.seed,
+    ctx = build_context(
+        student,
+        [t.model for t in teachers],
+        k,
+        splits.input_size,
+        device,
+        cfg.train.seed,
+        data.num_train,
+        data.train_labels,
     )
     method = build_method(cfg.method, ctx).to(device)
-    needs = method.needs()
-    _check(cfg, method, needs, student, teachers)
+    needs = check_method(cfg, method, student, [t.model for t in teachers])
     data.views = needs.views
     return Run(cfg, device, splits, data, student, teachers, method, needs)
 
 
-def _check(cfg: RunConfig, method: DistillMethod, needs: Needs, student: nn.Module, teachers: list) -> None:
+def build_context(
+    student: nn.Module,
+    teachers: list[nn.Module],
+    num_classes: int,
+    input_size: tuple[int, int, int],
+    device: torch.device,
+    seed: int = 0,
+    num_train: int = 0,
+    train_labels: torch.Tensor | None = None,
+) -> BuildContext:
+    """The :class:`BuildContext` of a student and its (unwrapped) teachers: taps and shapes from one dry run."""
+    s_taps = _all_taps(student)
+    t_taps = [_all_taps(t) for t in teachers]
+    return BuildContext(
+        num_classes=num_classes,
+        num_train=num_train,
+        student_taps=s_taps,
+        teacher_taps=t_taps,
+        student_shapes=probe_taps(student, s_taps, input_size),
+        teacher_shapes=[probe_taps(t, taps, input_size) for t, taps in zip(teachers, t_taps)],
+        teacher_classifiers=[t.classifier for t in teachers],
+        student_classifier=student.classifier,
+        train_labels=train_labels,
+        device=device,
+        seed=seed,
+    )
+
+
+def check_method(cfg: RunConfig, method: DistillMethod, student: nn.Module, teachers: list[nn.Module]) -> Needs:
+    """Check that ``method`` can run with these models (taps, teachers, held-out split); returns its needs."""
+    needs = method.needs()
+    _check(cfg, method, needs, student, teachers)
+    return needs
+
+
+def _check(cfg: RunConfig, method: DistillMethod, needs: Needs, student: nn.Module, teachers: list[nn.Module]) -> None:
     name = cfg.method.name
     if needs.teacher and not teachers:
         raise BuildError(
@@ -139,8 +167,8 @@ def _check(cfg: RunConfig, method: DistillMethod, needs: Needs, student: nn.Modu
         )
     try:
         student.check_taps(needs.student_taps, cfg.model.student)
-        for t in teachers:
-            t.model.check_taps(needs.teacher_taps, t.name)
+        for t, tcfg in zip(teachers, cfg.model.teachers):
+            t.check_taps(needs.teacher_taps, tcfg.name)
     except TapError as err:
         raise BuildError(f"method {name!r}: {err}") from None
     if needs.holdout_fraction > 0 and cfg.data.val_fraction < needs.holdout_fraction:

@@ -1,0 +1,41 @@
+# kdlab: `make demo` and `make test` work on a fresh machine (they create .venv and install first).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch is installed first so that the package's range requirement (torch>=2.2) is already satisfied.
+# Override for another build, e.g. TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu".
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.kdlab-installed
+
+.PHONY: demo test test-all test-extras lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_SPEC) || $(PIP) install -q "torch>=2.2"
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/kdlab demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+# timm needs torchvision; this installs both (a large download) and runs the timm adapter tests.
+test-extras: $(STAMP)
+	$(PIP) install -q -e ".[timm]"
+	$(PY) -m pytest -q tests/test_models_timm.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check kdlab tests benchmarks
+	$(VENV)/bin/ruff format --check kdlab tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
