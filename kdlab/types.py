@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 #: Name of the default view of a batch (the plainly augmented image).
@@ -142,6 +143,12 @@ class StepIO:
     def y(self) -> Tensor:
         """``[B]`` labels."""
         return self.batch.y
+
+    def teacher_logits(self, view: str = DEFAULT_VIEW) -> Tensor:
+        """``[M, B, K]``: the logits of all ``M`` teachers (or synthetic views) on ``view``, stacked."""
+        if not self.teachers:
+            return self.t.logits  # raises the "no teacher" error
+        return torch.stack([t[view].logits for t in self.teachers])
 
     def replace(self, **changes: object) -> StepIO:
         """Return a copy with some fields replaced (e.g. ``teachers=`` for perturbed views)."""

@@ -125,6 +125,12 @@ class DistillMethod(nn.Module):
     """
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    #: Names of the loss terms that read no teacher output (e.g. the cross-entropy). A wrapper that replaces the
+    #: teacher by synthetic views (TeKAP) keeps these once instead of re-weighting them per view.
+    teacher_free_terms: ClassVar[frozenset[str]] = frozenset({"ce"})
+    #: True when ``loss`` given several teachers returns each teacher-dependent term as the mean over teachers of
+    #: its single-teacher value. A wrapper may then evaluate many synthetic views in one ``loss`` call.
+    averages_teachers: ClassVar[bool] = False
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         super().__init__()

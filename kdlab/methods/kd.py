@@ -18,12 +18,14 @@ from kdlab import losses
 from kdlab.config import MethodConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import DistillMethod
-from kdlab.types import DEFAULT_VIEW, LossOut, StepIO
+from kdlab.types import LossOut, StepIO
 
 
 @register_method("kd", description="Hinton KD: CE + T^2 KL(teacher || student) on softened logits")
 class KD(DistillMethod):
     """Vanilla knowledge distillation."""
+
+    averages_teachers = True
 
     @dataclass(kw_only=True)
     class Config(MethodConfig):
@@ -42,10 +44,8 @@ class KD(DistillMethod):
     def loss(self, io: StepIO) -> LossOut:
         cfg = self.cfg
         s = io.s.logits
-        kd_terms = [
-            losses.kd(s, t[DEFAULT_VIEW].logits, cfg.temperature, standardize=cfg.standardize) for t in io.teachers
-        ]
-        kd_term = sum(kd_terms[1:], kd_terms[0]) / len(kd_terms)
+        # All teachers (or TeKAP's synthetic views) in one batched call: [M, B, K] -> [M] -> mean.
+        kd_term = losses.kd(s, io.teacher_logits(), cfg.temperature, standardize=cfg.standardize).mean()
         return LossOut(
             {
                 "ce": cfg.ce_weight * losses.cross_entropy(s, io.y, cfg.label_smoothing),
