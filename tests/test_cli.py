@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from kdlab.methods import METHODS
 
 TINY = [
     "data.name=synthetic", "data.num_classes=4", "data.image_size=8", "data.train_size=96", "data.test_size=48",
@@ -37,7 +38,7 @@ def teacher(tmp_path_factory):
     return tmp / "t" / "checkpoint.pt"
 
 
-@pytest.mark.parametrize("method", ["ce", "kd"])
+@pytest.mark.parametrize("method", METHODS.names())
 def test_two_step_run_then_eval(tmp_path, teacher, method):
     args = [str(REPO / "configs/debug/digits_kd.yaml"), *TINY, f"method.name={method}", "train.max_steps=2",
             "train.name=r", f"train.run_dir={tmp_path}", f"model.teachers.0.checkpoint={teacher}"]
