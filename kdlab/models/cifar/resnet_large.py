@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from kdlab.models import register_model
+from kdlab.models.cifar._alias import ClassifierAlias
 from kdlab.models.imagenet.resnet import BasicBlock, Bottleneck, ResNetBase
 
 
@@ -43,7 +44,7 @@ class CifarBottleneck(Bottleneck):
     shortcut_attr = "shortcut"
 
 
-class CifarResNet(ResNetBase):
+class CifarResNet(ClassifierAlias, ResNetBase):
     """ResNet with a 3x3/1 stem for 32x32 images: ``[B, C, 32, 32] -> [B, K]``.
 
     Taps: ``stem`` ``[B, 64, 32, 32]``; ``stageK``, ``stageK.pre`` ``[B, 64 * 2**(K-1) * e, 32 / 2**(K-1), ...]``
@@ -56,6 +57,8 @@ class CifarResNet(ResNetBase):
         in_channels: input channels ``C``.
     """
 
+    _classifier_attr = "linear"
+
     def __init__(
         self, block: type[nn.Module], depths: Sequence[int], num_classes: int = 100, in_channels: int = 3
     ) -> None:
@@ -63,11 +66,6 @@ class CifarResNet(ResNetBase):
         self.input_size = (in_channels, 32, 32)
         self.linear = nn.Linear(self.num_features, num_classes)
         self._init_weights()
-
-    @property
-    def classifier(self) -> nn.Linear:
-        """The final linear layer (RepDistiller's ``linear``)."""
-        return self.linear
 
 
 @register_model("resnet18_cifar", family="cifar", input_size=(3, 32, 32))

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from kdlab.models import register_model
 from kdlab.models.base import TapModel
+from kdlab.models.cifar._alias import ClassifierAlias
 from kdlab.types import TapInfo
 
 
@@ -75,7 +76,7 @@ class ShuffleUnit(nn.Module):
         return h + x
 
 
-class ShuffleNetV1(TapModel):
+class ShuffleNetV1(ClassifierAlias, TapModel):
     """CIFAR ShuffleNet v1: ``[B, C, 32, 32] -> [B, K]``.
 
     Taps: ``stem`` ``[B, 24, 32, 32]``; ``stageK`` and ``stageK.pre`` ``[B, widths[K-1], 32 / 2**K, ...]``;
@@ -88,6 +89,8 @@ class ShuffleNetV1(TapModel):
         depths: units per stage.
         groups: groups of the 1x1 convolutions.
     """
+
+    _classifier_attr = "linear"
 
     def __init__(
         self,
@@ -117,11 +120,6 @@ class ShuffleNetV1(TapModel):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(c, num_classes)
         self._info = (*info, TapInfo("pool", c, 1, "pool"))
-
-    @property
-    def classifier(self) -> nn.Linear:
-        """The final linear layer (the reference's ``linear``)."""
-        return self.linear
 
     def tap_info(self) -> tuple[TapInfo, ...]:
         return self._info

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from kdlab.models import register_model
 from kdlab.models.base import TapModel
+from kdlab.models.cifar._alias import ClassifierAlias
 from kdlab.models.cifar.shufflenetv1 import channel_shuffle
 from kdlab.types import TapInfo
 
@@ -97,7 +98,7 @@ class BasicUnit(nn.Module):
         return out, pre
 
 
-class ShuffleNetV2(TapModel):
+class ShuffleNetV2(ClassifierAlias, TapModel):
     """CIFAR ShuffleNet V2: ``[B, C, 32, 32] -> [B, K]``.
 
     Taps: ``stem`` ``[B, 24, 32, 32]``; ``stageK`` and ``stageK.pre`` ``[B, widths[K-1], 32 / 2**K, ...]``;
@@ -110,6 +111,8 @@ class ShuffleNetV2(TapModel):
         depths: basic units per stage (after the down-sampling unit).
         head_channels: channels of the final 1x1 convolution.
     """
+
+    _classifier_attr = "linear"
 
     def __init__(
         self,
@@ -136,11 +139,6 @@ class ShuffleNetV2(TapModel):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(head_channels, num_classes)
         self._info = (*info, TapInfo("pool", head_channels, 1, "pool"))
-
-    @property
-    def classifier(self) -> nn.Linear:
-        """The final linear layer (the reference's ``linear``)."""
-        return self.linear
 
     def tap_info(self) -> tuple[TapInfo, ...]:
         return self._info

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from kdlab.models import register_model
 from kdlab.models.base import TapModel
+from kdlab.models.cifar._alias import ClassifierAlias
 from kdlab.types import TapInfo
 
 # (output channels, stride) of the 13 depthwise-separable units.
@@ -61,7 +62,7 @@ def _separable(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     )
 
 
-class MobileNetV1(TapModel):
+class MobileNetV1(ClassifierAlias, TapModel):
     """ImageNet MobileNet v1 (width 1.0): ``[B, C, H, W] -> [B, K]`` (native 224x224; any ``H, W >= 32``).
 
     Taps: ``stem`` ``[B, 32, H/2, W/2]``; ``stage1..4`` and ``stageK.pre`` with 128/256/512/1024 channels at
@@ -71,6 +72,8 @@ class MobileNetV1(TapModel):
         num_classes: output classes ``K``.
         in_channels: input channels ``C``.
     """
+
+    _classifier_attr = "fc"
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3) -> None:
         super().__init__()
@@ -90,11 +93,6 @@ class MobileNetV1(TapModel):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, num_classes)
         self._info = (*info, TapInfo("pool", c, 1, "pool"))
-
-    @property
-    def classifier(self) -> nn.Linear:
-        """The final linear layer (mdistiller's ``fc``)."""
-        return self.fc
 
     def tap_info(self) -> tuple[TapInfo, ...]:
         return self._info

@@ -16,7 +16,7 @@ and in the names of the shortcut and the classifier.
 Deviations:
     - The blocks return the pre-activation sum and the stage loop applies the final ReLU, so ``stageK.pre``
       costs nothing; the computed function is unchanged.
-    - ``classifier`` is a read-only alias of ``fc`` (no duplicate state-dict keys).
+    - ``classifier`` is an alias of ``fc`` (reading and assigning; no duplicate state-dict keys).
     - mdistiller's extra ``stem`` pre-activation (the stem's BN output) is not exposed: ``stem.pre`` is not a
       canonical tap name.
 """
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from kdlab.models import register_model
 from kdlab.models.base import TapModel
+from kdlab.models.cifar._alias import ClassifierAlias
 from kdlab.types import TapInfo
 
 
@@ -132,7 +133,8 @@ class ResNetBase(TapModel):
         in_channels: input channels ``C``.
         imagenet_stem: 7x7/2 convolution + 3x3/2 max-pool (ImageNet) instead of a 3x3/1 convolution (CIFAR).
 
-    Subclasses create the final linear layer and expose it as ``classifier``.
+    Subclasses create the final linear layer and expose it as ``classifier`` (see
+    :class:`~kdlab.models.cifar._alias.ClassifierAlias`).
     """
 
     def __init__(
@@ -192,7 +194,7 @@ class ResNetBase(TapModel):
         return self.classifier(pooled), out
 
 
-class ResNet(ResNetBase):
+class ResNet(ClassifierAlias, ResNetBase):
     """torchvision-layout ImageNet ResNet: ``[B, C, H, W] -> [B, K]`` (any ``H, W >= 32``; native 224).
 
     Taps (for a 224x224 input): ``stem`` ``[B, 64, 112, 112]`` (stride 2, before the max-pool),
@@ -207,6 +209,7 @@ class ResNet(ResNetBase):
     """
 
     input_size = (3, 224, 224)
+    _classifier_attr = "fc"
 
     def __init__(
         self, block: type[nn.Module], depths: Sequence[int], num_classes: int = 1000, in_channels: int = 3
@@ -215,11 +218,6 @@ class ResNet(ResNetBase):
         self.input_size = (in_channels, 224, 224)
         self.fc = nn.Linear(self.num_features, num_classes)
         self._init_weights()
-
-    @property
-    def classifier(self) -> nn.Linear:
-        """The final linear layer (the torchvision ``fc``)."""
-        return self.fc
 
 
 @register_model("resnet18", family="imagenet", input_size=(3, 224, 224))
