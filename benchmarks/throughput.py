@@ -28,12 +28,26 @@ from kdlab.train.trainer import Trainer
 def make_trainer(method: str, args: argparse.Namespace, run_dir: str) -> Trainer:
     raw = {
         "model": {"student": args.student},
-        "data": {"name": "synthetic", "num_classes": 100, "image_size": 32, "channels": 3,
-                 "train_size": args.batch_size * args.steps, "test_size": args.batch_size,
-                 "batch_size": args.batch_size, "drop_last": True},
+        "data": {
+            "name": "synthetic",
+            "num_classes": 100,
+            "image_size": 32,
+            "channels": 3,
+            "train_size": args.batch_size * args.steps,
+            "test_size": args.batch_size,
+            "batch_size": args.batch_size,
+            "drop_last": True,
+        },
         "method": {"name": method},
-        "train": {"epochs": args.epochs, "device": "cpu", "threads": args.threads, "run_dir": run_dir,
-                  "name": method, "eval_every": 1000, "checkpoint_every": 1000},
+        "train": {
+            "epochs": args.epochs,
+            "device": "cpu",
+            "threads": args.threads,
+            "run_dir": run_dir,
+            "name": method,
+            "eval_every": 1000,
+            "checkpoint_every": 1000,
+        },
         "log": {"progress": "off"},
     }
     if method != "ce":
@@ -92,10 +106,22 @@ def main() -> None:
             alone = time_alone(trainer, args.repeats)
             step_s = args.batch_size / ips
             ideal = alone["student_step_s"] + alone["teacher_forward_s"]
-            rows.append({"method": method, "images_per_s": ips, "step_s": step_s, **alone,
-                         "loop_efficiency": ideal / step_s})
-    print(json.dumps({"student": args.student, "teacher": args.teacher, "batch_size": args.batch_size,
-                      "threads": args.threads, "torch": torch.__version__, "rows": rows}, indent=2))
+            rows.append(
+                {"method": method, "images_per_s": ips, "step_s": step_s, **alone, "loop_efficiency": ideal / step_s}
+            )
+    print(
+        json.dumps(
+            {
+                "student": args.student,
+                "teacher": args.teacher,
+                "batch_size": args.batch_size,
+                "threads": args.threads,
+                "torch": torch.__version__,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

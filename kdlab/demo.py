@@ -43,7 +43,14 @@ def _base(settings: DemoSettings, out: Path, name: str, seed: int) -> dict:
     return {
         "data": {"name": "digits", "batch_size": settings.batch_size, "augment": "crop_flip", "crop_padding": 1},
         "optim": {"lr": 0.05, "schedule": "cosine", "weight_decay": 5e-4},
-        "train": {"device": "cpu", "threads": 1, "seed": seed, "run_dir": str(out / "runs"), "name": name, "eval_every": 1000},
+        "train": {
+            "device": "cpu",
+            "threads": 1,
+            "seed": seed,
+            "run_dir": str(out / "runs"),
+            "name": name,
+            "eval_every": 1000,
+        },
         "log": {"progress": "off"},
     }
 
@@ -125,8 +132,15 @@ def paired(values: list[float], base: list[float]) -> tuple[float, float, bool]:
     return mean, se, abs(mean) > 2 * se and se > 0
 
 
-def write_report(out: Path, results: dict[str, list[float]], skipped: dict[str, str], teacher: dict,
-                 settings: DemoSettings, seeds: int, elapsed: float) -> Path:
+def write_report(
+    out: Path,
+    results: dict[str, list[float]],
+    skipped: dict[str, str],
+    teacher: dict,
+    settings: DemoSettings,
+    seeds: int,
+    elapsed: float,
+) -> Path:
     """Write ``report.md``: the table and a plain verdict per method."""
     base = results.get("ce", [])
     lines = [
@@ -164,8 +178,9 @@ def write_report(out: Path, results: dict[str, list[float]], skipped: dict[str, 
     lines += ["", f"Total time: {elapsed:.0f} s.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
-    (out / "results.json").write_text(__import__("json").dumps({"results": results, "skipped": skipped,
-                                                                "settings": to_dict(settings)}, indent=2))
+    (out / "results.json").write_text(
+        __import__("json").dumps({"results": results, "skipped": skipped, "settings": to_dict(settings)}, indent=2)
+    )
     return path
 
 

@@ -14,16 +14,36 @@ OUT = Path(__file__).resolve().parents[1] / "configs" / "cifar100"
 
 # Accuracy of each model trained alone (teachers and students rows of the CRD tables).
 ALONE = {
-    "wrn_40_2": 75.61, "resnet56": 72.34, "resnet110": 74.31, "resnet32x4": 79.42, "vgg13": 74.64,
-    "resnet50_cifar": 79.34, "wrn_16_2": 73.26, "wrn_40_1": 71.98, "resnet20": 69.06, "resnet32": 71.14,
-    "resnet8x4": 72.50, "vgg8": 70.36, "mobilenetv2": 64.60, "shufflenetv1": 70.50, "shufflenetv2": 71.82,
+    "wrn_40_2": 75.61,
+    "resnet56": 72.34,
+    "resnet110": 74.31,
+    "resnet32x4": 79.42,
+    "vgg13": 74.64,
+    "resnet50_cifar": 79.34,
+    "wrn_16_2": 73.26,
+    "wrn_40_1": 71.98,
+    "resnet20": 69.06,
+    "resnet32": 71.14,
+    "resnet8x4": 72.50,
+    "vgg8": 70.36,
+    "mobilenetv2": 64.60,
+    "shufflenetv1": 70.50,
+    "shufflenetv2": 71.82,
 }
 # (teacher, student): KD top-1 in the CRD tables.
 KD = {
-    ("wrn_40_2", "wrn_16_2"): 74.92, ("wrn_40_2", "wrn_40_1"): 73.54, ("resnet56", "resnet20"): 70.66,
-    ("resnet110", "resnet20"): 70.67, ("resnet110", "resnet32"): 73.08, ("resnet32x4", "resnet8x4"): 73.33,
-    ("vgg13", "vgg8"): 72.98, ("vgg13", "mobilenetv2"): 67.37, ("resnet50_cifar", "mobilenetv2"): 67.35,
-    ("resnet50_cifar", "vgg8"): 73.81, ("resnet32x4", "shufflenetv1"): 74.07, ("resnet32x4", "shufflenetv2"): 74.45,
+    ("wrn_40_2", "wrn_16_2"): 74.92,
+    ("wrn_40_2", "wrn_40_1"): 73.54,
+    ("resnet56", "resnet20"): 70.66,
+    ("resnet110", "resnet20"): 70.67,
+    ("resnet110", "resnet32"): 73.08,
+    ("resnet32x4", "resnet8x4"): 73.33,
+    ("vgg13", "vgg8"): 72.98,
+    ("vgg13", "mobilenetv2"): 67.37,
+    ("resnet50_cifar", "mobilenetv2"): 67.35,
+    ("resnet50_cifar", "vgg8"): 73.81,
+    ("resnet32x4", "shufflenetv1"): 74.07,
+    ("resnet32x4", "shufflenetv2"): 74.45,
     ("wrn_40_2", "shufflenetv1"): 74.83,
 }
 SMALL_LR = ("mobilenetv2", "shufflenetv1", "shufflenetv2")  # lr 0.01 in the reference recipes
@@ -40,24 +60,32 @@ def write(path: Path, cfg: dict) -> None:
 
 def main() -> None:
     for model, acc in ALONE.items():
-        write(OUT / "ce" / f"{model}.yaml", {
-            "description": f"{model} trained alone on CIFAR-100 (CRD benchmark recipe)",
-            "target": {"top1": acc},
-            "model": {"student": model},
-            "data": {"name": "cifar100"},
-            "method": {"name": "ce"},
-            "optim": {"lr": lr_for(model)},
-        })
+        write(
+            OUT / "ce" / f"{model}.yaml",
+            {
+                "description": f"{model} trained alone on CIFAR-100 (CRD benchmark recipe)",
+                "target": {"top1": acc},
+                "model": {"student": model},
+                "data": {"name": "cifar100"},
+                "method": {"name": "ce"},
+                "optim": {"lr": lr_for(model)},
+            },
+        )
     for (teacher, student), acc in KD.items():
-        write(OUT / "kd" / f"{teacher}__{student}.yaml", {
-            "description": f"KD {teacher} -> {student} on CIFAR-100 (CRD benchmark: T=4, CE 0.1, KD 0.9)",
-            "target": {"top1": acc},
-            "model": {"student": student,
-                      "teachers": [{"name": teacher, "checkpoint": f"runs/ce__{teacher}__s0/checkpoint.pt"}]},
-            "data": {"name": "cifar100"},
-            "method": {"name": "kd", "temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9},
-            "optim": {"lr": lr_for(student)},
-        })
+        write(
+            OUT / "kd" / f"{teacher}__{student}.yaml",
+            {
+                "description": f"KD {teacher} -> {student} on CIFAR-100 (CRD benchmark: T=4, CE 0.1, KD 0.9)",
+                "target": {"top1": acc},
+                "model": {
+                    "student": student,
+                    "teachers": [{"name": teacher, "checkpoint": f"runs/ce__{teacher}__s0/checkpoint.pt"}],
+                },
+                "data": {"name": "cifar100"},
+                "method": {"name": "kd", "temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9},
+                "optim": {"lr": lr_for(student)},
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,17 @@ def tiny_config(tmp_path: Path, *overrides: str, method: str = "ce", teacher_ckp
     """A run on synthetic 8x8 images with small ConvNets: a few steps per epoch."""
     data = {
         "model": {"student": "convnet_xs"},
-        "data": {"name": "synthetic", "num_classes": 4, "image_size": 8, "channels": 3, "train_size": 96,
-                 "test_size": 48, "batch_size": 16, "augment": "crop_flip", "crop_padding": 2},
+        "data": {
+            "name": "synthetic",
+            "num_classes": 4,
+            "image_size": 8,
+            "channels": 3,
+            "train_size": 96,
+            "test_size": 48,
+            "batch_size": 16,
+            "augment": "crop_flip",
+            "crop_padding": 2,
+        },
         "method": {"name": method},
         "optim": {"lr": 0.05, "milestones": [2]},
         "train": {"epochs": 3, "device": "cpu", "run_dir": str(tmp_path / "runs"), "threads": 1},

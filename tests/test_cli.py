@@ -11,20 +11,28 @@ import time
 
 import pytest
 import torch
-
 from conftest import REPO
+
 from kdlab.methods import METHODS
 
 TINY = [
-    "data.name=synthetic", "data.num_classes=4", "data.image_size=8", "data.train_size=96", "data.test_size=48",
-    "data.batch_size=16", "train.device=cpu", "train.threads=1", "log.progress=plain",
+    "data.name=synthetic",
+    "data.num_classes=4",
+    "data.image_size=8",
+    "data.train_size=96",
+    "data.test_size=48",
+    "data.batch_size=16",
+    "train.device=cpu",
+    "train.threads=1",
+    "log.progress=plain",
 ]
 
 
 def kdlab(*args: str, cwd=None, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "kdlab", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdlab", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"kdlab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -33,15 +41,28 @@ def kdlab(*args: str, cwd=None, check: bool = True, timeout: float = 300) -> sub
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli_teacher")
-    kdlab("train", str(REPO / "configs/debug/digits_ce.yaml"), *TINY, "train.epochs=2", "train.name=t",
-          f"train.run_dir={tmp}")
+    kdlab(
+        "train",
+        str(REPO / "configs/debug/digits_ce.yaml"),
+        *TINY,
+        "train.epochs=2",
+        "train.name=t",
+        f"train.run_dir={tmp}",
+    )
     return tmp / "t" / "checkpoint.pt"
 
 
 @pytest.mark.parametrize("method", METHODS.names())
 def test_two_step_run_then_eval(tmp_path, teacher, method):
-    args = [str(REPO / "configs/debug/digits_kd.yaml"), *TINY, f"method.name={method}", "train.max_steps=2",
-            "train.name=r", f"train.run_dir={tmp_path}", f"model.teachers.0.checkpoint={teacher}"]
+    args = [
+        str(REPO / "configs/debug/digits_kd.yaml"),
+        *TINY,
+        f"method.name={method}",
+        "train.max_steps=2",
+        "train.name=r",
+        f"train.run_dir={tmp_path}",
+        f"model.teachers.0.checkpoint={teacher}",
+    ]
     proc = kdlab("train", *args)
     assert "test top1" in proc.stdout
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
@@ -68,8 +89,10 @@ def test_list_and_show():
         (["train", "configs/debug/digits_ce.yaml", "data.name=imagenet22k"], "unknown dataset 'imagenet22k'"),
         (["train", "configs/debug/digits_ce.yaml", "method.name=nope"], "unknown method 'nope'"),
         (["train", "configs/nope.yaml"], "does not exist"),
-        (["train", "configs/debug/digits_ce.yaml", "data.name=cifar100", "data.root=/nonexistent-kdlab"],
-         "data.download=true"),
+        (
+            ["train", "configs/debug/digits_ce.yaml", "data.name=cifar100", "data.root=/nonexistent-kdlab"],
+            "data.download=true",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_a_message(tmp_path, args, message):
@@ -87,18 +110,29 @@ def test_corrupt_checkpoint_exits_1(tmp_path):
 
 
 def test_sigterm_writes_checkpoint_and_resume_matches_uninterrupted(tmp_path):
-    common = [str(REPO / "configs/debug/digits_ce.yaml"), *TINY, "data.train_size=2000", "train.epochs=6",
-              f"train.run_dir={tmp_path}", "log.every_steps=1"]
+    common = [
+        str(REPO / "configs/debug/digits_ce.yaml"),
+        *TINY,
+        "data.train_size=2000",
+        "train.epochs=6",
+        f"train.run_dir={tmp_path}",
+        "log.every_steps=1",
+    ]
     kdlab("train", *common, "train.name=full")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "kdlab", "train", *common, "train.name=cut"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdlab", "train", *common, "train.name=cut"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     metrics = tmp_path / "cut" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     if proc.returncode == 0:  # finished before the signal arrived: nothing to test on this machine
         pytest.skip("run finished before SIGTERM")
     assert proc.returncode == 130, err

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import REPO
+
 from kdlab.config import ConfigError, RunConfig, build_config, dump_config, load_config, to_dict
 
 
@@ -47,8 +47,17 @@ def test_wrong_types_name_the_field_and_the_expected_type(override, message):
 
 
 def test_overrides_and_round_trip():
-    cfg = build_config({}, ["method.name=kd", "method.temperature=2", "model.teachers.0.name=resnet32x4",
-                            "model.teachers.0.checkpoint=t.pt", "optim.milestones=[1, 2]", "train.epochs=3"])
+    cfg = build_config(
+        {},
+        [
+            "method.name=kd",
+            "method.temperature=2",
+            "model.teachers.0.name=resnet32x4",
+            "model.teachers.0.checkpoint=t.pt",
+            "optim.milestones=[1, 2]",
+            "train.epochs=3",
+        ],
+    )
     assert cfg.method.temperature == 2.0 and isinstance(cfg.method.temperature, float)
     assert cfg.model.teachers[0].name == "resnet32x4" and cfg.model.teachers[0].checkpoint == "t.pt"
     assert cfg.optim.milestones == [1, 2] and cfg.train.epochs == 3

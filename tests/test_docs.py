@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from conftest import REPO
+
 from kdlab.cli.main import build_parser
 from kdlab.data import dataset_names
 from kdlab.methods import METHODS

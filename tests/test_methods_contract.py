@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from kdlab.methods import METHODS
 from kdlab.train.trainer import Trainer
 

@@ -7,8 +7,8 @@ import signal
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from kdlab.train.checkpoint import CheckpointError, read_file
 from kdlab.train.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
@@ -184,5 +184,5 @@ def test_kd_needs_a_teacher(tmp_path):
     from kdlab.train.build import BuildError
 
     cfg = tiny_config(tmp_path, "model.teachers=[]", method="kd")
-    with pytest.raises(BuildError, match="model.teachers is empty"):
+    with pytest.raises(BuildError, match=r"model\.teachers is empty"):
         Trainer(cfg)

@@ -87,8 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a checkpoint.pt or student.pt on its test set")
     e.add_argument("checkpoint", help="a run's checkpoint.pt or student.pt")
-    e.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="data overrides, e.g. root=/data/cifar test_limit=1000")
+    e.add_argument(
+        "--data",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="data overrides, e.g. root=/data/cifar test_limit=1000",
+    )
     e.add_argument("--device", default="auto")
     e.set_defaults(func=cmd_eval)
 
