@@ -48,18 +48,20 @@ class CheckpointMismatchError(RuntimeError):
         self.mismatched = mismatched
         lines = [f"checkpoint does not match {model_name}:"]
         if missing:
-            lines.append(f"  missing keys ({len(missing)}): {_listing(missing)}")
+            lines.append(f"  missing keys ({len(missing)}): {_listing(missing, 'missing')}")
         if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_listing(unexpected, 'unexpected')}")
         if mismatched:
             shapes = [f"{k} (checkpoint {list(a)} vs model {list(b)})" for k, a, b in mismatched]
-            lines.append(f"  shape mismatches ({len(mismatched)}): {_listing(shapes)}")
+            lines.append(f"  shape mismatches ({len(mismatched)}): {_listing(shapes, 'mismatched')}")
         super().__init__("\n".join(lines))
 
 
-def _listing(items: list[str]) -> str:
+def _listing(items: list[str], attribute: str) -> str:
     shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
+    if len(items) > _MAX_LISTED:
+        shown += f", ... and {len(items) - _MAX_LISTED} more (all in the error's .{attribute})"
+    return shown
 
 
 def _strip_prefixes(key: str) -> str:
