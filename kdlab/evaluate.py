@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdlab.config import build_config
+from kdlab.models.checkpoints import CheckpointError, load_state_dict_flexible
 from kdlab.train.build import build_run, resolve_device
-from kdlab.train.checkpoint import CHECKPOINT_FORMAT, EXPORT_FORMAT, CheckpointError, load_weights, read_file
+from kdlab.train.checkpoint import CHECKPOINT_FORMAT, EXPORT_FORMAT, read_file
 from kdlab.train.trainer import evaluate
 
 
@@ -41,6 +42,6 @@ def evaluate_file(path: str | Path, data_overrides: list[str] | None = None, dev
         model = run.method.export(run.student)
     else:
         model = run.method.export(run.student)
-        load_weights(model, obj["state_dict"], f"export of {cfg.model.student}", str(path))
+        load_state_dict_flexible(model, obj["state_dict"], f"the export of {cfg.model.student} in {path}")
     result = evaluate(model, run.data.eval_batches("test"))
     return {**result, "file": str(path), "dataset": cfg.data.name}

@@ -19,19 +19,8 @@ from torch import Tensor
 
 from kdlab.config import DataConfig
 from kdlab.data.base import DatasetSplits, ImageSet
+from kdlab.seeding import derive_seed
 from kdlab.types import DEFAULT_VIEW, Batch
-
-# Distinct odd constants mixing (seed, epoch, step, stream) into one 63-bit generator seed.
-_MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93)
-
-
-def derive_seed(*parts: int) -> int:
-    """A deterministic 63-bit seed from integers (seed, epoch, step, ...)."""
-    h = 0x2545F4914F6CDD1D
-    for i, p in enumerate(parts):
-        h = ((h ^ (int(p) + 1)) * _MIX[i % len(_MIX)]) & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:

@@ -52,10 +52,10 @@ from torch import Tensor
 
 from kdlab import losses
 from kdlab.config import MethodConfig
-from kdlab.data.loader import derive_seed
 from kdlab.methods import register_method
 from kdlab.methods.base import AuxObjective, BuildContext, DistillMethod, PrepareContext
 from kdlab.methods.kd import KD
+from kdlab.seeding import derive_seed
 from kdlab.types import LossOut, Needs, Outputs, StepIO
 
 #: Mixed into the run's seed so that TeKAP's noise stream differs from the data pipeline's.

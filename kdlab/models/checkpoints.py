@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CheckpointMismatchError", "extract_state_dict", "load_state_dict_flexible"]
+__all__ = ["CheckpointError", "CheckpointMismatchError", "extract_state_dict", "load_state_dict_flexible"]
 
 #: Keys under which checkpoints commonly nest the model's state dict, tried in order.
 _NESTING_KEYS = ("state_dict", "model_state_dict", "model")
@@ -27,7 +27,11 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _MAX_LISTED = 20
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or does not fit the model; the message says what to do."""
+
+
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint's keys or shapes do not match the model.
 
     Attributes:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -18,6 +16,7 @@ from kdlab.data.loader import DeviceLoader
 from kdlab.methods import DistillMethod, build_method
 from kdlab.methods.base import BuildContext
 from kdlab.models.base import TapError, probe_taps
+from kdlab.seeding import seed_everything
 from kdlab.train.checkpoint import load_model_file
 from kdlab.train.teacher import FrozenTeacher
 from kdlab.types import Needs
@@ -40,13 +39,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name!r} but CUDA is not available here; use train.device=cpu")
     return device
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @dataclass

@@ -17,12 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdlab.models.checkpoints import CheckpointError, CheckpointMismatchError, load_state_dict_flexible
+
 CHECKPOINT_FORMAT = "kdlab.checkpoint/1"
 EXPORT_FORMAT = "kdlab.export/1"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or does not fit the model; the message says what to do."""
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -74,49 +72,18 @@ def read_file(path: str | Path, what: str = "checkpoint") -> Any:
         ) from None
 
 
-def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    """The model weights inside any supported file content, with ``module.`` prefixes stripped.
-
-    Accepts a kdlab checkpoint (``student``), a kdlab export (``state_dict``), ``{'state_dict': ...}``,
-    ``{'model': ...}`` or a bare state dict.
-    """
+def load_model_file(model: nn.Module, path: str | Path, name: str) -> None:
+    """Initialise ``model`` (registry name ``name``) from a kdlab checkpoint or export, or any state-dict file
+    (see :func:`kdlab.models.checkpoints.load_state_dict_flexible`); a mismatch names the keys and shapes."""
+    obj = read_file(path, "weights file")
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         obj = obj["student"]
-    elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError("the file holds no state dict (expected tensors by parameter name)")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], name: str, source: str) -> None:
-    """Load ``state`` into ``model`` strictly; on mismatch, name the missing/unexpected keys and shapes."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            more = " ..." if len(unexpected) > 8 else ""
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}{more}")
-        if shapes:
-            parts.append(f"shape mismatches ({len(shapes)}): {'; '.join(shapes[:8])}")
+    try:
+        load_state_dict_flexible(model, obj, name)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{str(path)!r} holds no usable state dict for {name!r}: {err}") from None
+    except CheckpointMismatchError as err:
         raise CheckpointError(
-            f"{source!r} does not fit model {name!r} ({'; '.join(parts)}). Check that the config names the "
-            "architecture and class count the checkpoint was trained with"
-        )
-    model.load_state_dict(state, strict=True)
-
-
-def load_model_file(model: nn.Module, path: str | Path, name: str) -> None:
-    """Initialise ``model`` (registry name ``name``) from a checkpoint or state-dict file."""
-    load_weights(model, extract_state_dict(read_file(path, "weights file")), name, str(path))
+            f"{str(path)!r} does not fit model {name!r} ({err}). Check that the config names the architecture and "
+            "class count the checkpoint was trained with"
+        ) from None

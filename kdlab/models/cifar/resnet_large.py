@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from kdlab.models import register_model
-from kdlab.models.cifar._alias import ClassifierAlias
+from kdlab.models.alias import ClassifierAlias
 from kdlab.models.imagenet.resnet import BasicBlock, Bottleneck, ResNetBase
 
 
@@ -44,7 +44,7 @@ class CifarBottleneck(Bottleneck):
     shortcut_attr = "shortcut"
 
 
-class CifarResNet(ClassifierAlias, ResNetBase):
+class CifarResNetV2(ClassifierAlias, ResNetBase):
     """ResNet with a 3x3/1 stem for 32x32 images: ``[B, C, 32, 32] -> [B, K]``.
 
     Taps: ``stem`` ``[B, 64, 32, 32]``; ``stageK``, ``stageK.pre`` ``[B, 64 * 2**(K-1) * e, 32 / 2**(K-1), ...]``
@@ -69,19 +69,19 @@ class CifarResNet(ClassifierAlias, ResNetBase):
 
 
 @register_model("resnet18_cifar", family="cifar", input_size=(3, 32, 32))
-def resnet18_cifar(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
+def resnet18_cifar(num_classes: int = 100, in_channels: int = 3) -> CifarResNetV2:
     """ResNet-18 for CIFAR (RepDistiller ``ResNet18``; 11,220,132 parameters for 100 classes)."""
-    return CifarResNet(CifarBasicBlock, (2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels)
+    return CifarResNetV2(CifarBasicBlock, (2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels)
 
 
 @register_model("resnet34_cifar", family="cifar", input_size=(3, 32, 32))
-def resnet34_cifar(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
+def resnet34_cifar(num_classes: int = 100, in_channels: int = 3) -> CifarResNetV2:
     """ResNet-34 for CIFAR (RepDistiller ``ResNet34``; 21,328,292 parameters for 100 classes)."""
-    return CifarResNet(CifarBasicBlock, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels)
+    return CifarResNetV2(CifarBasicBlock, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels)
 
 
 @register_model("resnet50_cifar", family="cifar", input_size=(3, 32, 32))
-def resnet50_cifar(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
+def resnet50_cifar(num_classes: int = 100, in_channels: int = 3) -> CifarResNetV2:
     """ResNet-50 for CIFAR (RepDistiller ``ResNet50``, the KD tables' "ResNet50" teacher; 23,705,252 parameters
     for 100 classes)."""
-    return CifarResNet(CifarBottleneck, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels)
+    return CifarResNetV2(CifarBottleneck, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels)

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.models import register_model
+from kdlab.models.alias import ClassifierAlias
 from kdlab.models.base import TapModel
-from kdlab.models.cifar._alias import ClassifierAlias
 from kdlab.types import TapInfo
 
 __all__ = ["OptionAResNet", "option_a_shortcut"]

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from kdlab.models import register_model
+from kdlab.models.alias import ClassifierAlias
 from kdlab.models.base import TapModel
-from kdlab.models.cifar._alias import ClassifierAlias
 from kdlab.types import TapInfo
 
 

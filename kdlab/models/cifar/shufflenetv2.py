@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.models import register_model
+from kdlab.models.alias import ClassifierAlias
 from kdlab.models.base import TapModel
-from kdlab.models.cifar._alias import ClassifierAlias
 from kdlab.models.cifar.shufflenetv1 import channel_shuffle
 from kdlab.types import TapInfo
 

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.models import register_model
+from kdlab.models.alias import ClassifierAlias
 from kdlab.models.base import TapModel
-from kdlab.models.cifar._alias import ClassifierAlias
 from kdlab.types import TapInfo
 
 # (output channels, stride) of the 13 depthwise-separable units.

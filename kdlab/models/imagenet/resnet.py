@@ -29,8 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.models import register_model
+from kdlab.models.alias import ClassifierAlias
 from kdlab.models.base import TapModel
-from kdlab.models.cifar._alias import ClassifierAlias
 from kdlab.types import TapInfo
 
 
@@ -134,7 +134,7 @@ class ResNetBase(TapModel):
         imagenet_stem: 7x7/2 convolution + 3x3/2 max-pool (ImageNet) instead of a 3x3/1 convolution (CIFAR).
 
     Subclasses create the final linear layer and expose it as ``classifier`` (see
-    :class:`~kdlab.models.cifar._alias.ClassifierAlias`).
+    :class:`~kdlab.models.alias.ClassifierAlias`).
     """
 
     def __init__(
