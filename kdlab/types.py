@@ -86,7 +86,9 @@ class Progress:
         epoch: 0-based index of the current epoch.
         step_in_epoch: 0-based step inside the epoch.
         steps_per_epoch: optimiser steps in one epoch.
-        total_epochs: epochs of the run.
+        total_epochs: epochs of the current stage.
+        stage: name of the current training stage: ``"main"``, or a stage a method declared to run before it
+            (:meth:`kdlab.methods.base.DistillMethod.stages`). ``step`` and ``epoch`` count within the stage.
     """
 
     step: int = 0
@@ -94,6 +96,7 @@ class Progress:
     step_in_epoch: int = 0
     steps_per_epoch: int = 1
     total_epochs: int = 1
+    stage: str = "main"
 
     @property
     def epoch_float(self) -> float:

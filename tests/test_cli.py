@@ -11,9 +11,10 @@ import time
 
 import pytest
 import torch
-from conftest import REPO
 
 from kdlab.methods import METHODS
+
+from conftest import REPO
 
 TINY = [
     "data.name=synthetic",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import REPO
 
 from kdlab.config import ConfigError, RunConfig, build_config, dump_config, load_config, to_dict
+
+from conftest import REPO
 
 
 def test_defaults_are_the_cifar100_benchmark_recipe():

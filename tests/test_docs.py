@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 
-from conftest import REPO
-
 from kdlab.cli.main import build_parser
 from kdlab.data import dataset_names
 from kdlab.methods import METHODS
 from kdlab.models import model_names
+
+from conftest import REPO
 
 README = (REPO / "README.md").read_text()
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
 
 from kdlab.methods import METHODS
 from kdlab.train.trainer import Trainer
+
+from conftest import tiny_config
 
 ALL = METHODS.names()
 

@@ -7,10 +7,11 @@ import signal
 
 import pytest
 import torch
-from conftest import tiny_config
 
 from kdlab.train.checkpoint import CheckpointError, read_file
 from kdlab.train.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
+
+from conftest import tiny_config
 
 
 def _weights(run_dir):

@@ -113,6 +113,33 @@ class AuxObjective:
         """Restore :meth:`state_dict`."""
 
 
+MAIN_STAGE = "main"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A training stage a method runs before the main stage (e.g. the initialisation stages of AB, FT, FSP).
+
+    During a stage the trainer calls the method's ``loss`` with ``io.progress.stage == name``, and optimises
+    only the parameters ``trains`` names, with a fresh optimiser of the run's kind at a constant learning rate.
+
+    Attributes:
+        name: stage name (``"main"`` is the trainer's own last stage).
+        epochs: length in epochs.
+        trains: ``"adapters"`` (the method's adapters), ``"student"`` or ``"all"`` (student and adapters).
+        lr: learning rate; None for the run's ``optim.lr``.
+    """
+
+    name: str
+    epochs: int
+    trains: str = "adapters"
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.trains not in ("adapters", "student", "all"):
+            raise ValueError(f"Stage.trains must be 'adapters', 'student' or 'all', got {self.trains!r}")
+
+
 class DistillMethod(nn.Module):
     """Base class of every method (registered with :func:`kdlab.methods.register_method`).
 
@@ -147,6 +174,10 @@ class DistillMethod(nn.Module):
 
     def prepare(self, ctx: PrepareContext) -> None:
         """One-off set-up before training (e.g. per-class teacher means)."""
+
+    def stages(self) -> Sequence[Stage]:
+        """Stages to run, in order, before the main stage (default: none)."""
+        return ()
 
     def aux_objectives(self) -> Sequence[AuxObjective]:
         """Extra optimisation loops (default: none)."""

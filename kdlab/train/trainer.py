@@ -9,6 +9,7 @@ resumed to end bitwise identical, on CPU, to an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 
 import kdlab
 from kdlab.config import RunConfig, dump_config, to_dict
-from kdlab.methods.base import AuxContext, PrepareContext
+from kdlab.methods.base import MAIN_STAGE, AuxContext, PrepareContext, Stage
 from kdlab.models.base import count_parameters
 from kdlab.train.build import Run, build_run
 from kdlab.train.checkpoint import (
@@ -166,25 +167,59 @@ class Trainer:
         self.run: Run = build_run(cfg)
         r = self.run
         self.step_module = TrainStep(r.student, r.method, r.needs)
-        params = [p for p in r.student.parameters() if p.requires_grad]
-        params += [p for p in r.method.adapters.parameters() if p.requires_grad]
-        self.optimizer = self._make_optimizer(params)
         self.aux = list(r.method.aux_objectives())
         self.steps_per_epoch = r.data.steps_per_epoch()
+        # the method's own stages (if any) run first, then the main stage of `train.epochs`
+        self.stages = [*r.method.stages(), Stage(MAIN_STAGE, cfg.train.epochs, trains="all")]
+        names = [st.name for st in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                f"method {cfg.method.name!r} declares stages {names[:-1]}: names must be unique, not 'main'"
+            )
+        self.optimizer = self._make_optimizer(self.stages[0])
+        self.start = self._stage_progress(0)
+        self.global_step = 0  # steps over all stages (train.max_steps counts these)
         self.history: list[dict] = []
-        self.start = Progress(steps_per_epoch=self.steps_per_epoch, total_epochs=cfg.train.epochs)
         self.train_time = 0.0
         self.train_images = 0
         self._stop_signal: int | None = None
 
     # ---------------------------------------------------------------------------------------------- set-up
-    def _make_optimizer(self, params: list) -> torch.optim.Optimizer:
-        o = self.cfg.optim
+    def _make_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
+        """A fresh optimiser of the run's kind over the parameters ``stage`` trains."""
+        r, o = self.run, self.cfg.optim
+        params = []
+        if stage.trains in ("student", "all"):
+            params += [p for p in r.student.parameters() if p.requires_grad]
+        if stage.trains in ("adapters", "all"):
+            params += [p for p in r.method.adapters.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"stage {stage.name!r} trains {stage.trains!r}, which has no trainable parameters")
+        lr = stage.lr if stage.lr is not None else o.lr
         if o.name == "sgd":
-            return torch.optim.SGD(
-                params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
-            )
-        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+            return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+    def _stage_progress(self, index: int, step: int = 0, epoch: int = 0, step_in_epoch: int = 0) -> Progress:
+        stage = self.stages[index]
+        return Progress(
+            step=step,
+            epoch=epoch,
+            step_in_epoch=step_in_epoch,
+            steps_per_epoch=self.steps_per_epoch,
+            total_epochs=stage.epochs,
+            stage=stage.name,
+        )
+
+    def _stage_index(self, progress: Progress) -> int:
+        return next(i for i, st in enumerate(self.stages) if st.name == progress.stage)
+
+    def _lr(self, progress: Progress) -> float:
+        """The main stage follows ``optim``'s schedule; a method's stages run at a constant learning rate."""
+        if progress.stage == MAIN_STAGE:
+            return learning_rate(self.cfg.optim, progress)
+        lr = self.stages[self._stage_index(progress)].lr
+        return self.cfg.optim.lr if lr is None else lr
 
     def teacher_outputs(self, batch: Batch) -> tuple[dict[str, Outputs], ...]:
         """Every teacher's outputs on the views and taps the method needs."""
@@ -207,7 +242,13 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "config": to_dict(self.cfg),
-            "progress": {"step": progress.step, "epoch": progress.epoch, "step_in_epoch": progress.step_in_epoch},
+            "progress": {
+                "stage": self._stage_index(progress),
+                "step": progress.step,
+                "epoch": progress.epoch,
+                "step_in_epoch": progress.step_in_epoch,
+                "global_step": self.global_step,
+            },
             "student": self.run.student.state_dict(),
             "method": self.run.method.state_dict(),
             "method_generators": self.run.method.generator_state(),
@@ -234,6 +275,8 @@ class Trainer:
         self.run.student.load_state_dict(state["student"])
         self.run.method.load_state_dict(state["method"])
         self.run.method.set_generator_state(state["method_generators"])
+        p = state["progress"]
+        self.optimizer = self._make_optimizer(self.stages[p["stage"]])
         self.optimizer.load_state_dict(state["optimizer"])
         for aux, s in zip(self.aux, state["aux"]):
             aux.load_state_dict(s)
@@ -246,14 +289,8 @@ class Trainer:
         self.history = list(state["history"])
         self.train_time = state["clock"]["train_time"]
         self.train_images = state["clock"]["train_images"]
-        p = state["progress"]
-        return Progress(
-            step=p["step"],
-            epoch=p["epoch"],
-            step_in_epoch=p["step_in_epoch"],
-            steps_per_epoch=self.steps_per_epoch,
-            total_epochs=self.cfg.train.epochs,
-        )
+        self.global_step = p["global_step"]
+        return self._stage_progress(p["stage"], p["step"], p["epoch"], p["step_in_epoch"])
 
     def save_checkpoint(self, progress: Progress) -> None:
         atomic_save(self.state_dict(progress), self.ckpt_path)
@@ -294,16 +331,20 @@ class Trainer:
         (self.run_dir / "config.yaml").write_text(dump_config(cfg))
         r.method.prepare(self._prepare_context())
 
-        max_steps = cfg.train.max_steps
-        total = self.steps_per_epoch * cfg.train.epochs
-        if max_steps is not None:
-            total = min(total, max_steps)
+        total = self.steps_per_epoch * sum(st.epochs for st in self.stages)
+        if cfg.train.max_steps is not None:
+            total = min(total, cfg.train.max_steps)
         display = ProgressDisplay(cfg.log.progress, total, cfg.log.every_steps)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        self.step_module.train()
-        display.start(progress.step)
+        display.start(self.global_step)
         try:
-            progress = self._loop(progress, total, display)
+            for index in range(self._stage_index(progress), len(self.stages)):
+                if self.stages[index].name != progress.stage:  # entering a new stage: fresh optimiser
+                    self.optimizer = self._make_optimizer(self.stages[index])
+                    progress = self._stage_progress(index)
+                progress = self._loop(progress, total, display)
+                if self.global_step >= total:
+                    break
         finally:
             display.close()
             for s, h in old_handlers.items():
@@ -311,15 +352,21 @@ class Trainer:
         return self._finish(progress)
 
     def _loop(self, progress: Progress, total: int, display: ProgressDisplay) -> Progress:
+        """Run the current stage to its end (or to ``total`` global steps, or a stop signal)."""
         cfg, r = self.cfg, self.run
         metrics_file = self.run_dir / "metrics.jsonl"
-        while progress.epoch < cfg.train.epochs and progress.step < total:
+        main = progress.stage == MAIN_STAGE
+        epochs = progress.total_epochs
+        # a stage that trains only the adapters keeps the student in eval mode (its BN statistics stay put)
+        self.step_module.train()
+        self.run.student.train(self.stages[self._stage_index(progress)].trains != "adapters")
+        while progress.epoch < epochs and self.global_step < total:
             epoch = progress.epoch
             sums: dict[str, float] = {}
             n_steps, t_epoch, images = 0, 0.0, 0
             t_prev = time.perf_counter()  # step time includes producing the batch (the data pipeline)
             for batch in r.data.train_batches(epoch, progress.step_in_epoch):
-                lr = learning_rate(cfg.optim, progress)
+                lr = self._lr(progress)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 teachers = self.teacher_outputs(batch)
@@ -333,8 +380,9 @@ class Trainer:
                 loss_value, *term_values = scalars.tolist()
                 if not math.isfinite(loss_value):
                     bad = next((k for k, v in zip(named, term_values) if not math.isfinite(v)), "total")
+                    where = "" if main else f" of stage {progress.stage!r}"
                     raise NonFiniteLossError(
-                        f"non-finite loss at step {progress.step} (epoch {epoch + 1}): term {bad!r} = "
+                        f"non-finite loss at step {progress.step} (epoch {epoch + 1}{where}): term {bad!r} = "
                         f"{dict(zip(named, term_values)).get(bad, loss_value)}. The last good checkpoint "
                         f"{str(self.ckpt_path)!r} is kept; lower optim.lr, check the teacher checkpoint and the "
                         "inputs, then resume or restart"
@@ -343,14 +391,9 @@ class Trainer:
                 loss.backward()
                 self.optimizer.step()
                 logs = {}
-                done = Progress(
-                    step=progress.step + 1,
-                    epoch=epoch,
-                    step_in_epoch=progress.step_in_epoch + 1,
-                    steps_per_epoch=self.steps_per_epoch,
-                    total_epochs=cfg.train.epochs,
-                )
-                for aux in self.aux:
+                self.global_step += 1
+                done = dataclasses.replace(progress, step=progress.step + 1, step_in_epoch=progress.step_in_epoch + 1)
+                for aux in self.aux if main else ():
                     if aux.due(progress):
                         logs.update(aux.step(self._aux_context(batch, done, lr)))
                 values = dict(zip(named, term_values))
@@ -363,9 +406,9 @@ class Trainer:
                 n_steps += 1
                 t_epoch += dt
                 images += batch.size
-                display.update(progress.step, epoch, f"loss {values['loss']:.4f} lr {lr:.4g}")
+                display.update(self.global_step - 1, epoch, f"loss {values['loss']:.4f} lr {lr:.4g}")
                 progress = done
-                if self._stop_signal is not None or progress.step >= total:
+                if self._stop_signal is not None or self.global_step >= total:
                     break
             self.train_time += t_epoch
             self.train_images += images
@@ -374,22 +417,18 @@ class Trainer:
                 self.save_checkpoint(progress)
                 raise TrainingInterrupted(self._resume_hint(progress))
             if end_of_epoch:
-                progress = Progress(
-                    step=progress.step,
-                    epoch=epoch + 1,
-                    step_in_epoch=0,
-                    steps_per_epoch=self.steps_per_epoch,
-                    total_epochs=cfg.train.epochs,
-                )
-            last = progress.epoch >= cfg.train.epochs or progress.step >= total
+                progress = dataclasses.replace(progress, epoch=epoch + 1, step_in_epoch=0)
+            stage_done = progress.epoch >= epochs
+            last = (main and stage_done) or self.global_step >= total
             record = {
+                "stage": progress.stage,
                 "epoch": epoch + 1,
                 "step": progress.step,
-                "lr": learning_rate(cfg.optim, progress),
+                "lr": self._lr(progress),
                 "train": {k: v / max(n_steps, 1) for k, v in sums.items()},
                 "images_per_s": images / max(t_epoch, 1e-9),
             }
-            if last or (epoch + 1) % cfg.train.eval_every == 0:
+            if main and (last or (epoch + 1) % cfg.train.eval_every == 0):
                 record["test"] = self.evaluate("test")
                 if r.data.val is not None:
                     record["val"] = self.evaluate("val")
@@ -401,15 +440,16 @@ class Trainer:
             self.history.append(record)
             with open(metrics_file, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            if last or (epoch + 1) % cfg.train.checkpoint_every == 0 or self._stop_signal is not None:
+            if last or stage_done or (epoch + 1) % cfg.train.checkpoint_every == 0 or self._stop_signal is not None:
                 self.save_checkpoint(progress)
             if self._stop_signal is not None and not last:
                 raise TrainingInterrupted(self._resume_hint(progress))
         return progress
 
     def _resume_hint(self, progress: Progress) -> str:
+        where = "" if progress.stage == MAIN_STAGE else f" of stage {progress.stage!r}"
         return (
-            f"interrupted at step {progress.step} (epoch {progress.epoch + 1}); checkpoint written to "
+            f"interrupted at step {progress.step} (epoch {progress.epoch + 1}{where}); checkpoint written to "
             f"{str(self.ckpt_path)!r}. Resume with the same command plus --resume"
         )
 
@@ -442,6 +482,7 @@ class Trainer:
 
     def _finish(self, progress: Progress) -> dict:
         cfg = self.cfg
+        main = progress.stage == MAIN_STAGE
         evals = [h for h in self.history if "test" in h]
         last = evals[-1]["test"] if evals else self.evaluate("test")
         best = max(evals, key=lambda h: h["test"]["top1"]) if evals else {"epoch": progress.epoch, "test": last}
@@ -454,9 +495,10 @@ class Trainer:
             "teachers": [t.name for t in cfg.model.teachers],
             "dataset": cfg.data.name,
             "seed": cfg.train.seed,
-            "epochs": progress.epoch,
-            "steps": progress.step,
-            "finished": progress.epoch >= cfg.train.epochs,
+            "stage": progress.stage,
+            "epochs": progress.epoch if main else 0,
+            "steps": self.global_step,
+            "finished": main and progress.epoch >= cfg.train.epochs,
             "last": {"epoch": evals[-1]["epoch"] if evals else progress.epoch, **last},
             "best": {"epoch": best["epoch"], **best["test"]},
             "train_time_s": self.train_time,
