@@ -400,10 +400,10 @@ def test_tekap_rejects_an_inner_method_without_teacher():
 def test_resumed_run_draws_the_same_noise_and_views(tmp_path, method):
     """Cut after 5 steps and resumed, a run ends with the uninterrupted run's student (TeKAP noise generator and
     MLKD's RandAugment view are both restored)."""
-    from conftest import tiny_config
-
     from kdlab.train.checkpoint import read_file
     from kdlab.train.trainer import Trainer
+
+    from conftest import tiny_config
 
     base = ("train.epochs=2",)
     full = Trainer(tiny_config(tmp_path, "train.name=full", *base, method=method))
