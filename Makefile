@@ -36,6 +36,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/zoo.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

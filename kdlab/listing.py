@@ -34,13 +34,15 @@ def list_registry(what: str, verbose: bool = False) -> str:
         table.add_column("model")
         table.add_column("family")
         if verbose:
-            for col in ("params (100 classes)", "MACs", "taps"):
+            for col in ("params (100 classes; ImageNet 1000)", "MACs", "taps"):
                 table.add_column(col)
-        for name in model_names():
+        families = {"cifar": 0, "imagenet": 1}
+        names = sorted(model_names(), key=lambda n: families.get(MODELS.meta(n).get("family"), 2))
+        for name in names:
             meta = MODELS.meta(name)
             row = [name, str(meta.get("family", ""))]
             if verbose:
-                model = create(name, num_classes=100)
+                model = create(name, num_classes=1000 if meta.get("family") == "imagenet" else 100)
                 row.append(f"{count_parameters(model):,}")
                 row.append(_macs(model))
                 row.append(" ".join(model.tap_names()))
