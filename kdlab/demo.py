@@ -100,8 +100,8 @@ def run_demo(out_dir: str | Path = "runs/demo", seeds: int = 3, quick: bool = Fa
             cfg = student_config(method, settings, out, teacher_ckpt, seed)
             try:
                 trainer = Trainer(cfg, force=True)
-            except USER_ERRORS as err:  # the method cannot run on this pair (e.g. needs a tap it lacks)
-                skipped[method] = str(err)
+            except (*USER_ERRORS, ValueError) as err:  # cannot run on this pair at its defaults (e.g. a tap)
+                skipped[method] = str(err).splitlines()[0]
                 break
             summary = trainer.fit()
             results.setdefault(method, []).append(summary["last"]["top1"])
