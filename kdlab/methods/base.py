@@ -31,6 +31,8 @@ class BuildContext:
         student_shapes: shapes (without batch) of the student's taps and ``"logits"``, from one dry run.
         teacher_shapes: per teacher, the same.
         teacher_classifiers: per teacher, its final ``nn.Linear`` (frozen; SimKD reuses it).
+        teacher_bn_before_relu: per teacher, ``{"stageK.pre": BatchNorm2d}`` for each pre-activation tap whose BN the
+            model exposes (:meth:`kdlab.models.base.TapModel.bn_before_relu`; frozen; OFD's margins).
         student_classifier: the student's final ``nn.Linear``.
         train_labels: ``[N]`` labels of the training set (for class-aware sampling), on the device.
         device: the training device.
@@ -44,6 +46,7 @@ class BuildContext:
     student_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     teacher_shapes: Sequence[Mapping[str, tuple[int, ...]]] = ()
     teacher_classifiers: Sequence[nn.Module] = ()
+    teacher_bn_before_relu: Sequence[Mapping[str, nn.Module]] = ()
     student_classifier: nn.Module | None = None
     train_labels: Tensor | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))

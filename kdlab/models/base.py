@@ -75,6 +75,23 @@ class TapModel(nn.Module):
         """``[B, C, H, W]`` images -> ``[B, K]`` logits."""
         return self._forward(x, frozenset())[0]
 
+    def bn_before_relu(self, tap: str) -> nn.BatchNorm2d | None:
+        """The BatchNorm whose output feeds the ReLU at pre-activation tap ``tap`` (``stageK.pre``), or None.
+
+        OFD derives its per-channel margins from this BN's affine parameters (the pre-activation is modelled as
+        ``N(beta, gamma^2)``; mdistiller's ``get_bn_before_relu``). Models whose ``stageK.pre`` is a BN output, or a
+        residual sum whose branch ends in a BN, return that BN (``num_features`` equal to the tap's channels); the
+        default, for models that cannot say, is None.
+        """
+        return None
+
+
+def pre_tap_stage(tap: str) -> int | None:
+    """``K`` of a ``stageK.pre`` tap name, None for any other name."""
+    if tap.startswith("stage") and tap.endswith(".pre") and tap[5:-4].isdigit():
+        return int(tap[5:-4])
+    return None
+
 
 @torch.no_grad()
 def probe_taps(model: nn.Module, taps: Collection[str], input_size: tuple[int, ...] | None = None) -> dict:

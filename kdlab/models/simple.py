@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.models import register_model
-from kdlab.models.base import TapModel
+from kdlab.models.base import TapModel, pre_tap_stage
 from kdlab.types import TapInfo
 
 
@@ -44,6 +44,15 @@ class ConvNet(TapModel):
             TapInfo("stage2", w2, 2),
             TapInfo("pool", w2, 1, "pool"),
         )
+
+    def bn_before_relu(self, tap: str) -> nn.BatchNorm2d | None:
+        """The BN before the ReLU at ``stageK.pre`` (None for other taps), for OFD's margins.
+
+        ``stageK.pre`` is the output of the stage's last BN."""
+        k = pre_tap_stage(tap)
+        if k not in (1, 2):
+            return None
+        return getattr(self, f"stage{k}").body[-1]
 
     def tap_info(self) -> tuple[TapInfo, ...]:
         return self._info

@@ -136,11 +136,21 @@ def build_context(
         student_shapes=probe_taps(student, s_taps, input_size),
         teacher_shapes=[probe_taps(t, taps, input_size) for t, taps in zip(teachers, t_taps)],
         teacher_classifiers=[t.classifier for t in teachers],
+        teacher_bn_before_relu=[_bn_before_relu(t, taps) for t, taps in zip(teachers, t_taps)],
         student_classifier=student.classifier,
         train_labels=train_labels,
         device=device,
         seed=seed,
     )
+
+
+def _bn_before_relu(model: nn.Module, taps: dict) -> dict[str, nn.Module]:
+    """``{pre-activation tap: the BN before its ReLU}`` for the taps whose BN ``model`` exposes."""
+    find = getattr(model, "bn_before_relu", None)
+    if find is None:
+        return {}
+    found = {name: find(name) for name, info in taps.items() if info.kind == "pre"}
+    return {name: bn for name, bn in found.items() if bn is not None}
 
 
 def check_method(cfg: RunConfig, method: DistillMethod, student: nn.Module, teachers: list[nn.Module]) -> Needs:

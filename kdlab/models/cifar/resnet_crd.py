@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from kdlab.models import register_model
 from kdlab.models.alias import ClassifierAlias
-from kdlab.models.base import TapModel
+from kdlab.models.base import TapModel, pre_tap_stage
 from kdlab.types import TapInfo
 
 __all__ = ["CifarResNet"]
@@ -115,6 +115,15 @@ class CifarResNet(ClassifierAlias, TapModel):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def bn_before_relu(self, tap: str) -> nn.BatchNorm2d | None:
+        """The BN before the ReLU at ``stageK.pre`` (None for other taps), for OFD's margins.
+
+        It is the last block's ``bn2`` of the stage (mdistiller's ``get_bn_before_relu``)."""
+        k = pre_tap_stage(tap)
+        if k is None or not 1 <= k <= 3:
+            return None
+        return getattr(self, f"layer{k}")[-1].bn2
 
     def tap_info(self) -> tuple[TapInfo, ...]:
         """``stem``, ``stage{1,2,3}.pre``, ``stage{1,2,3}``, ``pool`` (strides 1, 1, 2, 4)."""

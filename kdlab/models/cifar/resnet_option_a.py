@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from kdlab.models import register_model
 from kdlab.models.alias import ClassifierAlias
-from kdlab.models.base import TapModel
+from kdlab.models.base import TapModel, pre_tap_stage
 from kdlab.types import TapInfo
 
 __all__ = ["OptionAResNet", "option_a_shortcut"]
@@ -131,6 +131,15 @@ class OptionAResNet(ClassifierAlias, TapModel):
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
+
+    def bn_before_relu(self, tap: str) -> nn.BatchNorm2d | None:
+        """The BN before the ReLU at ``stageK.pre`` (None for other taps), for OFD's margins.
+
+        It is the last block's ``bn2`` of the stage."""
+        k = pre_tap_stage(tap)
+        if k is None or not 1 <= k <= 3:
+            return None
+        return getattr(self, f"layer{k}")[-1].bn2
 
     def tap_info(self) -> tuple[TapInfo, ...]:
         """``stem``, ``stage{1,2,3}.pre``, ``stage{1,2,3}``, ``pool`` (strides 1, 1, 2, 4)."""

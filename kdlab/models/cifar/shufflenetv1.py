@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from kdlab.models import register_model
 from kdlab.models.alias import ClassifierAlias
-from kdlab.models.base import TapModel
+from kdlab.models.base import TapModel, pre_tap_stage
 from kdlab.types import TapInfo
 
 
@@ -120,6 +120,16 @@ class ShuffleNetV1(ClassifierAlias, TapModel):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(c, num_classes)
         self._info = (*info, TapInfo("pool", c, 1, "pool"))
+
+    def bn_before_relu(self, tap: str) -> nn.BatchNorm2d | None:
+        """The BN before the ReLU at ``stageK.pre`` (None for other taps), for OFD's margins.
+
+        It is the last unit's ``bn3`` (its residual branch; None if that unit concatenates)."""
+        k = pre_tap_stage(tap)
+        if k is None or not 1 <= k <= self.num_stages:
+            return None
+        last = getattr(self, f"layer{k}")[-1]
+        return last.bn3 if last.stride == 1 else None
 
     def tap_info(self) -> tuple[TapInfo, ...]:
         return self._info

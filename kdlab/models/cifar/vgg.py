@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.models import register_model
-from kdlab.models.base import TapModel
+from kdlab.models.base import TapModel, pre_tap_stage
 from kdlab.types import TapInfo
 
 __all__ = ["VGG"]
@@ -108,6 +108,15 @@ class VGG(TapModel):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 nn.init.zeros_(m.bias)
+
+    def bn_before_relu(self, tap: str) -> nn.BatchNorm2d | None:
+        """The BN before the ReLU at ``stageK.pre`` (None for other taps), for OFD's margins.
+
+        ``stageK.pre`` is the output of block K's last BN."""
+        k = pre_tap_stage(tap)
+        if k is None or not 1 <= k <= 4:
+            return None
+        return getattr(self, f"block{k}")[-1]
 
     def tap_info(self) -> tuple[TapInfo, ...]:
         """``stem``, ``stage{1..4}.pre``, ``stage{1..4}``, ``pool`` (strides 1, 2, 4, 8, 8 at 32x32)."""

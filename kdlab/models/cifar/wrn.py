@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from kdlab.models import register_model
 from kdlab.models.alias import ClassifierAlias
-from kdlab.models.base import TapModel
+from kdlab.models.base import TapModel, pre_tap_stage
 from kdlab.types import TapInfo
 
 __all__ = ["WideResNet"]
@@ -134,6 +134,15 @@ class WideResNet(ClassifierAlias, TapModel):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
+
+    def bn_before_relu(self, tap: str) -> nn.BatchNorm2d | None:
+        """The BN before the ReLU at ``stageK.pre`` (None for other taps), for OFD's margins.
+
+        ``stageK.pre`` is that BN's output: the next stage's first ``bn1``, or the final ``bn1``."""
+        k = pre_tap_stage(tap)
+        if k is None or not 1 <= k <= 3:
+            return None
+        return self.bn1 if k == 3 else getattr(self, f"block{k + 1}").layer[0].bn1
 
     def tap_info(self) -> tuple[TapInfo, ...]:
         """``stem``, ``stage{1,2,3}.pre``, ``stage{1,2,3}``, ``pool`` (strides 1, 1, 2, 4)."""

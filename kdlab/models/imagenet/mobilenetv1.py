@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from kdlab.models import register_model
 from kdlab.models.alias import ClassifierAlias
-from kdlab.models.base import TapModel
+from kdlab.models.base import TapModel, pre_tap_stage
 from kdlab.types import TapInfo
 
 # (output channels, stride) of the 13 depthwise-separable units.
@@ -93,6 +93,15 @@ class MobileNetV1(ClassifierAlias, TapModel):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, num_classes)
         self._info = (*info, TapInfo("pool", c, 1, "pool"))
+
+    def bn_before_relu(self, tap: str) -> nn.BatchNorm2d | None:
+        """The BN before the ReLU at ``stageK.pre`` (None for other taps), for OFD's margins.
+
+        ``stageK.pre`` is the output of the stage's last pointwise BN."""
+        k = pre_tap_stage(tap)
+        if k is None or not 1 <= k <= len(_STAGE_ENDS):
+            return None
+        return self.model[_STAGE_ENDS[k - 1]][-2]
 
     def tap_info(self) -> tuple[TapInfo, ...]:
         return self._info

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from kdlab.models import register_model
 from kdlab.models.alias import ClassifierAlias
-from kdlab.models.base import TapModel
+from kdlab.models.base import TapModel, pre_tap_stage
 from kdlab.types import TapInfo
 
 
@@ -172,6 +172,17 @@ class ResNetBase(TapModel):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def bn_before_relu(self, tap: str) -> nn.BatchNorm2d | None:
+        """The BN before the ReLU at ``stageK.pre`` (None for other taps), for OFD's margins.
+
+        It is the last block's final BN (``bn2`` basic, ``bn3`` bottleneck; mdistiller's ``get_bn_before_relu``)."""
+        k = pre_tap_stage(tap)
+        stage = getattr(self, f"layer{k}", None) if k is not None else None
+        if stage is None:
+            return None
+        last = stage[-1]
+        return last.bn3 if hasattr(last, "bn3") else last.bn2
 
     def tap_info(self) -> tuple[TapInfo, ...]:
         return self._info
