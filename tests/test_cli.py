@@ -72,6 +72,9 @@ def test_two_step_run_then_eval(tmp_path, teacher, method):
     assert ev["top1"] == pytest.approx(summary["last"]["top1"]) and ev["n"] == 48
     ev2 = json.loads(kdlab("eval", str(tmp_path / "r" / "checkpoint.pt")).stdout)
     assert ev2["top1"] == pytest.approx(ev["top1"])
+    if method == "ce":  # data overrides reach the evaluation
+        ev3 = json.loads(kdlab("eval", str(tmp_path / "r" / "student.pt"), "--data", "test_limit=10").stdout)
+        assert ev3["n"] == 10
 
 
 def test_list_and_show():
