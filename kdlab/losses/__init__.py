@@ -1,6 +1,23 @@
 """``kdlab.losses``: the math of every method, as plain functions over tensors (student first, teacher second)."""
 
 from kdlab.losses.contrastive import crd_nce, crd_queue_scores, crd_scores
+from kdlab.losses.feature import (
+    activation_boundary,
+    at,
+    attention_map,
+    cc,
+    factor_transfer,
+    fsp,
+    fsp_matrices,
+    hint,
+    kdsvd,
+    match_spatial,
+    nst,
+    pkt,
+    rkd,
+    sp,
+    top_right_singular_vectors,
+)
 from kdlab.losses.logit import (
     batch_correlation,
     class_correlation,
@@ -17,7 +34,11 @@ from kdlab.losses.regression import ofd, ofd_margin, srrl, vid_nll
 from kdlab.losses.review import hcl
 
 __all__ = [
+    "activation_boundary",
+    "at",
+    "attention_map",
     "batch_correlation",
+    "cc",
     "class_correlation",
     "crd_nce",
     "crd_queue_scores",
@@ -25,14 +46,25 @@ __all__ = [
     "cross_entropy",
     "dist",
     "dkd",
+    "factor_transfer",
+    "fsp",
+    "fsp_matrices",
     "hcl",
+    "hint",
     "kd",
+    "kdsvd",
+    "match_spatial",
+    "nst",
     "ofd",
     "ofd_margin",
+    "pkt",
     "reduce",
+    "rkd",
+    "sp",
     "srrl",
     "standardize_logits",
     "tekap_kd",
     "tekap_views",
+    "top_right_singular_vectors",
     "vid_nll",
 ]
