@@ -2,6 +2,8 @@
 
 Published numbers (top-1 %, RepDistiller README, the table every later paper copies) are written into each
 config's `target` so reports can compare. Run from the repository root: `python scripts/make_cifar100_configs.py`.
+The logit-method recipes (dkd, dist, mlkd, logit standardisation, TeKAP) come from
+`scripts/make_cifar100_logit_configs.py`.
 """
 
 from __future__ import annotations
