@@ -29,3 +29,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def make_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with ``seed``.
+
+    The ``meta`` device (shape-only builds, e.g. checking a config) has no generators; a CPU one stands in.
+    """
+    g = torch.Generator(device="cpu" if torch.device(device).type == "meta" else device)
+    g.manual_seed(seed)
+    return g

@@ -55,7 +55,7 @@ from kdlab.config import MethodConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import AuxObjective, BuildContext, DistillMethod, PrepareContext
 from kdlab.methods.kd import KD
-from kdlab.seeding import derive_seed
+from kdlab.seeding import derive_seed, make_generator
 from kdlab.types import LossOut, Needs, Outputs, StepIO
 
 #: Mixed into the run's seed so that TeKAP's noise stream differs from the data pipeline's.
@@ -97,8 +97,7 @@ class TeKAP(DistillMethod):
             raise ValueError(f"tekap perturbs the teacher, but the inner method {cfg.inner.name!r} reads none")
         self.adapters = self.inner.adapters
         self.teacher_free_terms = self.inner.teacher_free_terms
-        self.generator = torch.Generator(device=ctx.device)
-        self.generator.manual_seed(derive_seed(ctx.seed, _SEED_TAG))
+        self.generator = make_generator(ctx.device, derive_seed(ctx.seed, _SEED_TAG))
 
     # ------------------------------------------------------------------------------------------ contract
 
