@@ -76,7 +76,7 @@ class DataConfig:
     train_per_class: int | None = None
     """Keep this many training images per class (class-balanced subset drawn with ``split_seed``)."""
     test_limit: int | None = None
-    """Evaluate on only the first this-many test images (for smoke runs)."""
+    """Evaluate on a stratified subset of about this many test images (for smoke runs), chosen by ``split_seed``."""
     val_fraction: float = 0.0
     """Hold out this stratified fraction of the training set as a validation split (never from the test set)."""
     split_seed: int = 0

@@ -116,12 +116,12 @@ def subset_splits(
     Args:
         splits: the dataset as its source returned it (train ``[N, H, W, C]``, test ``[T, H, W, C]``).
         train_per_class: keep this many training images per class (:func:`class_balanced_subset`), or None.
-        test_limit: keep only the first this-many test images, or None.
+        test_limit: keep a stratified subset of about this many test images (seeded, in dataset order), or None.
         seed: seed of the class-balanced subset (``data.split_seed``).
 
     Returns:
         A new :class:`DatasetSplits` with train ``[K * train_per_class, H, W, C]`` and test
-        ``[min(T, test_limit), H, W, C]`` (unchanged where the option is None).
+        ``[about min(T, test_limit), H, W, C]`` (unchanged where the option is None).
     """
     train, test = splits.train, splits.test
     if train_per_class is not None:
@@ -129,7 +129,9 @@ def subset_splits(
     if test_limit is not None:
         if test_limit < 1:
             raise DataError(f"data.test_limit must be at least 1 (or null for the whole test set), got {test_limit}")
-        test = ImageSet(test.x[:test_limit], test.y[:test_limit])
+        if test_limit < len(test):  # a stratified subset: test files are often sorted by class
+            _, keep = stratified_split(test.y, test_limit / len(test), seed)
+            test = test.subset(keep)
     if train is splits.train and test is splits.test:
         return splits
     return dataclasses.replace(splits, train=train, test=test)
