@@ -64,6 +64,8 @@ def test_two_step_run_then_eval(tmp_path, teacher, method):
         f"train.run_dir={tmp_path}",
         f"model.teachers.0.checkpoint={teacher}",
     ]
+    if student := METHODS.meta(method).get("test_student"):  # the method cannot pair the default tiny student
+        args.append(f"model.student={student}")
     proc = kdlab("train", *args)
     assert "test top1" in proc.stdout
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())

@@ -24,6 +24,9 @@ def teacher_ckpt(tmp_path_factory):
 
 
 def _config(tmp_path, method, teacher_ckpt, *extra):
+    # a method that cannot pair the default tiny student with the teacher names a student to test it with
+    student = METHODS.meta(method).get("test_student")
+    extra = (f"model.student={student}", *extra) if student else extra
     return tiny_config(tmp_path, *extra, method=method, teacher_ckpt=None if method == "ce" else teacher_ckpt)
 
 
