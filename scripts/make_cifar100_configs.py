@@ -1,4 +1,5 @@
-"""Emit the CIFAR-100 recipe configs of the CRD benchmark for `ce` (teachers and student baselines) and `kd`.
+"""Emit the CIFAR-100 recipe configs of the CRD benchmark for `ce` (teachers and student baselines), `kd` and the
+feature-level methods FitNet, AT, SP, CC, RKD, PKT and NST.
 
 Published numbers (top-1 %, RepDistiller README, the table every later paper copies) are written into each
 config's `target` so reports can compare. Run from the repository root: `python scripts/make_cifar100_configs.py`.
@@ -50,6 +51,55 @@ KD = {
 }
 SMALL_LR = ("mobilenetv2", "shufflenetv1", "shufflenetv2")  # lr 0.01 in the reference recipes
 
+# Feature-level methods of the CRD tables: top-1 per pair, in the order of the KD pairs above (same-architecture
+# columns, then cross-architecture). The method fields are RepDistiller's README commands: CE weight 1 (`-r 1`),
+# no KD term (`-a 0`) and the method weight `-b`, which are also the methods' defaults; taps are the defaults
+# (FitNet hint stage2, AT/NST every stage, SP the last stage, CC/RKD/PKT the pooled embedding).
+FEATURE = {
+    "fitnet": (
+        "FitNet",
+        "hint stage2, weight 100, CE 1, no KD: -a 0 -b 100",
+        {"ce_weight": 1.0, "hint_weight": 100.0},
+        [73.58, 72.24, 69.21, 68.99, 71.06, 73.50, 71.02, 64.14, 63.16, 70.69, 73.59, 73.54, 73.73],
+    ),
+    "at": (
+        "AT",
+        "every stage, weight 1000, CE 1, no KD: -a 0 -b 1000",
+        {"ce_weight": 1.0, "at_weight": 1000.0},
+        [74.08, 72.77, 70.55, 70.22, 72.31, 73.44, 71.43, 59.40, 58.58, 71.84, 71.73, 72.73, 73.32],
+    ),
+    "sp": (
+        "SP",
+        "last stage, weight 3000, CE 1, no KD: -a 0 -b 3000",
+        {"ce_weight": 1.0, "sp_weight": 3000.0},
+        [73.83, 72.43, 69.67, 70.04, 72.69, 72.94, 72.68, 66.30, 68.08, 73.34, 73.48, 74.56, 74.52],
+    ),
+    "cc": (
+        "CC",
+        "linear embeddings of size 128 on the pooled features, weight 0.02, CE 1, no KD: -a 0 -b 0.02",
+        {"ce_weight": 1.0, "cc_weight": 0.02, "embed_dim": 128},
+        [73.56, 72.21, 69.63, 69.48, 71.48, 72.97, 70.71, 64.86, 65.43, 70.25, 71.14, 71.29, 71.38],
+    ),
+    "rkd": (
+        "RKD",
+        "pooled features, distance 25, angle 50, weight 1, CE 1, no KD: -a 0 -b 1",
+        {"ce_weight": 1.0, "rkd_weight": 1.0, "distance_weight": 25.0, "angle_weight": 50.0},
+        [73.35, 72.22, 69.61, 69.25, 71.82, 71.90, 71.48, 64.52, 64.43, 71.50, 72.28, 73.21, 72.21],
+    ),
+    "pkt": (
+        "PKT",
+        "pooled features, weight 30000, CE 1, no KD: -a 0 -b 30000",
+        {"ce_weight": 1.0, "pkt_weight": 30000.0},
+        [74.54, 73.45, 70.34, 70.25, 72.61, 73.64, 72.88, 67.13, 66.52, 73.01, 74.10, 74.69, 73.89],
+    ),
+    "nst": (
+        "NST",
+        "every stage, weight 50, CE 1, no KD: -a 0 -b 50",
+        {"ce_weight": 1.0, "nst_weight": 50.0},
+        [73.68, 72.24, 69.60, 69.53, 71.96, 73.30, 71.53, 58.16, 64.96, 71.28, 74.12, 74.68, 74.89],
+    ),
+}
+
 
 def lr_for(student: str) -> float:
     return 0.01 if student.startswith(SMALL_LR) else 0.05
@@ -88,6 +138,22 @@ def main() -> None:
                 "optim": {"lr": lr_for(student)},
             },
         )
+    for method, (label, recipe, fields, accs) in FEATURE.items():
+        for (teacher, student), acc in zip(KD, accs, strict=True):
+            write(
+                OUT / method / f"{teacher}__{student}.yaml",
+                {
+                    "description": f"{label} {teacher} -> {student} on CIFAR-100 (CRD benchmark: {recipe})",
+                    "target": {"top1": acc},
+                    "model": {
+                        "student": student,
+                        "teachers": [{"name": teacher, "checkpoint": f"runs/ce__{teacher}__s0/checkpoint.pt"}],
+                    },
+                    "data": {"name": "cifar100"},
+                    "method": {"name": method, **fields},
+                    "optim": {"lr": lr_for(student)},
+                },
+            )
 
 
 if __name__ == "__main__":
