@@ -1,0 +1,105 @@
+"""``srrl``: Yang, Martinez, Bulat, Tzimiropoulos, "Knowledge Distillation via Softmax Regression Representation
+Learning", ICLR 2021 (OpenReview ZzwDy_wiWv; no arXiv version).
+
+Objective: a connector ``r`` maps the student's pooled embedding to the teacher's width; it must match the teacher's
+embedding (feature matching) and, through the teacher's frozen classifier ``g_t``, the teacher's logits (softmax
+regression)::
+
+    L = ce_weight * CE + kd_weight * KD_T + srrl_weight * (mse(r(f_s), f_t) + mse(g_t(r(f_s)), z_t))
+
+(:func:`kdlab.losses.srrl`).
+
+Reference: DefangChen/SimKD@2b389c3 ``models/util.py`` (``SRRL``), ``train_student.py`` and ``helper/loops.py``
+(``criterion_kd = nn.MSELoss()`` applied to both pairs). The repository runs its baselines with ``-c 1 -d 1`` and
+``T = 4`` and SRRL with ``beta = 1`` (``reference/methods.md`` (c)), hence the defaults CE 1, KD 1, SRRL 1.
+
+- Connector: ``conv1x1(D_s -> D_t, no bias) + BN + ReLU`` applied to the pooled embedding viewed as a ``1 x 1`` map
+  (``adapters["connector"]``).
+- Teacher classifier: ``BuildContext.teacher_classifiers[0]``, the teacher's own final linear layer. It is used
+  through its (detached) weight and bias and is not registered in the method, so it is never optimised, never
+  receives gradients and is not duplicated in the method's state dict; gradients flow through it into the connector
+  and the student only.
+
+Deviations: none. (The SRRL paper's own code is not public; SimKD's re-implementation is the reference.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdlab import losses
+from kdlab.config import MethodConfig
+from kdlab.methods import register_method
+from kdlab.methods.base import BuildContext, DistillMethod
+from kdlab.types import LossOut, Needs, StepIO
+
+
+class Connector(nn.Module):
+    """SRRL's connector: ``conv1x1(D_s -> D_t, no bias) + BN + ReLU`` on a vector seen as a ``1 x 1`` map.
+
+    Shapes: ``[B, D_s]`` -> ``[B, D_t]``.
+    """
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(dim_in, dim_out, kernel_size=1, bias=False), nn.BatchNorm2d(dim_out), nn.ReLU()
+        )
+
+    def forward(self, s_feat: Tensor) -> Tensor:
+        """``[B, D_s]`` -> ``[B, D_t]``."""
+        return self.body(s_feat.reshape(s_feat.shape[0], -1, 1, 1)).flatten(1)
+
+
+@register_method("srrl", description="SRRL: feature matching + softmax regression through the teacher classifier")
+class SRRL(DistillMethod):
+    """Softmax regression representation learning on the pooled embeddings."""
+
+    @dataclass(kw_only=True)
+    class Config(MethodConfig):
+        name: str = "srrl"
+        srrl_weight: float = 1.0
+        """Weight of the feature + softmax-regression term (``-b 1``)."""
+        ce_weight: float = 1.0
+        """Weight of the cross-entropy (``-c 1``)."""
+        kd_weight: float = 1.0
+        """Weight of the KD term (``-d 1``)."""
+        temperature: float = 4.0
+        """KD temperature."""
+
+    def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
+        super().__init__(cfg, ctx)
+        if not ctx.teacher_shapes or not ctx.teacher_classifiers:
+            raise ValueError("srrl distils from a teacher (and reuses its classifier); set model.teachers")
+        d_s = ctx.student_shapes["pool"][0]
+        d_t = ctx.teacher_shapes[0]["pool"][0]
+        classifier = ctx.teacher_classifiers[0]
+        if getattr(classifier, "in_features", d_t) != d_t:
+            raise ValueError(f"srrl: the teacher's classifier takes {classifier.in_features} features, its pool {d_t}")
+        self.adapters["connector"] = Connector(d_s, d_t).to(ctx.device)
+        # A plain tuple: the teacher's classifier is not a submodule (not optimised, not in the state dict).
+        self._teacher_classifier: tuple[nn.Module] = (classifier,)
+
+    def needs(self) -> Needs:
+        return Needs(student_taps=frozenset({"pool"}), teacher_taps=frozenset({"pool"}))
+
+    def teacher_head(self, feat: Tensor) -> Tensor:
+        """The teacher's classifier on ``[B, D_t]`` features -> ``[B, K]``, with its parameters held constant."""
+        (classifier,) = self._teacher_classifier
+        bias = classifier.bias.detach() if classifier.bias is not None else None
+        return F.linear(feat, classifier.weight.detach(), bias)
+
+    def loss(self, io: StepIO) -> LossOut:
+        cfg = self.cfg
+        s_feat = self.adapters["connector"](io.s.taps["pool"])
+        t_logits = io.t.logits
+        srrl = losses.srrl(s_feat, io.t.taps["pool"], self.teacher_head(s_feat), t_logits)
+        s_logits = io.s.logits
+        terms = {"ce": cfg.ce_weight * losses.cross_entropy(s_logits, io.y)}
+        if cfg.kd_weight:
+            terms["kd"] = cfg.kd_weight * losses.kd(s_logits, io.teacher_logits(), cfg.temperature).mean()
+        terms["srrl"] = cfg.srrl_weight * srrl
+        return LossOut(terms)
