@@ -1,5 +1,5 @@
 """Emit the CIFAR-100 recipe configs of the CRD benchmark for `ce` (teachers and student baselines), `kd` and the
-feature-level methods FitNet, AT, SP, CC, RKD, PKT and NST.
+feature-level methods FitNet, AT, SP, CC, RKD, PKT, NST, VID and CRD.
 
 Published numbers (top-1 %, RepDistiller README, the table every later paper copies) are written into each
 config's `target` so reports can compare. Run from the repository root: `python scripts/make_cifar100_configs.py`.
@@ -97,6 +97,26 @@ FEATURE = {
         "every stage, weight 50, CE 1, no KD: -a 0 -b 50",
         {"ce_weight": 1.0, "nst_weight": 50.0},
         [73.68, 72.24, 69.60, 69.53, 71.96, 73.30, 71.53, 58.16, 64.96, 71.28, 74.12, 74.68, 74.89],
+    ),
+    "vid": (
+        "VID",
+        "every stage, learned variances (initial 5), weight 1, CE 1, no KD: -a 0 -b 1",
+        {"ce_weight": 1.0, "vid_weight": 1.0, "init_variance": 5.0},
+        [74.11, 73.30, 70.38, 70.16, 72.61, 73.09, 71.23, 65.56, 67.57, 70.30, 73.38, 73.40, 73.61],
+    ),
+    "crd": (
+        "CRD",
+        "embedding 128, 16384 negatives from other classes, T 0.07, momentum 0.5, weight 0.8, CE 1, no KD: -a 0 -b 0.8",
+        {
+            "ce_weight": 1.0,
+            "crd_weight": 0.8,
+            "kd_weight": 0.0,
+            "embed_dim": 128,
+            "num_negatives": 16384,
+            "temperature": 0.07,
+            "momentum": 0.5,
+        },
+        [75.48, 74.14, 71.16, 71.46, 73.48, 75.51, 73.94, 69.73, 69.11, 74.30, 75.11, 75.65, 76.05],
     ),
 }
 
