@@ -4,6 +4,7 @@ the OFD BatchNorm mechanism of the zoo."""
 from __future__ import annotations
 
 import math
+import signal
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ from kdlab.config import build_config
 from kdlab.methods import METHODS, build_method
 from kdlab.models.base import TapError
 from kdlab.train.build import build_context
-from kdlab.train.trainer import Trainer
+from kdlab.train.checkpoint import read_file
+from kdlab.train.trainer import Trainer, TrainingInterrupted
 from kdlab.types import Batch, LossOut, Outputs, Progress, StepIO
 
 from conftest import tiny_config
@@ -492,3 +494,69 @@ def test_tekap_crd_terms_are_clean_plus_one_view(tmp_path):
     batch = next(trainer.run.data.train_batches(0))
     out = trainer.step_module(batch, trainer.teacher_outputs(batch), trainer.start)
     assert set(out.terms) == {"ce", "crd", "crd.views"}
+
+
+@pytest.mark.parametrize("method_cfg", [{"name": "crd"}, TEKAP_F], ids=["crd", "tekap_crd"])
+def test_crd_resume_mid_epoch_is_bitwise_identical(tmp_path, method_cfg):
+    """Memory, Z and the negatives' generator are checkpointed: an interrupted, resumed run ends identical."""
+
+    def make(name: str, resume: bool = False) -> Trainer:
+        cfg = tiny_config(tmp_path, "train.epochs=2", f"train.name={name}", method="kd")
+        cfg.method = build_config({"method": method_cfg}).method
+        return Trainer(cfg, resume=resume)
+
+    full = make("full")
+    full.fit()
+    part = make("part")
+    step = part.optimizer.step
+
+    def step_then_signal(*a, **kw):
+        if part.global_step == 4:  # the 5th step (epoch 1, mid-epoch)
+            part._on_signal(signal.SIGTERM, None)
+        return step(*a, **kw)
+
+    part.optimizer.step = step_then_signal
+    with pytest.raises(TrainingInterrupted):
+        part.fit()
+    assert read_file(part.ckpt_path)["progress"]["step"] == 5
+    resumed = make("part", resume=True)
+    resumed.fit()
+    for a, b in ((full.run.student, resumed.run.student), (full.run.method, resumed.run.method)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    crd = next(m for m in resumed.run.method.modules() if type(m).__name__ == "CRD")
+    assert crd.z_student.item() > 0
+
+
+def test_sum_forwards_the_stages_of_its_terms(monkeypatch):
+    """During a term's own training stage only that term is evaluated; in the main stage all of them."""
+    from dataclasses import dataclass
+
+    from kdlab.config import MethodConfig
+    from kdlab.methods.base import DistillMethod, Stage
+    from kdlab.types import Needs
+
+    class Staged(DistillMethod):
+        @dataclass(kw_only=True)
+        class Config(MethodConfig):
+            name: str = "staged_for_sum_test"
+
+        def needs(self) -> Needs:
+            return Needs()
+
+        def stages(self):
+            return [Stage("init", 1)]
+
+        def loss(self, io: StepIO) -> LossOut:
+            return LossOut({"match": io.s.logits.square().mean()})
+
+    monkeypatch.setitem(METHODS._items, "staged_for_sum_test", Staged)
+    monkeypatch.setitem(METHODS._meta, "staged_for_sum_test", {})
+    student, teacher, ctx = tiny_ctx()
+    s = method("sum", ctx, terms=[{"name": "staged_for_sum_test"}, {"name": "kd"}])
+    assert [st.name for st in s.stages()] == ["init"]
+    io = step_io(student, teacher, s, range(4))
+    assert set(s.loss(io.replace(progress=Progress(stage="init"))).terms) == {"staged_for_sum_test.match"}
+    assert set(s.loss(io).terms) == {"staged_for_sum_test.match", "ce", "kd.kd"}
+    with pytest.raises(ValueError, match="two terms declare"):
+        method("sum", ctx, terms=[{"name": "staged_for_sum_test"}, {"name": "staged_for_sum_test"}])
