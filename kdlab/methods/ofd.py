@@ -101,9 +101,7 @@ class OFD(DistillMethod):
         self.adapters["connectors"] = connectors.to(ctx.device)
 
     def needs(self) -> Needs:
-        return Needs(
-            student_taps=frozenset(s for s, _ in self.pairs), teacher_taps=frozenset(t for _, t in self.pairs)
-        )
+        return Needs(student_taps=frozenset(s for s, _ in self.pairs), teacher_taps=frozenset(t for _, t in self.pairs))
 
     def margins(self) -> list[Tensor]:
         """The per-channel margins ``[C_t]`` of each stage pair."""
@@ -119,6 +117,4 @@ class OFD(DistillMethod):
             source = connector(io.s.taps[s_tap])
             target = F.adaptive_avg_pool2d(io.t.taps[t_tap], source.shape[-2:])
             total = total + losses.ofd(source, target, margin) / 2 ** (n - i - 1)
-        return LossOut(
-            {"ce": cfg.ce_weight * losses.cross_entropy(io.s.logits, io.y), "ofd": cfg.ofd_weight * total}
-        )
+        return LossOut({"ce": cfg.ce_weight * losses.cross_entropy(io.s.logits, io.y), "ofd": cfg.ofd_weight * total})

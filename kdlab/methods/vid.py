@@ -102,9 +102,7 @@ class VID(DistillMethod):
         self.adapters["log_scales"] = log_scales
 
     def needs(self) -> Needs:
-        return Needs(
-            student_taps=frozenset(s for s, _ in self.pairs), teacher_taps=frozenset(t for _, t in self.pairs)
-        )
+        return Needs(student_taps=frozenset(s for s, _ in self.pairs), teacher_taps=frozenset(t for _, t in self.pairs))
 
     def variances(self) -> list[Tensor]:
         """Current per-channel variances ``softplus(log_scale) + eps``, one ``[C_t]`` tensor per stage pair."""
@@ -118,6 +116,4 @@ class VID(DistillMethod):
         ):
             s_feat, t_feat = pool_to_smaller(io.s.taps[s_tap], io.t.taps[t_tap])
             total = total + losses.vid_nll(regressor(s_feat), t_feat, log_scale, cfg.eps)
-        return LossOut(
-            {"ce": cfg.ce_weight * losses.cross_entropy(io.s.logits, io.y), "vid": cfg.vid_weight * total}
-        )
+        return LossOut({"ce": cfg.ce_weight * losses.cross_entropy(io.s.logits, io.y), "vid": cfg.vid_weight * total})
