@@ -7,8 +7,8 @@ On synthetic CIFAR-shaped data (3x32x32, 100 classes), for ``ce`` on the student
 - loop efficiency = (teacher forward + student forward/backward/optimiser step, each timed alone on one fixed
   batch) / (time per step inside the trainer). 1.0 means the loop adds nothing around the model work.
 
-Both sides use best-case estimates (the fastest epoch of the trainer, the fastest repeat of each component), so
-that other load on the machine inflates neither; the medians are reported too.
+Both sides are medians over many steps (the trainer's per-step times of every warm epoch; repeated calls of each
+component alone), which other load on the machine affects alike; the fastest component calls are reported too.
 
 Usage: ``python benchmarks/throughput.py [--student resnet8x4 --teacher resnet32x4 --batch-size 64]``.
 """
@@ -73,14 +73,13 @@ def time_alone(trainer: Trainer, repeats: int) -> dict[str, float]:
         out.total.backward()
         opt.step()
 
-    result = {}
+    result = {"teacher_forward_s": 0.0, "teacher_forward_min_s": 0.0}
     for name, fn in (("student_step", student), ("teacher_forward", teacher)):
         if name == "teacher_forward" and not trainer.run.teachers:
-            result.update({"teacher_forward_s": 0.0, "teacher_forward_median_s": 0.0})
             continue
         times = _times(fn, repeats)
-        result[f"{name}_s"] = min(times)
-        result[f"{name}_median_s"] = statistics.median(times)
+        result[f"{name}_s"] = statistics.median(times)
+        result[f"{name}_min_s"] = min(times)
     return result
 
 
@@ -102,7 +101,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="steps per epoch")
     p.add_argument("--epochs", type=int, default=6, help="the first is warm-up")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rows = []
@@ -111,12 +110,17 @@ def main() -> None:
             trainer = make_trainer(method, args, tmp)
             trainer.fit()
             warm = trainer.history[1:] or trainer.history
-            ips = statistics.mean(h["images_per_s"] for h in warm)
+            step_s = statistics.median(h["step_time_median_s"] for h in warm)
             alone = time_alone(trainer, args.repeats)
-            step_s = args.batch_size / ips
             ideal = alone["student_step_s"] + alone["teacher_forward_s"]
             rows.append(
-                {"method": method, "images_per_s": ips, "step_s": step_s, **alone, "loop_efficiency": ideal / step_s}
+                {
+                    "method": method,
+                    "images_per_s": args.batch_size / step_s,
+                    "step_s": step_s,
+                    **alone,
+                    "loop_efficiency": ideal / step_s,
+                }
             )
     print(
         json.dumps(

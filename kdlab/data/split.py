@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdlab.data.base import DataError, DatasetSplits, ImageSet
+from kdlab.data.base import DataError, DatasetSplits
 
 
 def _labels(y: Tensor | np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import math
 import platform
 import random
 import signal
+import statistics
 import subprocess
 import time
 from collections.abc import Iterator
@@ -364,6 +365,7 @@ class Trainer:
             epoch = progress.epoch
             sums: dict[str, float] = {}
             n_steps, t_epoch, images = 0, 0.0, 0
+            step_times: list[float] = []
             t_prev = time.perf_counter()  # step time includes producing the batch (the data pipeline)
             for batch in r.data.train_batches(epoch, progress.step_in_epoch):
                 lr = self._lr(progress)
@@ -405,6 +407,7 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v
                 n_steps += 1
                 t_epoch += dt
+                step_times.append(dt)
                 images += batch.size
                 display.update(self.global_step - 1, epoch, f"loss {values['loss']:.4f} lr {lr:.4g}")
                 progress = done
@@ -427,6 +430,7 @@ class Trainer:
                 "lr": self._lr(progress),
                 "train": {k: v / max(n_steps, 1) for k, v in sums.items()},
                 "images_per_s": images / max(t_epoch, 1e-9),
+                "step_time_median_s": statistics.median(step_times) if step_times else 0.0,
             }
             if main and (last or (epoch + 1) % cfg.train.eval_every == 0):
                 record["test"] = self.evaluate("test")
