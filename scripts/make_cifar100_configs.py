@@ -1,5 +1,5 @@
 """Emit the CIFAR-100 recipe configs of the CRD benchmark for `ce` (teachers and student baselines), `kd` and the
-feature-level methods FitNet, AT, SP, CC, RKD, PKT, NST, VID and CRD.
+feature-level methods FitNet, AT, SP, CC, RKD, PKT, NST, VID and CRD, and AB, FT and FSP (with their init stage).
 
 Published numbers (top-1 %, RepDistiller README, the table every later paper copies) are written into each
 config's `target` so reports can compare. Run from the repository root: `python scripts/make_cifar100_configs.py`.
@@ -120,6 +120,39 @@ FEATURE = {
     ),
 }
 
+# Methods with a 30-epoch initialisation stage before the main stage (RepDistiller `--init_epochs 30`), top-1 per pair
+# in the order of the KD pairs; None where the tables have no number (FSP needs equal channel counts: N/A for
+# wrn_40_2 -> wrn_40_1 and no cross-architecture column). The main stage is CE alone for AB and FSP (the reference's
+# main-stage term is `loss_kd = 0`, so its `-b` has no effect) and CE + 200 FT for FT.
+STAGED = {
+    "ab": (
+        "AB",
+        "30-epoch init stage of student + connectors on the AB loss (margin 1) at the run's lr, then CE alone: "
+        "-a 0 -b 1",
+        {"ce_weight": 1.0, "init_epochs": 30, "ab_weight": 1.0, "margin": 1.0},
+        [72.50, 72.38, 69.47, 69.53, 70.98, 73.17, 70.94, 66.06, 67.20, 70.65, 73.55, 74.31, 73.34],
+    ),
+    "ft": (
+        "FT",
+        "30-epoch init stage of the paraphraser, then CE + 200 FT on the last stage, no KD: -a 0 -b 200",
+        {"ce_weight": 1.0, "ft_weight": 200.0, "init_epochs": 30},
+        [73.25, 71.59, 69.84, 70.22, 72.37, 72.86, 70.58, 61.78, 60.99, 70.29, 71.75, 72.50, 72.03],
+    ),
+    "fsp": (
+        "FSP",
+        "30-epoch init stage of the student on the FSP loss of stem and every stage at the run's lr, then CE alone: "
+        "-a 0 -b 50",
+        {"ce_weight": 1.0, "init_epochs": 30, "fsp_weight": 1.0},
+        [72.91, None, 69.95, 70.11, 71.89, 72.62, 70.23],
+    ),
+}
+# FT's init stage runs at lr 0.01 for ResNet/WRN students and at the run's lr otherwise (`helper/pretrain.py`).
+FT_INIT_LR_001 = ("resnet", "wrn_")
+
+
+def ft_init_lr(student: str) -> float | None:
+    return 0.01 if student.startswith(FT_INIT_LR_001) else None
+
 
 def lr_for(student: str) -> float:
     return 0.01 if student.startswith(SMALL_LR) else 0.05
@@ -171,6 +204,25 @@ def main() -> None:
                     },
                     "data": {"name": "cifar100"},
                     "method": {"name": method, **fields},
+                    "optim": {"lr": lr_for(student)},
+                },
+            )
+    for method, (label, recipe, fields, accs) in STAGED.items():
+        for (teacher, student), acc in zip(KD, accs):
+            if acc is None:
+                continue
+            extra = {"init_lr": ft_init_lr(student)} if method == "ft" else {}
+            write(
+                OUT / method / f"{teacher}__{student}.yaml",
+                {
+                    "description": f"{label} {teacher} -> {student} on CIFAR-100 (CRD benchmark: {recipe})",
+                    "target": {"top1": acc},
+                    "model": {
+                        "student": student,
+                        "teachers": [{"name": teacher, "checkpoint": f"runs/ce__{teacher}__s0/checkpoint.pt"}],
+                    },
+                    "data": {"name": "cifar100"},
+                    "method": {"name": method, **fields, **extra},
                     "optim": {"lr": lr_for(student)},
                 },
             )

@@ -4,10 +4,13 @@ on a tiny teacher/student pair through the real trainer, touches only the studen
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from kdlab.methods import METHODS
+from kdlab.methods.base import MAIN_STAGE
 from kdlab.train.trainer import Trainer
 
 from conftest import tiny_config
@@ -34,18 +37,28 @@ def _config(tmp_path, method, teacher_ckpt, *extra):
 def test_method_trains_two_steps_and_only_student_and_adapters_get_gradients(tmp_path, teacher_ckpt, method):
     trainer = Trainer(_config(tmp_path, method, teacher_ckpt, "train.max_steps=2"))
     batch = next(trainer.run.data.train_batches(0))
-    out = trainer.step_module(batch, trainer.teacher_outputs(batch), trainer.start)
-    assert out.terms, "a method must return at least one loss term"
-    for name, term in out.terms.items():
-        assert term.dim() == 0 and torch.isfinite(term), name
-    out.total.backward()
-    for p in trainer.run.student.parameters():
-        assert p.grad is not None
-    for t in trainer.run.teachers:
-        assert all(p.grad is None for p in t.parameters())
-    for name, p in trainer.run.method.named_parameters():
-        if p.grad is not None:
-            assert any(p is q for q in trainer.run.method.adapters.parameters()), name
+    # every stage (a method's own stages, e.g. AB/FT/FSP initialisation, then the main stage): the gradients reach
+    # only the student and the adapters, the student not at all in a stage that trains only the adapters, and every
+    # student parameter in the main stage
+    for stage in trainer.stages:
+        trainer.run.student.zero_grad(set_to_none=True)
+        trainer.run.method.zero_grad(set_to_none=True)
+        progress = dataclasses.replace(trainer.start, stage=stage.name)
+        out = trainer.step_module(batch, trainer.teacher_outputs(batch), progress)
+        assert out.terms, "a method must return at least one loss term"
+        for name, term in out.terms.items():
+            assert term.dim() == 0 and torch.isfinite(term), (stage.name, name)
+        out.total.backward()
+        if stage.name == MAIN_STAGE:
+            for p in trainer.run.student.parameters():
+                assert p.grad is not None
+        elif stage.trains == "adapters":
+            assert all(p.grad is None for p in trainer.run.student.parameters()), stage.name
+        for t in trainer.run.teachers:
+            assert all(p.grad is None for p in t.parameters())
+        for name, p in trainer.run.method.named_parameters():
+            if p.grad is not None:
+                assert any(p is q for q in trainer.run.method.adapters.parameters()), name
     summary = trainer.fit()
     assert summary["steps"] == 2 and summary["last"]["n"] == 48
 

@@ -278,10 +278,6 @@ def test_tekap_perturbs_the_taps_a_feature_method_reads(tiny_ctx):
 # ------------------------------------------------------------------------------------------ FT parts
 
 
-def test_ft_is_not_registered_until_its_init_stage_exists():
-    assert "ft" not in METHODS
-
-
 def test_ft_init_loss_trains_the_paraphraser_and_the_main_loss_does_not(tiny_ctx):
     ft = FT(FT.Config(), tiny_ctx)
     io = _random_io(ft, tiny_ctx)

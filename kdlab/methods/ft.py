@@ -1,31 +1,39 @@
-"""``ft`` (parts; not registered yet): Kim, Park, Kwak, "Paraphrasing Complex Network: Network Compression via Factor
-Transfer", NeurIPS 2018, arXiv 1802.04977.
+"""``ft``: Kim, Park, Kwak, "Paraphrasing Complex Network: Network Compression via Factor Transfer", NeurIPS 2018,
+arXiv 1802.04977.
 
-Objective (main stage): ``ce_weight * CE(z_s, y) + ft_weight * mean |a(T(f_s)) - a(P_enc(f_t))|`` with ``f`` the last
-stage maps, ``T`` the student's translator (trained with the student), ``P_enc`` the encoder of the teacher's
-paraphraser (frozen in the main stage) and ``a(F) = normalize(mean_c F^2)`` (:func:`kdlab.losses.factor_transfer`).
-Initialisation stage (before the main stage): the paraphraser alone is trained to reconstruct the teacher's map,
-``mean (P(f_t) - f_t)^2`` (:meth:`FT.init_loss`).
+Objective, in two stages:
+
+- initialisation (``init_epochs`` epochs, the paraphraser alone): the teacher's paraphraser ``P`` learns to
+  reconstruct the teacher's map, ``mean (P(f_t) - f_t)^2`` (:func:`paraphraser_reconstruction`);
+- main stage: ``ce_weight * CE(z_s, y) + ft_weight * mean |a(T(f_s)) - a(P_enc(f_t))|`` with ``f`` the last stage
+  maps, ``T`` the student's translator (trained with the student), ``P_enc`` the encoder of the paraphraser (frozen)
+  and ``a(F) = normalize(mean_c F^2)`` (:func:`kdlab.losses.factor_transfer`), ``ft_weight = 200``.
 
 Reference: HobbitLong/RepDistiller@b84f547 ``distiller_zoo/FT.py`` (p1 2, p2 1), ``models/util.py::Paraphraser``
 and ``Translator`` (rate k 0.5), ``train_student.py`` / ``helper/pretrain.py`` / ``helper/loops.py`` (``feat[-2]``,
 ``--init_epochs 30``, run as ``--distill factor -a 0 -b 200``). The init stage trains only the paraphraser (student
 and teacher in eval mode) on the augmented training set with SGD, momentum 0.9, weight decay 5e-4, at lr 0.01 for
 ResNet/WRN students and the run's lr (0.05; 0.01 for MobileNet/ShuffleNet) otherwise; in the main stage the
-paraphraser is in eval mode and not optimised.
+paraphraser is in eval mode and not optimised. Adapters for resnet32x4 -> resnet8x4: paraphraser 2,065,536
+parameters (trained in the init stage only), translator 1,033,728.
 
-Status: :class:`FT` is complete for the main stage and exposes the init-stage loss, but it is registered only once
-its ``stages()`` declares the 30-epoch init stage (``Stage("init", 30, trains="adapters", lr=...)``) and ``loss``
-dispatches on ``io.progress.stage``; without that the paraphraser would stay random.
+kdlab's stages: ``Stage("init", init_epochs, trains="adapters", lr=init_lr)``. The trainer keeps the student in eval
+mode during a stage that trains only the adapters, and the translator gets no gradient there (the optimiser skips
+it), so only the paraphraser changes; in the main stage the paraphraser gets no gradient and is skipped in turn.
 
 Deviations:
+- ``init_lr`` defaults to the reference's 0.01 (its value for ResNet/WRN students, e.g. resnet8x4); a method cannot
+  see the student's name, so for other students set ``init_lr: null`` (the run's ``optim.lr``), as the shipped
+  recipes do for VGG, MobileNetV2 and ShuffleNet students.
 - The paraphraser's factor is computed without gradient in the main stage (the reference excludes the paraphraser
-  from the main optimiser instead; the result is the same).
+  from the main optimiser instead; the result is the same). A data-parallel wrapper must allow unused parameters
+  (the translator in the init stage, the paraphraser in the main stage).
 - Pooling to the smaller map's ``(H, W)`` rather than ``(H, H)`` (the same for square maps).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,9 +41,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab import losses
+from kdlab.methods import register_method
 from kdlab.methods._feature import LAST_STAGE, FeatureConfig, FeatureMethod
-from kdlab.methods.base import BuildContext
+from kdlab.methods.base import BuildContext, Stage
 from kdlab.types import LossOut, StepIO
+
+#: Name of FT's initialisation stage (``io.progress.stage`` while it runs).
+INIT_STAGE = "init"
 
 
 def _conv_block(c_in: int, c_out: int, bn: bool, transposed: bool = False) -> list[nn.Module]:
@@ -118,10 +130,14 @@ def paraphraser_reconstruction(paraphraser: Paraphraser, t_feat: Tensor) -> Tens
     return F.mse_loss(reconstruction, t_feat)
 
 
+@register_method(
+    "ft", description="FT: paraphraser init stage, then CE + L1 between translated and paraphrased factor maps"
+)
 class FT(FeatureMethod):
     """Factor transfer: the student's translated factor matches the teacher's paraphrased factor.
 
-    Not registered yet (see the module docstring): the paraphraser needs its initialisation stage first.
+    ``adapters["paraphraser"]`` (:class:`Paraphraser`, trained in the init stage only) and
+    ``adapters["translator"]`` (:class:`Translator`, trained with the student in the main stage).
     """
 
     @dataclass(kw_only=True)
@@ -137,9 +153,16 @@ class FT(FeatureMethod):
         """Student map fed to the translator; ``last`` is the last stage (the reference's ``feat[-2]``)."""
         teacher_tap: str = LAST_STAGE
         """Teacher map fed to the paraphraser."""
+        init_epochs: int = 30
+        """Epochs of the paraphraser's initialisation stage (RepDistiller's ``--init_epochs``); 0 skips it."""
+        init_lr: float | None = 0.01
+        """Constant learning rate of the init stage: the reference's 0.01 for ResNet/WRN students; None: the run's
+        ``optim.lr`` (the reference's choice for other students)."""
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)
+        if cfg.init_epochs < 0:
+            raise ValueError(f"method.init_epochs must be >= 0, got {cfg.init_epochs}")
         s_tap = self.resolve_tap("student", cfg.student_tap)
         t_tap = self.resolve_tap("teacher", cfg.teacher_tap)
         s_shape, t_shape = self.s_shapes[s_tap], self.t_shapes[t_tap]
@@ -149,12 +172,21 @@ class FT(FeatureMethod):
         self.adapters["translator"] = Translator(s_shape, t_shape, cfg.rate)
         self.adapters["paraphraser"] = Paraphraser(t_shape, cfg.rate)
 
+    def stages(self) -> Sequence[Stage]:
+        """The init stage: the adapters (the paraphraser; the translator gets no gradient) at ``init_lr``."""
+        if self.cfg.init_epochs == 0:
+            return ()
+        return (Stage(INIT_STAGE, self.cfg.init_epochs, trains="adapters", lr=self.cfg.init_lr),)
+
     def init_loss(self, io: StepIO) -> LossOut:
         """The initialisation stage's loss: the paraphraser's reconstruction of the teacher map."""
         t_feat = io.t.taps[self.teacher_tap_names[0]]
         return LossOut({"reconstruction": paraphraser_reconstruction(self.adapters["paraphraser"], t_feat)})
 
     def loss(self, io: StepIO) -> LossOut:
+        """Init stage: :meth:`init_loss` (``{"reconstruction": ...}``); main stage: ``{"ce": ..., "ft": ...}``."""
+        if io.progress.stage == INIT_STAGE:
+            return self.init_loss(io)
         cfg = self.cfg
         s_factor = self.adapters["translator"](io.s.taps[self.student_tap_names[0]])
         with torch.no_grad():
