@@ -245,3 +245,21 @@ def test_pairs_that_cannot_be_distilled_fail_clearly():
         build_method(AB.Config(), _ctx("resnet8x4", "vgg13"))  # 3 stages vs 4
     with pytest.raises(ValueError, match="init_epochs"):
         build_method(AB.Config(init_epochs=-1), _ctx("resnet8x4", "resnet32x4"))
+
+
+def test_tekap_runs_the_inner_methods_init_stage_unperturbed(tmp_path):
+    teacher = Trainer(tiny_config(tmp_path, "model.student=convnet_s", "train.epochs=1", "train.name=t"))
+    teacher.fit()
+    cfg = tiny_config(
+        tmp_path,
+        "method.inner.name=ft",
+        "method.inner.init_epochs=1",
+        "train.epochs=1",
+        method="tekap",
+        teacher_ckpt=str(teacher.ckpt_path),
+    )
+    trainer = Trainer(cfg)
+    assert [st.name for st in trainer.stages] == ["init", "main"]
+    trainer.fit()
+    stages = [json.loads(x)["stage"] for x in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert stages == ["init", "main"]

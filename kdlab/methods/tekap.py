@@ -53,7 +53,7 @@ from torch import Tensor
 from kdlab import losses
 from kdlab.config import MethodConfig
 from kdlab.methods import register_method
-from kdlab.methods.base import AuxObjective, BuildContext, DistillMethod, PrepareContext
+from kdlab.methods.base import MAIN_STAGE, AuxObjective, BuildContext, DistillMethod, PrepareContext, Stage
 from kdlab.methods.kd import KD
 from kdlab.seeding import derive_seed, make_generator
 from kdlab.types import LossOut, Needs, Outputs, StepIO
@@ -113,6 +113,10 @@ class TeKAP(DistillMethod):
     def aux_objectives(self) -> Sequence[AuxObjective]:
         return self.inner.aux_objectives()
 
+    def stages(self) -> Sequence[Stage]:
+        """The inner method's stages (e.g. an initialisation); they run unperturbed."""
+        return self.inner.stages()
+
     def export(self, student: torch.nn.Module) -> torch.nn.Module:
         return self.inner.export(student)
 
@@ -162,6 +166,8 @@ class TeKAP(DistillMethod):
 
     def loss(self, io: StepIO) -> LossOut:
         cfg = self.cfg
+        if io.progress.stage != MAIN_STAGE:  # an inner method's initialisation stage sees the clean teacher
+            return self.inner.loss(io)
         free = self.inner.teacher_free_terms
         clean = self.inner.loss(io)
         terms = {k: (v if k in free else cfg.clean_weight * v) for k, v in clean.terms.items()}
