@@ -85,9 +85,15 @@ class CifarResNet(ClassifierAlias, TapModel):
     _classifier_attr = "fc"
 
     def __init__(
-        self, depth: int, widths: tuple[int, int, int, int], num_classes: int = 100, in_channels: int = 3
+        self,
+        depth: int,
+        widths: tuple[int, int, int, int],
+        num_classes: int = 100,
+        in_channels: int = 3,
+        block: type[nn.Module] | None = None,
     ) -> None:
         super().__init__()
+        block = block or _BasicBlock
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, ...), got {depth}")
         n = (depth - 2) // 6
@@ -97,18 +103,21 @@ class CifarResNet(ClassifierAlias, TapModel):
         c_in = widths[0]
         stages = []
         for c_out, stride in zip(widths[1:], (1, 2, 2)):
-            blocks = [_BasicBlock(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1) for i in range(n)]
+            blocks = [block(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1) for i in range(n)]
             stages.append(nn.Sequential(*blocks))
             c_in = c_out
         self.layer1, self.layer2, self.layer3 = stages
-        self.fc = nn.Linear(widths[3], num_classes)
+        self.classifier = nn.Linear(widths[3], num_classes)  # stored under `_classifier_attr`
 
         info = [TapInfo("stem", widths[0], 1)]
         for k, (c, s) in enumerate(zip(widths[1:], (1, 2, 4)), start=1):
             info += [TapInfo(f"stage{k}.pre", c, s, "pre"), TapInfo(f"stage{k}", c, s)]
         info.append(TapInfo("pool", widths[3], 1, "pool"))
         self._info = tuple(info)
+        self._init_weights()
 
+    def _init_weights(self) -> None:
+        """Kaiming-normal (fan-out) convolutions, unit BN scales, as the reference."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -141,7 +150,7 @@ class CifarResNet(ClassifierAlias, TapModel):
             feats[f"stage{k}"] = h
         pooled = torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
         feats["pool"] = pooled
-        return self.fc(pooled), {k: feats[k] for k in taps}
+        return self.classifier(pooled), {k: feats[k] for k in taps}
 
 
 _SPECS: dict[str, tuple[int, tuple[int, int, int, int]]] = {

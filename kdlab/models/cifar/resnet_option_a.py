@@ -28,14 +28,11 @@ Deviations:
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.models import register_model
-from kdlab.models.alias import ClassifierAlias
-from kdlab.models.base import TapModel, pre_tap_stage
-from kdlab.types import TapInfo
+from kdlab.models.cifar.resnet_crd import CifarResNet
 
 __all__ = ["OptionAResNet", "option_a_shortcut"]
 
@@ -84,8 +81,10 @@ class _BlockA(nn.Module):
         return h + option_a_shortcut(x, self.c_out, self.stride)
 
 
-class OptionAResNet(ClassifierAlias, TapModel):
-    """He et al. (2016) CIFAR ResNet-(6n+2) with option-A shortcuts.
+class OptionAResNet(CifarResNet):
+    """He et al. (2016) CIFAR ResNet-(6n+2) with option-A shortcuts: the CRD-benchmark ResNet's stem, stages and
+    taps (:class:`~kdlab.models.cifar.resnet_crd.CifarResNet`) with parameter-free shortcut blocks, the classifier
+    stored as ``linear`` and the reference's initialisation.
 
     Args:
         depth: ``6n + 2`` (20, 32, 44, 56, 110, ...).
@@ -105,59 +104,13 @@ class OptionAResNet(ClassifierAlias, TapModel):
         in_channels: int = 3,
         widths: tuple[int, int, int, int] = (16, 16, 32, 64),
     ) -> None:
-        super().__init__()
-        if (depth - 2) % 6 != 0 or depth < 8:
-            raise ValueError(f"depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110, ...), got {depth}")
-        n = (depth - 2) // 6
-        self.input_size = (in_channels, 32, 32)
-        self.conv1 = nn.Conv2d(in_channels, widths[0], kernel_size=3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        c_in = widths[0]
-        stages = []
-        for c_out, stride in zip(widths[1:], (1, 2, 2)):
-            stages.append(
-                nn.Sequential(*(_BlockA(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1) for i in range(n)))
-            )
-            c_in = c_out
-        self.layer1, self.layer2, self.layer3 = stages
-        self.linear = nn.Linear(widths[3], num_classes)
+        super().__init__(depth, widths, num_classes, in_channels, block=_BlockA)
 
-        info = [TapInfo("stem", widths[0], 1)]
-        for k, (c, s) in enumerate(zip(widths[1:], (1, 2, 4)), start=1):
-            info += [TapInfo(f"stage{k}.pre", c, s, "pre"), TapInfo(f"stage{k}", c, s)]
-        info.append(TapInfo("pool", widths[3], 1, "pool"))
-        self._info = tuple(info)
-
+    def _init_weights(self) -> None:
+        """Kaiming-normal (fan-in) convolutions and linear layer, as the reference."""
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
-
-    def bn_before_relu(self, tap: str) -> nn.BatchNorm2d | None:
-        """The BN before the ReLU at ``stageK.pre`` (None for other taps), for OFD's margins.
-
-        It is the last block's ``bn2`` of the stage."""
-        k = pre_tap_stage(tap)
-        if k is None or not 1 <= k <= 3:
-            return None
-        return getattr(self, f"layer{k}")[-1].bn2
-
-    def tap_info(self) -> tuple[TapInfo, ...]:
-        """``stem``, ``stage{1,2,3}.pre``, ``stage{1,2,3}``, ``pool`` (strides 1, 1, 2, 4)."""
-        return self._info
-
-    def _forward(self, x: Tensor, taps: frozenset[str]) -> tuple[Tensor, dict[str, Tensor]]:
-        feats: dict[str, Tensor] = {}
-        h = F.relu(self.bn1(self.conv1(x)))
-        feats["stem"] = h
-        for k, stage in enumerate((self.layer1, self.layer2, self.layer3), start=1):
-            for block in stage:
-                pre = block(h)
-                h = F.relu(pre)
-            feats[f"stage{k}.pre"] = pre
-            feats[f"stage{k}"] = h
-        pooled = torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
-        feats["pool"] = pooled
-        return self.linear(pooled), {k: feats[k] for k in taps}
 
 
 def _builder(name: str, depth: int):
