@@ -45,3 +45,28 @@ def tiny_config(tmp_path: Path, *overrides: str, method: str = "ce", teacher_ckp
     if teacher_ckpt is not None or method != "ce":
         data["model"]["teachers"] = [{"name": "convnet_s", "checkpoint": teacher_ckpt}]
     return build_config(data, list(overrides))
+
+
+def sigterm_during_step(trainer, stop_at: int) -> None:
+    """Make ``trainer`` receive a SIGTERM during its ``stop_at``-th optimiser step (1-based, over all stages), as
+    if the signal arrived then: the trainer finishes that step, checkpoints and raises ``TrainingInterrupted``."""
+    import signal
+
+    calls = {"n": 0}
+    original = trainer._make_optimizer
+
+    def make(stage):
+        opt = original(stage)
+        step = opt.step
+
+        def step_then_signal(*a, **kw):
+            calls["n"] += 1
+            if calls["n"] == stop_at:
+                trainer._on_signal(signal.SIGTERM, None)
+            return step(*a, **kw)
+
+        opt.step = step_then_signal
+        return opt
+
+    trainer._make_optimizer = make
+    trainer.optimizer = make(trainer.stages[0])

@@ -5,7 +5,6 @@ resumes exactly, and the adapters have the reference's sizes."""
 from __future__ import annotations
 
 import json
-import signal
 
 import pytest
 import torch
@@ -22,7 +21,7 @@ from kdlab.train.checkpoint import read_file
 from kdlab.train.trainer import Trainer, TrainingInterrupted
 from kdlab.types import Progress
 
-from conftest import tiny_config
+from conftest import sigterm_during_step, tiny_config
 
 STAGED = ["ab", "ft", "fsp"]
 INIT_TERM = {"ab": "ab", "ft": "reconstruction", "fsp": "fsp"}
@@ -147,24 +146,7 @@ def test_resume_inside_the_init_stage_is_bitwise_identical(tmp_path, teacher_ckp
     full = Trainer(_cfg(tmp_path, method, teacher_ckpt, "train.name=full", *extra))
     full.fit()
     part = Trainer(_cfg(tmp_path, method, teacher_ckpt, "train.name=part", *extra))
-    calls = {"n": 0}
-    original = part._make_optimizer
-
-    def make(stage):  # hook every stage's optimiser to deliver a SIGTERM during global step `stop_at`
-        opt = original(stage)
-        step = opt.step
-
-        def step_then_signal(*a, **kw):
-            calls["n"] += 1
-            if calls["n"] == stop_at:
-                part._on_signal(signal.SIGTERM, None)
-            return step(*a, **kw)
-
-        opt.step = step_then_signal
-        return opt
-
-    part._make_optimizer = make
-    part.optimizer = make(part.stages[0])
+    sigterm_during_step(part, stop_at)
     with pytest.raises(TrainingInterrupted, match="stage 'init'"):
         part.fit()
     saved = read_file(part.ckpt_path)["progress"]

@@ -4,7 +4,6 @@ train only what they declare, and resume exactly."""
 from __future__ import annotations
 
 import json
-import signal
 from dataclasses import dataclass
 
 import pytest
@@ -19,7 +18,7 @@ from kdlab.train.checkpoint import read_file
 from kdlab.train.trainer import Trainer, TrainingInterrupted
 from kdlab.types import LossOut, Needs, StepIO
 
-from conftest import tiny_config
+from conftest import sigterm_during_step, tiny_config
 
 
 class Staged(DistillMethod):
@@ -101,24 +100,7 @@ def test_resume_across_stages_is_bitwise_identical(tmp_path, teacher_ckpt, stage
     full = Trainer(_cfg(tmp_path, teacher_ckpt, "train.name=full"))
     full.fit()
     part = Trainer(_cfg(tmp_path, teacher_ckpt, "train.name=part"))
-    calls = {"n": 0}
-    original = part._make_optimizer
-
-    def make(stage):  # hook every stage's optimiser to deliver a SIGTERM during global step `stop_at`
-        opt = original(stage)
-        step = opt.step
-
-        def step_then_signal(*a, **kw):
-            calls["n"] += 1
-            if calls["n"] == stop_at:
-                part._on_signal(signal.SIGTERM, None)
-            return step(*a, **kw)
-
-        opt.step = step_then_signal
-        return opt
-
-    part._make_optimizer = make
-    part.optimizer = make(part.stages[0])
+    sigterm_during_step(part, stop_at)
     with pytest.raises(TrainingInterrupted, match="--resume"):
         part.fit()
     assert read_file(part.ckpt_path)["progress"]["global_step"] == stop_at
