@@ -187,3 +187,22 @@ def test_kd_needs_a_teacher(tmp_path):
     cfg = tiny_config(tmp_path, "model.teachers=[]", method="kd")
     with pytest.raises(BuildError, match=r"model\.teachers is empty"):
         Trainer(cfg)
+
+
+def test_functional_student_outputs_match_the_module_and_differentiate_params(tmp_path):
+    """The aux-objective hook runs the student with substituted parameters (a virtual step) exactly."""
+    from kdlab.train.trainer import functional_student_outputs
+
+    trainer = Trainer(tiny_config(tmp_path))
+    student = trainer.run.student.eval()
+    batch = next(trainer.run.data.train_batches(0))
+    params = dict(student.named_parameters())
+    out = functional_student_outputs(student, params, batch, trainer.run.needs)
+    assert torch.equal(out["x"].logits, student(batch.x))
+    shifted = {k: v + 0.01 if k == "classifier.bias" else v for k, v in params.items()}
+    out2 = functional_student_outputs(student, shifted, batch, trainer.run.needs)
+    assert torch.allclose(out2["x"].logits, out["x"].logits + 0.01, atol=1e-6)
+    w = params["classifier.weight"].detach().clone().requires_grad_(True)
+    loss = functional_student_outputs(student, {**params, "classifier.weight": w}, batch, trainer.run.needs)["x"]
+    loss.logits.sum().backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
