@@ -1,12 +1,17 @@
-"""``kdlab`` command line: train, eval, list, show, demo.
+"""``kdlab`` command line: train, eval, list, show, demo, plus every ``kdlab/cli/cmd_*.py`` module.
 
 Heavy imports (torch, the registries) happen inside the subcommands so ``kdlab --help`` is instant.
+A further subcommand lives in its own module ``kdlab/cli/cmd_<name>.py`` that defines
+``register(sub: argparse._SubParsersAction) -> None`` (add a parser, ``set_defaults(func=...)``); it is found by name,
+so adding a command never edits this file. Such modules import only the standard library at module level.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import pkgutil
 import sys
 from collections.abc import Sequence
 
@@ -112,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seeds", type=int, default=3)
     d.add_argument("--quick", action="store_true", help="a much shorter schedule (smoke test)")
     d.set_defaults(func=cmd_demo)
+
+    import kdlab.cli as package
+
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if info.name.startswith("cmd_"):
+            importlib.import_module(f"kdlab.cli.{info.name}").register(sub)
     return p
 
 
