@@ -529,7 +529,8 @@ def test_crd_resume_mid_epoch_is_bitwise_identical(tmp_path, method_cfg):
 
 
 def test_sum_forwards_the_stages_of_its_terms(monkeypatch):
-    """During a term's own training stage only that term is evaluated; in the main stage all of them."""
+    """During a term's own training stage only that term is evaluated, under its own stage name; in the main stage
+    all of them. Two terms may both declare an ``init`` stage: the sum names them ``<prefix>.init``."""
     from dataclasses import dataclass
 
     from kdlab.config import MethodConfig
@@ -548,15 +549,23 @@ def test_sum_forwards_the_stages_of_its_terms(monkeypatch):
             return [Stage("init", 1)]
 
         def loss(self, io: StepIO) -> LossOut:
-            return LossOut({"match": io.s.logits.square().mean()})
+            seen = torch.tensor(1.0 if io.progress.stage == "init" else 0.0)
+            return LossOut({"match": io.s.logits.square().mean()}, {"saw_init": seen})
 
     monkeypatch.setitem(METHODS._items, "staged_for_sum_test", Staged)
     monkeypatch.setitem(METHODS._meta, "staged_for_sum_test", {})
     student, teacher, ctx = tiny_ctx()
     s = method("sum", ctx, terms=[{"name": "staged_for_sum_test"}, {"name": "kd"}])
-    assert [st.name for st in s.stages()] == ["init"]
+    assert [st.name for st in s.stages()] == ["staged_for_sum_test.init"]
     io = step_io(student, teacher, s, range(4))
-    assert set(s.loss(io.replace(progress=Progress(stage="init"))).terms) == {"staged_for_sum_test.match"}
+    out = s.loss(io.replace(progress=Progress(stage="staged_for_sum_test.init")))
+    assert set(out.terms) == {"staged_for_sum_test.match"}
+    assert out.metrics["staged_for_sum_test.saw_init"].item() == 1.0
     assert set(s.loss(io).terms) == {"staged_for_sum_test.match", "ce", "kd.kd"}
-    with pytest.raises(ValueError, match="two terms declare"):
-        method("sum", ctx, terms=[{"name": "staged_for_sum_test"}, {"name": "staged_for_sum_test"}])
+
+    two = method("sum", ctx, terms=[{"name": "staged_for_sum_test"}, {"name": "staged_for_sum_test"}])
+    assert [st.name for st in two.stages()] == ["staged_for_sum_test0.init", "staged_for_sum_test1.init"]
+    for owner in ("staged_for_sum_test0", "staged_for_sum_test1"):
+        out = two.loss(io.replace(progress=Progress(stage=f"{owner}.init")))
+        assert set(out.terms) == {f"{owner}.match"} and out.metrics[f"{owner}.saw_init"].item() == 1.0
+    assert set(two.loss(io).terms) == {"staged_for_sum_test0.match", "staged_for_sum_test1.match"}

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from kdlab import losses, models
+from kdlab.config import build_config
 from kdlab.methods import METHODS, build_method
 from kdlab.methods._feature import PairError
 from kdlab.methods.ab import AB
@@ -245,3 +246,21 @@ def test_tekap_runs_the_inner_methods_init_stage_unperturbed(tmp_path):
     trainer.fit()
     stages = [json.loads(x)["stage"] for x in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert stages == ["init", "main"]
+
+
+def test_sum_of_two_methods_with_init_stages_runs_both_stages_then_main(tmp_path, teacher_ckpt):
+    """AB and FT both declare an ``init`` stage; in a ``sum`` they run one after the other as ``ab.init`` and
+    ``ft.init``, each evaluating only its own term, then the main stage evaluates both."""
+    cfg = tiny_config(tmp_path, "train.epochs=1", method="kd", teacher_ckpt=teacher_ckpt)
+    cfg.method = build_config(
+        {"method": {"name": "sum", "terms": [{"name": "ab", "init_epochs": 1}, {"name": "ft", "init_epochs": 1}]}}
+    ).method
+    trainer = Trainer(cfg)
+    assert [(s.name, s.epochs) for s in trainer.stages] == [("ab.init", 1), ("ft.init", 1), ("main", 1)]
+    summary = trainer.fit()
+    lines = _records(trainer)
+    assert [x["stage"] for x in lines] == ["ab.init", "ft.init", "main"]
+    assert set(lines[0]["train"]) == {"ab.ab", "loss"}
+    assert set(lines[1]["train"]) == {"ft.reconstruction", "loss"}
+    assert set(lines[2]["train"]) == {"ce", "ft.ft", "loss"}
+    assert summary["finished"] and summary["steps"] == 3 * STEPS_PER_EPOCH

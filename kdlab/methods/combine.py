@@ -23,8 +23,9 @@ Rules:
   ``adapters`` under ``adapters[<prefix>]`` (the children are registered submodules, so their buffers, e.g. CRD's
   memory, are in the state dict); aux objectives are concatenated; generator states are prefixed; ``export`` is the
   first child's export that differs from the student.
-- Training stages (AB/FT/FSP initialisation): the children's stages run in order (names must differ); during a
-  stage, only the children that declared it are evaluated.
+- Training stages (AB/FT/FSP initialisation): the children's stages run in order, each named
+  ``"<prefix>.<stage>"`` (``ab.init``, ``fsp.init``) so two children may both have an ``init`` stage; during a stage
+  only the child that declared it is evaluated, and it sees its own stage name (``io.progress.stage == "init"``).
 
 Reference: none (RepDistiller's ``train_student.py`` adds ``gamma * CE + alpha * KD + beta * other`` by hand).
 
@@ -33,6 +34,7 @@ Deviations: none.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -79,12 +81,13 @@ class Sum(DistillMethod):
             self.adapters[prefix] = method.adapters
         self.teacher_free_terms = frozenset().union(*(m.teacher_free_terms for m in self.methods))
         self.averages_teachers = all(m.averages_teachers for m in self.methods)
-        self._stage_owner: dict[str, int] = {}
-        for i, method in enumerate(self.methods):
+        # "<prefix>.<stage>" -> (child index, the child's own stage name)
+        self._stage_owner: dict[str, tuple[int, str]] = {}
+        for i, (prefix, method) in enumerate(zip(self.prefixes, self.methods)):
             for stage in method.stages():
-                if stage.name in self._stage_owner or stage.name == MAIN_STAGE:
-                    raise ValueError(f"sum: two terms declare a training stage named {stage.name!r}")
-                self._stage_owner[stage.name] = i
+                if stage.name == MAIN_STAGE:
+                    raise ValueError(f"sum: term {prefix!r} declares a stage named {MAIN_STAGE!r}, which is reserved")
+                self._stage_owner[f"{prefix}.{stage.name}"] = (i, stage.name)
 
     # ------------------------------------------------------------------------------------------ contract
 
@@ -99,7 +102,11 @@ class Sum(DistillMethod):
             method.prepare(ctx)
 
     def stages(self) -> Sequence[Stage]:
-        return [stage for method in self.methods for stage in method.stages()]
+        return [
+            dataclasses.replace(stage, name=f"{prefix}.{stage.name}")
+            for prefix, method in zip(self.prefixes, self.methods)
+            for stage in method.stages()
+        ]
 
     def aux_objectives(self) -> Sequence[AuxObjective]:
         return [aux for method in self.methods for aux in method.aux_objectives()]
@@ -129,8 +136,12 @@ class Sum(DistillMethod):
         stage = io.progress.stage
         if stage == MAIN_STAGE:
             active: Sequence[int] = range(len(self.methods))
+        elif stage in self._stage_owner:
+            owner, own_name = self._stage_owner[stage]
+            active = [owner]
+            io = dataclasses.replace(io, progress=dataclasses.replace(io.progress, stage=own_name))
         else:
-            active = [self._stage_owner[stage]] if stage in self._stage_owner else []
+            active = []
         terms: dict[str, Tensor] = {}
         metrics: dict[str, Tensor] = {}
         for i in active:
