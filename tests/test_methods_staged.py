@@ -114,6 +114,24 @@ def test_ab_and_fsp_init_stage_trains_the_student_but_not_its_classifier(tmp_pat
         assert not _same(adapters0, _state(trainer.run.method.adapters))
 
 
+@pytest.mark.parametrize("method", ["ab", "fsp"])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_ab_and_fsp_init_stage_student_mode(tmp_path, teacher_ckpt, method, mode):
+    """The reference runs the init stage with the student in eval mode: BN running statistics stay at their
+    initial values (and normalise the batch); ``init_student_mode: train`` uses and updates batch statistics."""
+    trainer = Trainer(
+        _cfg(tmp_path, method, teacher_ckpt, f"method.init_student_mode={mode}", f"train.max_steps={STEPS_PER_EPOCH}")
+    )
+    assert trainer.stages[0].student_training is (mode == "train")
+    before = _state(trainer.run.student)
+    trainer.fit()
+    after = _state(trainer.run.student)
+    stats = [k for k in after if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    unchanged = all(torch.equal(before[k], after[k]) for k in stats)
+    assert unchanged is (mode == "eval")
+
+
 def test_ab_main_stage_is_cross_entropy_alone_and_the_connectors_stay_put(tmp_path, teacher_ckpt):
     init_only = Trainer(_cfg(tmp_path, "ab", teacher_ckpt, "train.name=init", f"train.max_steps={STEPS_PER_EPOCH}"))
     init_only.fit()

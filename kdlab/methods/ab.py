@@ -21,10 +21,6 @@ abound -a 0 -b 1``: the main stage's distillation term is ``loss_kd = 0``, so th
 has no effect). Connectors for resnet32x4 -> resnet8x4: all identities (every stage has equal shapes), 0 parameters.
 
 Deviations:
-- The student is in training mode during the init stage (BN normalises with batch statistics and updates its running
-  averages), as the trainer does for every stage that trains the student; the reference keeps the student in eval
-  mode there (``model_s.eval()`` in ``helper/pretrain.py``), so its BN layers act as fixed affine maps with their
-  initial running statistics, which the init stage never updates.
 - The init stage's optimiser holds every student parameter (``trains="all"``) where the reference's holds the
   feature modules only (``get_feat_modules()``, without the classifier); the classifier gets no gradient from the AB
   loss, and the optimiser skips a parameter without a gradient (no momentum, no weight decay), so the updates are
@@ -43,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from torch import nn
 
@@ -80,6 +77,9 @@ class AB(FeatureMethod):
         """Epochs of the initialisation stage (RepDistiller's ``--init_epochs``); 0 skips it."""
         init_lr: float | None = None
         """Constant learning rate of the init stage; None: the run's ``optim.lr`` (as the reference)."""
+        init_student_mode: Literal["eval", "train"] = "eval"
+        """The student's mode in the init stage: ``eval`` as the reference (``model_s.eval()``: BN layers are affine
+        maps with their running statistics, which stay put), ``train`` for batch statistics."""
         ab_weight: float = 1.0
         """Weight of the AB loss in the init stage (the reference's init loss is unweighted)."""
         margin: float = 1.0
@@ -113,7 +113,15 @@ class AB(FeatureMethod):
         """The init stage: student and connectors together (``trains="all"``) at a constant learning rate."""
         if self.cfg.init_epochs == 0:
             return ()
-        return (Stage(INIT_STAGE, self.cfg.init_epochs, trains="all", lr=self.cfg.init_lr),)
+        return (
+            Stage(
+                INIT_STAGE,
+                self.cfg.init_epochs,
+                trains="all",
+                lr=self.cfg.init_lr,
+                student_mode=self.cfg.init_student_mode,
+            ),
+        )
 
     def loss(self, io: StepIO) -> LossOut:
         """Init stage: ``{"ab": ...}``; main stage: ``{"ce": ...}``."""

@@ -131,16 +131,28 @@ class Stage:
         epochs: length in epochs.
         trains: ``"adapters"`` (the method's adapters), ``"student"`` or ``"all"`` (student and adapters).
         lr: learning rate; None for the run's ``optim.lr``.
+        student_mode: ``"train"`` or ``"eval"``: the student's mode during the stage (BN batch statistics or running
+            statistics); None: train mode exactly when the stage trains the student.
     """
 
     name: str
     epochs: int
     trains: str = "adapters"
     lr: float | None = None
+    student_mode: str | None = None
 
     def __post_init__(self) -> None:
         if self.trains not in ("adapters", "student", "all"):
             raise ValueError(f"Stage.trains must be 'adapters', 'student' or 'all', got {self.trains!r}")
+        if self.student_mode not in (None, "train", "eval"):
+            raise ValueError(f"Stage.student_mode must be 'train', 'eval' or None, got {self.student_mode!r}")
+
+    @property
+    def student_training(self) -> bool:
+        """Whether the student is in training mode during this stage."""
+        if self.student_mode is None:
+            return self.trains != "adapters"
+        return self.student_mode == "train"
 
 
 class DistillMethod(nn.Module):

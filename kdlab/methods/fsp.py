@@ -22,10 +22,6 @@ The CRD tables have FSP numbers for the same-architecture pairs only (and N/A fo
 channel counts differ); pairs with different channel counts fail when the run is built.
 
 Deviations:
-- The student is in training mode during the init stage (BN normalises with batch statistics and updates its running
-  averages), as the trainer does for every stage that trains the student; the reference keeps the student in eval
-  mode there (``model_s.eval()`` in ``helper/pretrain.py``), so its BN layers act as fixed affine maps with their
-  initial running statistics.
 - The init stage's optimiser holds every student parameter (``trains="all"``) where the reference's holds the
   feature modules only (``get_feat_modules()``); the classifier gets no gradient from the FSP loss and the optimiser
   skips parameters without one (no momentum, no weight decay), so the updates are the same.
@@ -36,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from kdlab import losses
 from kdlab.methods import register_method
@@ -65,6 +62,9 @@ class FSP(FeatureMethod):
         """Epochs of the initialisation stage (RepDistiller's ``--init_epochs``); 0 skips it."""
         init_lr: float | None = None
         """Constant learning rate of the init stage; None: the run's ``optim.lr`` (as the reference)."""
+        init_student_mode: Literal["eval", "train"] = "eval"
+        """The student's mode in the init stage: ``eval`` as the reference (``model_s.eval()``: BN layers are affine
+        maps with their running statistics, which stay put), ``train`` for batch statistics."""
         fsp_weight: float = 1.0
         """Weight of the FSP loss in the init stage (the reference's init loss is unweighted)."""
         student_taps: list[str] = field(default_factory=list)
@@ -106,7 +106,15 @@ class FSP(FeatureMethod):
         """The init stage: the student alone (``trains="all"``; there are no adapters) at a constant learning rate."""
         if self.cfg.init_epochs == 0:
             return ()
-        return (Stage(INIT_STAGE, self.cfg.init_epochs, trains="all", lr=self.cfg.init_lr),)
+        return (
+            Stage(
+                INIT_STAGE,
+                self.cfg.init_epochs,
+                trains="all",
+                lr=self.cfg.init_lr,
+                student_mode=self.cfg.init_student_mode,
+            ),
+        )
 
     def loss(self, io: StepIO) -> LossOut:
         """Init stage: ``{"fsp": ...}``; main stage: ``{"ce": ...}``."""

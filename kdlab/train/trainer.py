@@ -358,9 +358,9 @@ class Trainer:
         metrics_file = self.run_dir / "metrics.jsonl"
         main = progress.stage == MAIN_STAGE
         epochs = progress.total_epochs
-        # a stage that trains only the adapters keeps the student in eval mode (its BN statistics stay put)
+        # the stage decides the student's mode (default: eval when it trains only the adapters, BN statistics fixed)
         self.step_module.train()
-        self.run.student.train(self.stages[self._stage_index(progress)].trains != "adapters")
+        self.run.student.train(self.stages[self._stage_index(progress)].student_training)
         while progress.epoch < epochs and self.global_step < total:
             epoch = progress.epoch
             sums: dict[str, float] = {}
