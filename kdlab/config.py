@@ -155,6 +155,18 @@ class TrainConfig:
     """Run directory name under ``run_dir``; default: ``<method>__<teacher>__<student>__s<seed>``."""
     deterministic: bool = False
     """Ask torch for deterministic algorithms (slower on GPU; CPU training is deterministic already)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast precision of the student's forward/backward (fp16 adds loss scaling); losses are always fp32."""
+    teacher_precision: Literal["fp32", "bf16", "fp16"] | None = None
+    """Autocast precision of the teachers' forward (None: ``precision``); may be lower than the student's."""
+    channels_last: bool = False
+    """Models and input batches in the channels-last memory format."""
+    compile: bool = False
+    """``torch.compile`` the trainable step (student + method); falls back to eager with a warning."""
+    teacher_cache: Literal["off", "auto", "on"] = "off"
+    """Reuse teacher logits when inputs repeat (data.augment=none, or train.replay_epochs > 0); logit methods only."""
+    replay_epochs: int = 0
+    """R > 0: epoch e replays the order and augmentation of epoch e mod R (lets train.teacher_cache reuse logits)."""
 
 
 @dataclass(kw_only=True)

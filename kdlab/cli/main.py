@@ -19,6 +19,8 @@ log = logging.getLogger("kdlab")
 
 # Exit codes: 0 ok, 1 run failed (bad loss, bad checkpoint), 2 bad input (config, names, files), 130 interrupted.
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+#: Commands that train and therefore re-execute with tcmalloc preloaded when it is available (kdlab/allocator.py).
+TCMALLOC_COMMANDS = frozenset({"train", "bench", "demo", "sweep"})
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -80,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="kdlab", description="Knowledge distillation on PyTorch.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--no-tcmalloc",
+        action="store_true",
+        help="do not re-execute with tcmalloc preloaded (also KDLAB_NO_TCMALLOC=1; see kdlab/allocator.py)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a run from a YAML config", description="Train a run.")
@@ -130,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``kdlab`` and ``python -m kdlab``; returns the exit code."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    if argv is None and args.command in TCMALLOC_COMMANDS:  # a real process entry: maybe re-exec with tcmalloc
+        from kdlab.allocator import maybe_reexec
+
+        maybe_reexec(opt_out=args.no_tcmalloc)
     from kdlab.errors import USER_ERRORS, describe
 
     try:

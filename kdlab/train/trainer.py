@@ -39,6 +39,7 @@ from kdlab.train.checkpoint import (
     read_file,
 )
 from kdlab.train.display import ProgressDisplay
+from kdlab.train.precision import CompiledStep, Precision, to_float
 from kdlab.train.schedule import learning_rate
 from kdlab.types import Batch, LossOut, Needs, Outputs, Progress, StepIO
 
@@ -62,11 +63,12 @@ class TrainStep(nn.Module):
         needs: what the method reads.
     """
 
-    def __init__(self, student: nn.Module, method: nn.Module, needs: Needs) -> None:
+    def __init__(self, student: nn.Module, method: nn.Module, needs: Needs, precision: Precision | None = None) -> None:
         super().__init__()
         self.student = student
         self.method = method
         self.needs = needs
+        self.precision = precision or Precision()
 
     def student_outputs(self, batch: Batch) -> dict[str, Outputs]:
         """The student's outputs on every view the method needs (one forward per view)."""
@@ -78,8 +80,12 @@ class TrainStep(nn.Module):
         return out
 
     def forward(self, batch: Batch, teachers: tuple, progress: Progress) -> LossOut:
-        io = StepIO(self.student_outputs(batch), teachers, batch, progress)
-        return self.method.loss(io)
+        # the student's forward in the run's precision; its outputs and the method's loss in fp32 (precision.py)
+        with self.precision.student_autocast():
+            student = self.student_outputs(batch)
+        io = StepIO(to_float(student), teachers, batch, progress)
+        with self.precision.loss_context():
+            return self.method.loss(io)
 
 
 def accuracy(logits: Tensor, y: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
@@ -167,7 +173,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         self.run: Run = build_run(cfg)
         r = self.run
-        self.step_module = TrainStep(r.student, r.method, r.needs)
+        self._setup_speed()
         self.aux = list(r.method.aux_objectives())
         self.steps_per_epoch = r.data.steps_per_epoch()
         # the method's own stages (if any) run first, then the main stage of `train.epochs`
@@ -222,10 +228,62 @@ class Trainer:
         lr = self.stages[self._stage_index(progress)].lr
         return self.cfg.optim.lr if lr is None else lr
 
+    def _setup_speed(self) -> None:
+        """Precision, memory format, compilation and teacher-output reuse (``kdlab.train.precision``,
+        ``kdlab.train.teacher_cache``); builds :attr:`step_module` and the callable :attr:`step_call` that runs it."""
+        from kdlab.train.teacher_cache import build_teacher_cache
+
+        r, tc = self.run, self.cfg.train
+        self.precision = Precision.from_config(tc, r.device)
+        for model in (r.student, *r.teachers):
+            self.precision.prepare_model(model)
+        self.step_module = TrainStep(r.student, r.method, r.needs, self.precision)
+        self.step_call = CompiledStep(self.step_module, tc.compile)
+        self.scaler = self.precision.make_scaler()
+        self.teacher_cache, self.teacher_cache_reason = build_teacher_cache(
+            self.cfg, r, self.teacher_outputs, self.precision.prepare_batch
+        )
+
+    def _data_epoch(self, epoch: int) -> int:
+        """The epoch whose data stream epoch ``epoch`` replays (``train.replay_epochs``)."""
+        replay = self.cfg.train.replay_epochs
+        return epoch % replay if replay > 0 else epoch
+
+    def _step_teachers(self, batch: Batch, progress: Progress) -> tuple[dict[str, Outputs], ...]:
+        """The teachers' outputs of a training step: from the teacher cache when one applies."""
+        if self.teacher_cache is None:
+            return self.teacher_outputs(batch)
+        return self.teacher_cache.outputs(batch, self._data_epoch(progress.epoch), progress.step_in_epoch)
+
+    def _backward_step(self, loss: Tensor) -> None:
+        """Backward and optimiser step (loss-scaled in fp16)."""
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def speed_record(self) -> dict:
+        """The effective speed settings of the run (for ``summary.json``)."""
+        from kdlab.allocator import allocator_name
+
+        cache = self.teacher_cache.record() if self.teacher_cache is not None else {"kind": "off"}
+        return {
+            **self.precision.record(),
+            "compile": self.step_call.status,
+            "teacher_cache": {**cache, "reason": self.teacher_cache_reason},
+            "replay_epochs": self.cfg.train.replay_epochs,
+            "allocator": allocator_name(),
+        }
+
     def teacher_outputs(self, batch: Batch) -> tuple[dict[str, Outputs], ...]:
-        """Every teacher's outputs on the views and taps the method needs."""
+        """Every teacher's outputs on the views and taps the method needs (fp32, whatever the teacher's precision)."""
         n = self.run.needs
-        return tuple(t.outputs(batch, n.views, n.teacher_taps) for t in self.run.teachers)
+        with self.precision.teacher_autocast():
+            outs = tuple(t.outputs(batch, n.views, n.teacher_taps) for t in self.run.teachers)
+        return tuple(to_float(o) for o in outs)
 
     def _prepare_context(self) -> PrepareContext:
         def batches(taps=()) -> Iterator:
@@ -255,6 +313,7 @@ class Trainer:
             "method_generators": self.run.method.generator_state(),
             "optimizer": self.optimizer.state_dict(),
             "aux": [a.state_dict() for a in self.aux],
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng,
             "history": self.history,
             "clock": {"train_time": self.train_time, "train_images": self.train_images},
@@ -281,6 +340,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         for aux, s in zip(self.aux, state["aux"]):
             aux.load_state_dict(s)
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
@@ -367,12 +428,13 @@ class Trainer:
             n_steps, t_epoch, images = 0, 0.0, 0
             step_times: list[float] = []
             t_prev = time.perf_counter()  # step time includes producing the batch (the data pipeline)
-            for batch in r.data.train_batches(epoch, progress.step_in_epoch):
+            for batch in r.data.train_batches(self._data_epoch(epoch), progress.step_in_epoch):
+                batch = self.precision.prepare_batch(batch)
                 lr = self._lr(progress)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                teachers = self.teacher_outputs(batch)
-                out = self.step_module(batch, teachers, progress)
+                teachers = self._step_teachers(batch, progress)
+                out = self.step_call(batch, teachers, progress)
                 loss = out.total
                 # one host-device sync per step: every logged scalar and the finiteness check at once
                 named = {**out.terms, **out.metrics}
@@ -390,8 +452,7 @@ class Trainer:
                         "inputs, then resume or restart"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+                self._backward_step(loss)
                 logs = {}
                 self.global_step += 1
                 done = dataclasses.replace(progress, step=progress.step + 1, step_in_epoch=progress.step_in_epoch + 1)
@@ -512,6 +573,7 @@ class Trainer:
             "export": export_path.name,
             "device": str(self.run.device),
             "threads": torch.get_num_threads(),
+            "speed": self.speed_record(),
             "versions": versions(),
             "git_commit": git_commit(),
         }
