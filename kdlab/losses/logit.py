@@ -12,6 +12,8 @@ then ``[..., B]`` and ``reduction`` reduces the last dimension only.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,10 +21,12 @@ from torch import Tensor
 __all__ = [
     "batch_correlation",
     "class_correlation",
+    "confidence_weights",
     "cross_entropy",
     "dist",
     "dkd",
     "kd",
+    "mean_teacher_kd",
     "reduce",
     "standardize_logits",
     "tekap_kd",
@@ -316,3 +320,58 @@ def tekap_kd(
     per_view = kd(s_logits, teachers, temperature, reduction="none")
     per_sample = clean_weight * per_view[0] + view_weight * per_view[1:].sum(dim=0)
     return reduce(per_sample, reduction)
+
+
+def mean_teacher_kd(
+    s_logits: Tensor, t_logits: Tensor, temperature: float = 4.0, reduction: str = "mean"
+) -> Tensor:
+    """KD against the mean of several teachers' softened probabilities:
+    ``T^2 * KL(mean_m softmax(t_m/T) || softmax(s/T))`` summed over classes.
+
+    The averaged distribution is formed in log space, ``log mean_m p_m = logsumexp_m(log p_m) - log M``, so one
+    teacher gives :func:`kd` bit for bit. Multi-teacher averaging baseline (e.g. You et al., KDD 2017; the
+    ``AVERAGE`` ensembles of multi-teacher papers); contrast :func:`kd` on ``[M, B, K]`` teachers, which gives
+    one KL per teacher (their mean is the "average of losses" ensemble).
+
+    Args:
+        s_logits: ``[B, K]`` student logits.
+        t_logits: ``[M, B, K]`` logits of M teachers (``[B, K]`` is one teacher).
+        temperature: softmax temperature ``T``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``[B]``).
+
+    Returns:
+        A scalar, or ``[B]`` with ``reduction="none"``.
+    """
+    if t_logits.dim() == s_logits.dim():
+        t_logits = t_logits.unsqueeze(0)
+    log_p_s = F.log_softmax(s_logits / temperature, dim=-1)
+    log_p_t = torch.logsumexp(F.log_softmax(t_logits / temperature, dim=-1), dim=0)
+    if t_logits.shape[0] > 1:
+        log_p_t = log_p_t - math.log(t_logits.shape[0])
+    per_sample = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1) * temperature**2
+    return reduce(per_sample, reduction)
+
+
+def confidence_weights(t_logits: Tensor, y: Tensor) -> Tensor:
+    """CA-MKD's per-sample teacher weights from each teacher's cross-entropy on the true label.
+
+    ``w_{m,b} = (1 - softmax_m(CE(t_m[b], y_b))) / (M - 1)``: over the M teachers the weights of a sample sum to 1,
+    and a teacher whose prediction is closer to the one-hot label (lower CE) gets more weight. One teacher gets
+    weight 1 (the formula is 0/0 there; the reference falls back to plain averaging, i.e. weight 1).
+
+    Zhang, Chen, Wang, "Confidence-Aware Multi-Teacher Knowledge Distillation", ICASSP 2022, arXiv 2201.00007;
+    matches Rorozhl/CA-MKD@acc8c2b ``helper/loops.py`` (``CAMKD`` ensemble) and ``distiller_zoo/CAMKD.py``.
+    Gradients flow through ``t_logits`` (CA-MKD's feature weights are computed from student features).
+
+    Args:
+        t_logits: ``[M, B, K]`` logits of M teachers (or of the teachers' classifiers on student features).
+        y: ``[B]`` labels.
+
+    Returns:
+        ``[M, B]`` weights.
+    """
+    m = t_logits.shape[0]
+    if m == 1:
+        return torch.ones(t_logits.shape[:2], dtype=t_logits.dtype, device=t_logits.device)
+    ce = F.cross_entropy(t_logits.flatten(0, 1), y.repeat(m), reduction="none").view(m, -1)
+    return (1.0 - F.softmax(ce, dim=0)) / (m - 1)
