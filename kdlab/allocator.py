@@ -88,9 +88,22 @@ def preloaded(env: Mapping[str, str] | None = None) -> str | None:
     return None
 
 
-def allocator_name(env: Mapping[str, str] | None = None) -> str:
-    """``"tcmalloc (<path>)"`` when this process preloads tcmalloc, else ``"system"`` (for the run record)."""
-    lib = preloaded(env)
+def loaded_tcmalloc(maps: str = "/proc/self/maps") -> str | None:
+    """Path of the tcmalloc library mapped into this process (Linux ``/proc/self/maps``), or None."""
+    try:
+        text = Path(maps).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        path = line.split()[-1] if line.split() else ""
+        if path.startswith("/") and "tcmalloc" in Path(path).name:
+            return path
+    return None
+
+
+def allocator_name() -> str:
+    """``"tcmalloc (<path>)"`` when tcmalloc is loaded in this process, else ``"system"`` (for the run record)."""
+    lib = loaded_tcmalloc()
     return f"tcmalloc ({lib})" if lib else "system"
 
 
@@ -133,8 +146,12 @@ def maybe_reexec(opt_out: bool = False, argv: Sequence[str] | None = None) -> No
     """
     new_env, reason = reexec_plan(os.environ, opt_out)
     if new_env is None:
-        if os.environ.get(MARKER) and preloaded():
-            log.info("allocator: tcmalloc preloaded (%s); opt out: --no-tcmalloc or KDLAB_NO_TCMALLOC=1", preloaded())
+        if os.environ.get(MARKER):
+            lib = loaded_tcmalloc()
+            if lib:
+                log.info("allocator: tcmalloc preloaded (%s); opt out: --no-tcmalloc or KDLAB_NO_TCMALLOC=1", lib)
+            else:
+                log.warning("allocator: LD_PRELOAD names %s but it is not loaded; system allocator in use", preloaded())
         else:
             log.debug("allocator: %s", reason)
         return

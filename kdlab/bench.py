@@ -216,6 +216,8 @@ def run_variants(
     rounds: int = 2,
     threads: int | None = 2,
     repeats: int = 10,
+    image_size: int = 32,
+    num_classes: int = 100,
 ) -> dict:
     """Images/s of ``method`` (teacher -> student) under each variant, interleaved over ``rounds``; medians.
 
@@ -242,6 +244,8 @@ def run_variants(
                     threads=threads,
                     train=VARIANTS[v],
                     run_dir=tmp,
+                    image_size=image_size,
+                    num_classes=num_classes,
                     name=re.sub(r"\W+", "_", v) + f"_r{r}",
                 )
                 results[v].append(measure(cfg, repeats))
@@ -281,6 +285,8 @@ def run_methods(
     rounds: int = 2,
     threads: int | None = 2,
     train: dict | None = None,
+    image_size: int = 32,
+    num_classes: int = 100,
 ) -> dict:
     """Batches/s of each method on one pair (DIST's speed table), through the real trainer.
 
@@ -310,6 +316,8 @@ def run_methods(
                     threads=threads,
                     train=train,
                     run_dir=tmp,
+                    image_size=image_size,
+                    num_classes=num_classes,
                     name=re.sub(r"\W+", "_", label) + f"_r{r}",
                 )
                 trainer = Trainer(cfg, force=True)

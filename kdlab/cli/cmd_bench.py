@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", default="resnet32x4")
     p.add_argument("--student", default="resnet8x4")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=32, help="synthetic images' height and width")
+    p.add_argument("--num-classes", type=int, default=100, help="synthetic classes")
     p.add_argument("--steps", type=int, default=None, help="variants: steps per epoch (8); methods: timed steps (10)")
     p.add_argument("--epochs", type=int, default=4, help="variants: epochs per run, the first is warm-up")
     p.add_argument("--warmup", type=int, default=2, help="methods: untimed steps per run")
@@ -45,6 +47,7 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
     out = [args.table, "--method", args.method, "--teacher", args.teacher, "--student", args.student]
     out += ["--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--warmup", str(args.warmup)]
     out += ["--threads", str(args.threads), "--precision", args.precision]
+    out += ["--image-size", str(args.image_size), "--num-classes", str(args.num_classes)]
     for flag, value in (("--variants", args.variants), ("--methods", args.methods), ("--steps", args.steps)):
         if value is not None:
             out += [flag, str(value)]
@@ -72,6 +75,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             rounds=args.rounds,
             threads=threads,
+            image_size=args.image_size,
+            num_classes=args.num_classes,
         )
     else:
         train = {"precision": args.precision, "channels_last": args.channels_last}
@@ -85,6 +90,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             threads=threads,
             train=train,
+            image_size=args.image_size,
+            num_classes=args.num_classes,
         )
     print(bench.format_table(result))
     if args.json:
