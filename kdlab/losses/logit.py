@@ -322,9 +322,7 @@ def tekap_kd(
     return reduce(per_sample, reduction)
 
 
-def mean_teacher_kd(
-    s_logits: Tensor, t_logits: Tensor, temperature: float = 4.0, reduction: str = "mean"
-) -> Tensor:
+def mean_teacher_kd(s_logits: Tensor, t_logits: Tensor, temperature: float = 4.0, reduction: str = "mean") -> Tensor:
     """KD against the mean of several teachers' softened probabilities:
     ``T^2 * KL(mean_m softmax(t_m/T) || softmax(s/T))`` summed over classes.
 

@@ -173,6 +173,9 @@ class DistillMethod(nn.Module):
     #: True when ``loss`` given several teachers returns each teacher-dependent term as the mean over teachers of
     #: its single-teacher value. A wrapper may then evaluate many synthetic views in one ``loss`` call.
     averages_teachers: ClassVar[bool] = False
+    #: Names of the teacher-dependent terms that read only the teachers' feature taps, never their logits (e.g.
+    #: CA-MKD's intermediate-feature term). A wrapper that perturbs only the logits (TeKAP(L)) keeps these once.
+    logit_free_terms: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         super().__init__()

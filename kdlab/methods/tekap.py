@@ -13,7 +13,10 @@ weights 1 and 0.8, the 0.8 on a sum of KD terms; README run ``-r 0.1 -a 0.9 -b 0
 std 0.1, i.e. ``perturb: features, num_views: 1, noise_std: 0.1, view_weight: 1``). The paper's convex form is
 ``clean_weight = lambda, view_weight = 1 - lambda``. Combined with DKD / MLKD as in the paper's camera-ready
 tables: the inner method's distillation terms see the perturbed teachers; with several real teachers, each is
-perturbed.
+perturbed. With several real teachers (``dgkd``, ``ca_mkd``, ``mt_kd``) view ``i`` perturbs every teacher, and the
+inner method sees the M perturbed teachers of view ``i`` together, with the weights of single-teacher TeKAP. With
+``perturb: logits`` an inner term that reads no teacher logits (``logit_free_terms``, e.g. CA-MKD's feature term) is
+not re-evaluated on the views: like the cross-entropy it counts once.
 
 Terms: the inner terms keep their names (teacher-dependent ones times ``clean_weight``); the views' contribution to
 a teacher-dependent term ``name`` is the extra term ``"<name>.views"`` (``view_weight`` times the sum over views),
@@ -97,6 +100,7 @@ class TeKAP(DistillMethod):
             raise ValueError(f"tekap perturbs the teacher, but the inner method {cfg.inner.name!r} reads none")
         self.adapters = self.inner.adapters
         self.teacher_free_terms = self.inner.teacher_free_terms
+        self.logit_free_terms = self.inner.logit_free_terms
         self.generator = make_generator(ctx.device, derive_seed(ctx.seed, _SEED_TAG))
 
     # ------------------------------------------------------------------------------------------ contract
@@ -169,6 +173,8 @@ class TeKAP(DistillMethod):
         if io.progress.stage != MAIN_STAGE:  # an inner method's initialisation stage sees the clean teacher
             return self.inner.loss(io)
         free = self.inner.teacher_free_terms
+        if cfg.perturb == "logits":  # terms that read no teacher logits see no perturbation: counted once
+            free = free | self.inner.logit_free_terms
         clean = self.inner.loss(io)
         terms = {k: (v if k in free else cfg.clean_weight * v) for k, v in clean.terms.items()}
         if cfg.view_weight == 0.0 or cfg.num_views == 0:
