@@ -1,0 +1,120 @@
+"""``kdlab results``: query the results store (filter, group, export CSV) or ``--import`` run directories."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+SHOWN = (
+    "sweep",
+    "row_label",
+    "pair",
+    "grid",
+    "seed",
+    "method",
+    "last_top1",
+    "best_top1",
+    "best_epoch",
+    "epochs",
+    "train_time_s",
+    "images_per_s",
+    "finished",
+)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from kdlab.experiments.store import ResultsStore, RunDirError, StoreError
+
+    store = ResultsStore(args.store)
+    if args.import_dirs:
+        failed = 0
+        for d in args.import_dirs:
+            try:
+                row = store.record_run_dir(d)
+            except RunDirError as err:
+                failed += 1
+                print(f"skipped {d}: {err}", file=sys.stderr)
+                continue
+            print(f"recorded {d}: {row['method']} {row['pair']} seed {row['seed']}: top1 last {row['last_top1']:.2f}")
+        print(f"{len(args.import_dirs) - failed} run(s) recorded in {args.store}, {failed} skipped")
+        return 1 if failed else 0
+
+    rows = store.query(sweep=args.sweep, where=args.where)
+    if args.group_by:
+        import json
+
+        from kdlab.experiments.report import mean, std
+        from kdlab.experiments.store import COLUMN_NAMES
+
+        for key in args.group_by:
+            if key not in COLUMN_NAMES and "." not in key:
+                raise StoreError(
+                    f"--group-by: unknown column {key!r}; columns: {', '.join(COLUMN_NAMES)} "
+                    "(or a dotted grid key such as optim.lr)"
+                )
+
+        def value(r: dict, key: str) -> object:
+            return r[key] if key in COLUMN_NAMES else json.loads(r.get("grid") or "{}").get(key)
+
+        groups: dict[tuple, list[dict]] = {}
+        for r in rows:
+            groups.setdefault(tuple(value(r, k) for k in args.group_by), []).append(r)
+        header = [*args.group_by, "n", "last_top1_mean", "last_top1_std", "best_top1_mean", "best_top1_std"]
+        out = []
+        for key, members in groups.items():
+            last = [m["last_top1"] for m in members]
+            best = [m["best_top1"] for m in members]
+            out.append([*key, len(members), mean(last), std(last), mean(best), std(best)])
+    else:
+        header = list(SHOWN)
+        out = [[r[c] for c in SHOWN] for r in rows]
+    if args.csv:
+        import csv
+
+        full_header = header if args.group_by else list(rows[0]) if rows else header
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(full_header)
+            w.writerows(out if args.group_by else [[r[c] for c in full_header] for r in rows])
+        print(f"wrote {len(out)} row(s) to {args.csv}")
+    print(_table(header, [[_text(v) for v in r] for r in out]))
+    print(f"{len(out)} row(s)" + (f" from {len(rows)} run(s)" if args.group_by else ""))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``kdlab results``."""
+    p = sub.add_parser(
+        "results",
+        help="query the results store (filter, group, CSV) or import run directories into it",
+        description="Query the results store. Keys of --where and --group-by are store columns (sweep, row_label, "
+        "pair, method, student, dataset, seed, ...) or dotted grid keys (optim.lr).",
+    )
+    p.add_argument("--store", default="runs/results.sqlite", help="results store (SQLite file)")
+    p.add_argument("--sweep", default=None, help="only runs of this sweep")
+    p.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE", help="filters, e.g. method=kd seed=0")
+    p.add_argument("--group-by", nargs="*", default=[], metavar="KEY", help="mean ± std per group, e.g. row_label pair")
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write the rows (or groups) as CSV")
+    p.add_argument(
+        "--import",
+        dest="import_dirs",
+        nargs="+",
+        default=None,
+        metavar="RUN_DIR",
+        help="record existing run directories (summary.json + config.yaml) in the store",
+    )
+    p.set_defaults(func=cmd_results)

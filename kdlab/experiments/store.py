@@ -1,0 +1,318 @@
+"""The results store: one SQLite file, one row per run, safe for several processes writing at once.
+
+The file (default ``runs/results.sqlite``) runs in WAL mode with a busy timeout; every write is one short
+``BEGIN IMMEDIATE`` transaction, retried while another writer holds the lock, so concurrent sweeps lose no rows.
+A ``schema`` table records the layout version; opening a file written with another version is a
+:class:`StoreError` that says what to do. A run is keyed by its absolute run directory: recording it again
+(a re-run, a re-import) replaces its row.
+
+Run directories are read by :func:`read_run_dir` (``summary.json``, ``config.yaml`` and, for sweep runs,
+``sweep.json`` with the run's identity in its sweep); a missing or corrupt one raises :class:`RunDirError`.
+Only the standard library and PyYAML are imported at module level.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+DEFAULT_STORE = "runs/results.sqlite"
+
+# (name, SQL type, description): the columns of the ``runs`` table, in display order.
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("run_dir", "TEXT PRIMARY KEY", "absolute run directory (the key)"),
+    ("config_hash", "TEXT", "hash of the resolved config without operational keys"),
+    ("sweep", "TEXT", "sweep name (NULL for a run imported outside a sweep)"),
+    ("row_label", "TEXT", "row label of the sweep spec"),
+    ("pair", "TEXT", "report column: teacher(s)→student"),
+    ("grid", "TEXT", "grid point as JSON {dotted key: value}"),
+    ("seed", "INTEGER", "train.seed"),
+    ("method", "TEXT", "method registry name"),
+    ("teachers", "TEXT", "teacher model names, comma-separated"),
+    ("student", "TEXT", "student model name"),
+    ("dataset", "TEXT", "dataset name"),
+    ("target_top1", "REAL", "published top-1 of the row"),
+    ("last_top1", "REAL", "test top-1 after the last epoch (%)"),
+    ("last_top5", "REAL", "test top-5 after the last epoch (%)"),
+    ("last_epoch", "INTEGER", "epoch of the last evaluation"),
+    ("best_top1", "REAL", "best test top-1 over evaluated epochs (%)"),
+    ("best_top5", "REAL", "test top-5 at the best top-1 epoch (%)"),
+    ("best_epoch", "INTEGER", "epoch of the best top-1"),
+    ("epochs", "INTEGER", "epochs trained"),
+    ("steps", "INTEGER", "optimiser steps"),
+    ("train_time_s", "REAL", "training time (s)"),
+    ("wall_time_s", "REAL", "wall time of the sweep's run, start to summary (s)"),
+    ("images_per_s", "REAL", "training throughput"),
+    ("kdlab_version", "TEXT", "kdlab version"),
+    ("torch_version", "TEXT", "torch version"),
+    ("versions", "TEXT", "versions as JSON"),
+    ("git_commit", "TEXT", "git commit of the kdlab source"),
+    ("finished", "INTEGER", "1 when the run reached train.epochs"),
+    ("recorded_at", "TEXT", "UTC time of recording"),
+)
+COLUMN_NAMES = tuple(c[0] for c in COLUMNS)
+NUMERIC = {c[0] for c in COLUMNS if c[1] in ("REAL", "INTEGER")}
+
+
+class StoreError(ValueError):
+    """The results store cannot be used as asked (schema version, unknown column, unreadable file)."""
+
+
+class RunDirError(ValueError):
+    """A run directory is missing or does not hold a readable finished-or-not kdlab run."""
+
+
+@dataclass
+class RunFiles:
+    """What a run directory holds: ``summary`` (summary.json), ``config`` (resolved config mapping),
+    ``identity`` (sweep.json, empty outside sweeps) and the config hash."""
+
+    run_dir: Path
+    summary: dict
+    config: dict
+    identity: dict
+    config_hash: str
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunDirError(
+            f"{str(path)!r} is not readable JSON ({err}); the run is corrupt: delete it to re-run"
+        ) from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{str(path)!r} does not hold a JSON object; the run is corrupt: delete it to re-run")
+    return data
+
+
+def read_config_hash(run_dir: Path) -> tuple[dict, str]:
+    """The resolved config of a run directory's ``config.yaml`` (re-loaded strictly, defaults filled in) and its
+    :func:`~kdlab.experiments.spec.config_hash`. Raises :class:`RunDirError` when it is missing or does not load."""
+    import yaml
+
+    from kdlab.config import ConfigError, build_config, to_dict
+    from kdlab.experiments.spec import config_hash
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise RunDirError(f"{str(run_dir)!r} has no config.yaml: not a kdlab run directory")
+    try:
+        config = to_dict(build_config(yaml.safe_load(path.read_text()) or {}))
+    except (yaml.YAMLError, ConfigError, OSError) as err:
+        raise RunDirError(f"{str(path)!r} does not load ({str(err).splitlines()[0]}); the run is corrupt") from None
+    return config, config_hash(config)
+
+
+def read_run_dir(run_dir: str | Path) -> RunFiles:
+    """Read a finished (or stopped) run directory; :class:`RunDirError` names what is missing or corrupt."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise RunDirError(f"run directory {str(d)!r} does not exist")
+    if not (d / "summary.json").is_file():
+        raise RunDirError(f"{str(d)!r} has no summary.json: the run never finished (resume it or re-run it)")
+    summary = _read_json(d / "summary.json")
+    for key in ("last", "best", "method", "student"):
+        if key not in summary:
+            raise RunDirError(f"{str(d / 'summary.json')!r} lacks {key!r}; the run is corrupt: delete it to re-run")
+    config, digest = read_config_hash(d)
+    identity = _read_json(d / "sweep.json") if (d / "sweep.json").is_file() else {}
+    return RunFiles(d, summary, config, identity, digest)
+
+
+def record_from_run(files: RunFiles) -> dict[str, Any]:
+    """The store row of a run directory (identity from ``sweep.json`` when the run belongs to a sweep)."""
+    from kdlab.experiments.spec import pair_name
+
+    s, ident, cfg = files.summary, files.identity, files.config
+    versions = s.get("versions") or {}
+    target = ident.get("target", (cfg.get("target") or {}).get("top1"))
+    return {
+        "run_dir": str(files.run_dir.resolve()),
+        "config_hash": files.config_hash,
+        "sweep": ident.get("sweep"),
+        "row_label": ident.get("label", files.run_dir.name),
+        "pair": ident.get("pair", pair_name(cfg)),
+        "grid": json.dumps(ident.get("grid", {}), sort_keys=True),
+        "seed": s.get("seed"),
+        "method": s.get("method"),
+        "teachers": ",".join(s.get("teachers") or []),
+        "student": s.get("student"),
+        "dataset": s.get("dataset"),
+        "target_top1": target,
+        "last_top1": s["last"].get("top1"),
+        "last_top5": s["last"].get("top5"),
+        "last_epoch": s["last"].get("epoch"),
+        "best_top1": s["best"].get("top1"),
+        "best_top5": s["best"].get("top5"),
+        "best_epoch": s["best"].get("epoch"),
+        "epochs": s.get("epochs"),
+        "steps": s.get("steps"),
+        "train_time_s": s.get("train_time_s"),
+        "wall_time_s": ident.get("wall_time_s"),
+        "images_per_s": s.get("images_per_s"),
+        "kdlab_version": versions.get("kdlab"),
+        "torch_version": versions.get("torch"),
+        "versions": json.dumps(versions, sort_keys=True),
+        "git_commit": s.get("git_commit"),
+        "finished": int(bool(s.get("finished"))),
+    }
+
+
+class ResultsStore:
+    """A SQLite results store (see the module docstring).
+
+    Args:
+        path: the SQLite file (created with its folder on first use).
+        timeout: seconds a writer waits for another one's lock before retrying.
+    """
+
+    def __init__(self, path: str | Path = DEFAULT_STORE, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            self._init_schema(con)
+
+    def _connect(self) -> _Connection:
+        return _Connection(self.path, self.timeout)
+
+    def _init_schema(self, con: sqlite3.Connection) -> None:
+        try:
+            self._retry(lambda: con.execute("PRAGMA journal_mode=WAL"))
+            self._retry(lambda: self._create(con))
+            row = con.execute("SELECT version FROM schema").fetchone()
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"results store {str(self.path)!r} is not a usable SQLite file ({err})") from None
+        if row is None or row[0] != SCHEMA_VERSION:
+            found = None if row is None else row[0]
+            raise StoreError(
+                f"results store {str(self.path)!r} has schema version {found}, this kdlab uses version "
+                f"{SCHEMA_VERSION}; point --store at a new file (and re-record runs with `kdlab results --import`)"
+            )
+
+    def _create(self, con: sqlite3.Connection) -> None:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.execute("CREATE TABLE IF NOT EXISTS schema (version INTEGER NOT NULL)")
+            if con.execute("SELECT COUNT(*) FROM schema").fetchone()[0] == 0:
+                con.execute("INSERT INTO schema (version) VALUES (?)", (SCHEMA_VERSION,))
+            cols = ", ".join(f"{name} {kind}" for name, kind, _ in COLUMNS)
+            con.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
+            con.execute("CREATE INDEX IF NOT EXISTS runs_sweep ON runs (sweep, row_label, pair)")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def _retry(self, fn, attempts: int = 20):
+        """Run a write, retrying while the database is locked by another writer (beyond the busy timeout)."""
+        for i in range(attempts):
+            try:
+                return fn()
+            except sqlite3.OperationalError as err:
+                if ("locked" not in str(err) and "busy" not in str(err)) or i == attempts - 1:
+                    raise
+                time.sleep(0.05 * (i + 1))
+        return None
+
+    def record(self, rows: dict[str, Any] | Iterable[dict[str, Any]]) -> int:
+        """Insert or replace rows (mappings of column -> value; missing columns are NULL) in one transaction;
+        returns how many were written."""
+        rows = [rows] if isinstance(rows, dict) else list(rows)
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for r in rows:
+            unknown = set(r) - set(COLUMN_NAMES)
+            if unknown:
+                raise StoreError(f"unknown store column(s) {sorted(unknown)}; columns: {', '.join(COLUMN_NAMES)}")
+        values = [tuple({**r, "recorded_at": r.get("recorded_at") or now}.get(c) for c in COLUMN_NAMES) for r in rows]
+        marks = ", ".join("?" for _ in COLUMN_NAMES)
+        sql = f"INSERT OR REPLACE INTO runs ({', '.join(COLUMN_NAMES)}) VALUES ({marks})"
+
+        def write() -> None:
+            with self._connect() as con:
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    con.executemany(sql, values)
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+
+        self._retry(write)
+        return len(values)
+
+    def record_run_dir(self, run_dir: str | Path) -> dict[str, Any]:
+        """Read a run directory and record it; returns its row. Raises :class:`RunDirError` when it is corrupt."""
+        row = record_from_run(read_run_dir(run_dir))
+        self.record(row)
+        return row
+
+    def query(self, sweep: str | None = None, where: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Rows (as dicts, in recording order) of ``sweep`` matching every ``key=value`` of ``where``.
+
+        A key is a column (``method=kd``, ``seed=0``) or a grid key (``optim.lr=0.01``, matched in the grid JSON).
+        """
+        clauses, params = [], []
+        if sweep is not None:
+            clauses.append("sweep = ?")
+            params.append(sweep)
+        for text in where:
+            if "=" not in text:
+                raise StoreError(f"--where {text!r} must look like key=value, e.g. method=kd")
+            key, value = (s.strip() for s in text.split("=", 1))
+            if key in COLUMN_NAMES:
+                clauses.append(f"{key} = ?")
+                params.append(_typed(value) if key in NUMERIC else value)
+            elif "." in key:
+                clauses.append("json_extract(grid, ?) = ?")
+                params += [f'$."{key}"', _typed(value)]
+            else:
+                from kdlab.registry import closest
+
+                hint = closest(key, list(COLUMN_NAMES))
+                did = f" Did you mean {hint!r}?" if hint else ""
+                raise StoreError(
+                    f"--where: unknown column {key!r}.{did} Columns: {', '.join(COLUMN_NAMES)} "
+                    "(or a dotted grid key such as optim.lr)"
+                )
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY rowid"
+        with self._connect() as con:
+            con.row_factory = sqlite3.Row
+            return [dict(r) for r in con.execute(sql, params).fetchall()]
+
+    def count(self) -> int:
+        """Number of rows."""
+        with self._connect() as con:
+            return con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+
+
+def _typed(value: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+class _Connection:
+    """A short-lived connection with the busy timeout, closed on exit (``sqlite3``'s own context manager only
+    ends a transaction). Transactions are explicit (``isolation_level=None``)."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.con = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+        self.con.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self.con
+
+    def __exit__(self, *exc: object) -> None:
+        self.con.close()
