@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from kdlab.config import ConfigError
 from kdlab.data.base import DataError
+from kdlab.experiments.store import StoreError
 from kdlab.models.base import TapError
 from kdlab.registry import RegistryError
 from kdlab.train.build import BuildError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, TapError, RegistryError, BuildError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, TapError, RegistryError, BuildError, StoreError)
 
 
 def describe(err: BaseException) -> str:
