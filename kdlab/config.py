@@ -182,6 +182,10 @@ class LogConfig:
 @dataclass(kw_only=True)
 class RunConfig:
     """A whole run: ``model``, ``data``, ``method``, ``optim``, ``train``, ``log``."""
+    sync_bn: bool = False
+    """Under torchrun: BatchNorm statistics over the global batch (``SyncBatchNorm``; CUDA only, a no-op alone)."""
+    find_unused_parameters: bool = True
+    """Under torchrun: let DDP handle parameters without a gradient in a step (false: slightly faster, errors then)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

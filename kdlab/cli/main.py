@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -23,9 +24,15 @@ EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 TCMALLOC_COMMANDS = frozenset({"train", "bench", "demo", "sweep"})
 
 
+def _is_main_process() -> bool:
+    """False in the processes of rank > 0 of a ``torchrun`` launch (they stay silent; rank 0 reports)."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
 def _setup_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=level if _is_main_process() else logging.ERROR,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
@@ -39,6 +46,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg, run_dir=args.run_dir, resume=args.resume, force=args.force)
     summary = trainer.fit()
+    if not trainer.world.main:
+        return 0
     print(
         f"{summary['run']}: test top1 last {summary['last']['top1']:.2f} (epoch {summary['last']['epoch']}), "
         f"best {summary['best']['top1']:.2f} (epoch {summary['best']['epoch']}); "
@@ -153,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kdlab.train.trainer import NonFiniteLossError, TrainingInterrupted
 
         if isinstance(err, TrainingInterrupted):
-            print(f"kdlab: {err}", file=sys.stderr)
+            if _is_main_process():
+                print(f"kdlab: {err}", file=sys.stderr)
             return EXIT_INTERRUPTED
         if isinstance(err, (NonFiniteLossError, CheckpointError)):
             print(f"kdlab: error: {err}", file=sys.stderr)

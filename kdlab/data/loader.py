@@ -10,7 +10,6 @@ state to checkpoint.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -97,6 +96,7 @@ class DeviceLoader:
         self.device = device
         self.seed = seed
         self.views = tuple(views)
+        self.rank, self.world_size = 0, 1  # shard of every batch this process sees (see shard())
         self.num_classes = splits.num_classes
         self.input_size = splits.input_size
         train = splits.train
@@ -134,10 +134,34 @@ class DeviceLoader:
     def batch_size(self) -> int:
         return self.cfg.batch_size
 
+    def shard(self, rank: int, world_size: int) -> None:
+        """Make this loader yield process ``rank``'s part of every batch of a ``world_size``-process run.
+
+        ``data.batch_size`` stays the global batch: each training batch is drawn, ordered and augmented exactly as in
+        one process, then cut into ``world_size`` contiguous, equal shards. A last partial batch of an epoch
+        (``data.drop_last: false``) is trimmed to a multiple of ``world_size`` (at most ``world_size - 1`` samples of
+        that epoch are skipped). Evaluation batches are sharded by :meth:`eval_batches` with ``shard=True``.
+
+        Raises:
+            ConfigError: ``data.batch_size`` is not a multiple of ``world_size``.
+        """
+        from kdlab.config import ConfigError
+
+        if self.batch_size % world_size:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is the global batch and must be divisible by the {world_size} "
+                f"processes; set data.batch_size to a multiple of {world_size}"
+            )
+        self.rank, self.world_size = rank, world_size
+
+    def _usable(self, size: int) -> int:
+        """Samples of a global batch of ``size`` that are trained on (a multiple of the world size)."""
+        return size - size % self.world_size
+
     def steps_per_epoch(self) -> int:
         """Optimiser steps in one epoch."""
         n, b = self.num_train, self.batch_size
-        steps = n // b if self.cfg.drop_last else math.ceil(n / b)
+        steps = n // b if self.cfg.drop_last else n // b + (self._usable(n % b) > 0)
         if steps == 0:
             raise ValueError(
                 f"data.batch_size={b} with data.drop_last=true leaves no batch from {n} training samples; "
@@ -169,20 +193,30 @@ class DeviceLoader:
             idx = order[step * b : (step + 1) * b]
             raw = self.train.x[idx]
             g = _generator(self.device, derive_seed(self.seed, epoch, step, 2))
+            # several processes: augment the global batch (the same draws as one process), keep this rank's shard
+            part = slice(None)
+            if self.world_size > 1:
+                per_rank = self._usable(idx.shape[0]) // self.world_size
+                part = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
             views = {}
             if "strong" in self.views:
                 from kdlab.data.randaugment import rand_augment
 
-                views["strong"] = self.normalize(rand_augment(self._augment(raw, g), g))
-            yield Batch(x=self.normalize(self._augment(raw, g)), y=self.train.y[idx], index=idx, views=views)
+                views["strong"] = self.normalize(rand_augment(self._augment(raw, g), g)[part])
+            x = self.normalize(self._augment(raw, g)[part])
+            yield Batch(x=x, y=self.train.y[idx[part]], index=idx[part], views=views)
 
-    def eval_batches(self, split: str = "test", limit: int | None = None) -> Iterator[Batch]:
-        """Un-augmented batches of ``"test"``, ``"val"`` or ``"train"`` in dataset order."""
+    def eval_batches(self, split: str = "test", limit: int | None = None, shard: bool = False) -> Iterator[Batch]:
+        """Un-augmented batches of ``"test"``, ``"val"`` or ``"train"`` in dataset order; with ``shard`` only this
+        process's contiguous part of the split (see :meth:`shard`; the parts of all processes cover it once)."""
         data = {"test": self.test, "val": self.val, "train": self.train}[split]
         if data is None:
             raise ValueError("there is no validation split: set data.val_fraction > 0")
         n = int(data.y.shape[0]) if limit is None else min(limit, int(data.y.shape[0]))
+        lo, hi = 0, n
+        if shard and self.world_size > 1:
+            lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
         bs = self.cfg.eval_batch_size
-        for start in range(0, n, bs):
-            idx = torch.arange(start, min(start + bs, n), device=self.device)
+        for start in range(lo, hi, bs):
+            idx = torch.arange(start, min(start + bs, hi), device=self.device)
             yield Batch(x=self.normalize(data.x[idx]), y=data.y[idx], index=idx)

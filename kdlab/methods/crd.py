@@ -65,6 +65,7 @@ from kdlab.config import MethodConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import AuxObjective, BuildContext, DistillMethod
 from kdlab.seeding import derive_seed
+from kdlab.train import distributed
 from kdlab.types import Batch, LossOut, Needs, StepIO
 
 log = logging.getLogger("kdlab")
@@ -219,8 +220,11 @@ class CRD(DistillMethod):
         """Memory rows for a batch: ``[B]`` dataset indices -> ``[B, 1 + K]`` (column 0: the sample itself).
 
         Negatives are a uniform K-subset (without replacement) of the other classes' samples (or of all other
-        samples), drawn from :attr:`generator` as the K smallest of ``N`` uniform keys per row.
+        samples), drawn from :attr:`generator` as the K smallest of ``N`` uniform keys per row. Under several
+        processes the keys are drawn for the global batch (every rank's indices, gathered) and each rank keeps its
+        own rows: the negatives of one process at the same global batch, and generators that stay equal.
         """
+        index, own = distributed.gather_rows(index)
         n, k = self.num_data, self.num_negatives
         keys = torch.rand((index.shape[0], n), generator=self.generator, device=index.device)
         if self.cfg.negatives == "other_classes":
@@ -234,13 +238,16 @@ class CRD(DistillMethod):
         else:
             keys.scatter_(1, index[:, None], 2.0)
         negatives = keys.topk(k, dim=1, largest=False, sorted=False).indices
-        return torch.cat([index[:, None], negatives], dim=1)
+        return torch.cat([index[:, None], negatives], dim=1)[own]
 
     @torch.no_grad()
     def update_memory(self) -> None:
         """Apply the pending update(s) of the last step: momentum update and renormalisation of the positives' rows
-        (bank), or enqueue the step's embeddings (queue). The one place that writes the memories."""
+        (bank), or enqueue the step's embeddings (queue). The one place that writes the memories. Under several
+        processes every rank applies the update of the global batch (all ranks' rows, gathered in rank order), so the
+        memories stay identical across ranks."""
         for index, v_s, v_t in self._pending:
+            index, v_s, v_t = (distributed.gather_rows(t)[0] for t in (index, v_s, v_t))
             if self.cfg.memory == "bank":
                 for memory, v in ((self.memory_student, v_s), (self.memory_teacher, v_t)):
                     rows = memory.index_select(0, index) * self.cfg.momentum + v * (1.0 - self.cfg.momentum)
@@ -282,8 +289,12 @@ class CRD(DistillMethod):
     @torch.no_grad()
     def _normalizer(self, z: Tensor, scores: Tensor) -> Tensor:
         """``Z``: fixed on the first batch ever to ``mean(scores) * N`` (buffer ``z`` < 0 means unset); returns a copy
-        (the buffer may change in place later, while the autograd graph of this step still holds the copy)."""
-        value = torch.where(z < 0, scores.mean() * self.num_data, z)
+        (the buffer may change in place later, while the autograd graph of this step still holds the copy). Under
+        several processes the mean is over the global batch, so every rank fixes the same ``Z``."""
+        mean = scores.mean()
+        if distributed.active() and bool(z < 0):
+            mean = distributed.reduce_sum(mean) / distributed.world_size()
+        value = torch.where(z < 0, mean * self.num_data, z)
         z.copy_(value)
         return value
 

@@ -12,7 +12,9 @@ same weights). The paper's "beta = gamma = 2" is the global weight 2 on beta = g
 DIST term is averaged over teachers.
 
 Deviations: none. Note that ``intra`` depends on the batch composition, so under DDP it is computed on each
-process's part of the batch, as in the reference.
+process's part of the batch, as in the reference; ``gather_logits: true`` computes the DIST term over the global
+batch instead (all processes' logits gathered, gradients returned to each process's rows), which equals the
+one-process loss at the same global batch.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from kdlab import losses
 from kdlab.config import MethodConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import DistillMethod
+from kdlab.train import distributed
 from kdlab.types import LossOut, StepIO
 
 
@@ -49,11 +52,17 @@ class DIST(DistillMethod):
         """Softmax temperature: 4 on CIFAR (``dist_t4``), 1 on ImageNet."""
         label_smoothing: float = 0.0
         """Label smoothing epsilon of the cross-entropy term (the DIST recipes use 0)."""
+        gather_logits: bool = False
+        """Under torchrun: the DIST term over the logits of all processes (the global batch), not each process's."""
 
     def loss(self, io: StepIO) -> LossOut:
         cfg = self.cfg
         s = io.s.logits
-        per_teacher = losses.dist(s, io.teacher_logits(), cfg.beta, cfg.gamma, cfg.tau)
+        s_all, t_all = s, io.teacher_logits()  # [B, K], [M, B, K]
+        if cfg.gather_logits and distributed.active():
+            s_all = distributed.all_gather_with_grad(s)
+            t_all = distributed.gather_rows(t_all.transpose(0, 1))[0].transpose(0, 1)
+        per_teacher = losses.dist(s_all, t_all, cfg.beta, cfg.gamma, cfg.tau)
         return LossOut(
             {
                 "ce": cfg.ce_weight * losses.cross_entropy(s, io.y, cfg.label_smoothing),

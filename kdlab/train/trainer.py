@@ -19,7 +19,7 @@ import signal
 import statistics
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,11 @@ import torch
 from torch import Tensor, nn
 
 import kdlab
-from kdlab.config import RunConfig, dump_config, to_dict
+from kdlab.config import ConfigError, RunConfig, dump_config, to_dict
 from kdlab.methods.base import MAIN_STAGE, AuxContext, PrepareContext, Stage
 from kdlab.models.base import count_parameters
-from kdlab.train.build import Run, build_run
+from kdlab.train import distributed
+from kdlab.train.build import Run, build_run, resolve_device
 from kdlab.train.checkpoint import (
     CHECKPOINT_FORMAT,
     EXPORT_FORMAT,
@@ -97,8 +98,14 @@ def accuracy(logits: Tensor, y: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Te
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterator[Batch]) -> dict[str, float]:
-    """Top-1/top-5 accuracy (%) and mean cross-entropy of ``model`` over ``batches`` (eval mode)."""
+def evaluate(
+    model: nn.Module, batches: Iterator[Batch], reduce: Callable[[Tensor], Tensor] | None = None
+) -> dict[str, float]:
+    """Top-1/top-5 accuracy (%) and mean cross-entropy of ``model`` over ``batches`` (eval mode).
+
+    ``reduce`` sums the ``[4]`` float64 counts (samples, top-1 hits, top-5 hits, summed loss) over processes when each
+    process evaluated its own shard of the split.
+    """
     was = model.training
     model.eval()
     n, c1, c5, loss = 0, 0, 0, 0.0
@@ -110,6 +117,9 @@ def evaluate(model: nn.Module, batches: Iterator[Batch]) -> dict[str, float]:
         loss += float(torch.nn.functional.cross_entropy(logits, batch.y, reduction="sum"))
         n += batch.size
     model.train(was)
+    if reduce is not None:
+        n, c1, c5, loss = reduce(torch.tensor([n, c1, c5, loss], dtype=torch.float64)).tolist()
+        n = int(n)
     if n == 0:
         raise ValueError("evaluation saw no samples")
     return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n, "n": n}
@@ -156,6 +166,11 @@ class Trainer:
     def __init__(
         self, cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False, force: bool = False
     ) -> None:
+        if cfg.chain is not None:
+            raise ConfigError(
+                "this config describes a teacher-assistant chain (its 'chain:' section); run it with "
+                "'kdlab chain CONFIG', which trains every link"
+            )
         self.cfg = cfg
         self.run_dir = Path(run_dir or Path(cfg.train.run_dir) / (cfg.train.name or default_run_name(cfg)))
         self.ckpt_path = self.run_dir / "checkpoint.pt"
@@ -171,7 +186,13 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
-        self.run: Run = build_run(cfg)
+        self.world, device, self._owns_group = distributed.init(resolve_device(cfg.train.device))
+        try:
+            self.run: Run = build_run(cfg, device=device)
+            self._setup_distributed_data()
+        except BaseException:
+            distributed.teardown(self._owns_group)
+            raise
         r = self.run
         self._setup_speed()
         self.aux = list(r.method.aux_objectives())
@@ -190,6 +211,7 @@ class Trainer:
         self.train_time = 0.0
         self.train_images = 0
         self._stop_signal: int | None = None
+        self._stop_agreed = False  # several processes: every rank has seen a stop request (see _sync_step)
 
     # ---------------------------------------------------------------------------------------------- set-up
     def _make_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
@@ -238,7 +260,7 @@ class Trainer:
         for model in (r.student, *r.teachers):
             self.precision.prepare_model(model)
         self.step_module = TrainStep(r.student, r.method, r.needs, self.precision)
-        self.step_call = CompiledStep(self.step_module, tc.compile)
+        self.step_call = CompiledStep(self._distributed_step(self.step_module), tc.compile)
         self.scaler = self.precision.make_scaler()
         self.teacher_cache, self.teacher_cache_reason = build_teacher_cache(
             self.cfg, r, self.teacher_outputs, self.precision.prepare_batch
@@ -318,6 +340,7 @@ class Trainer:
             "history": self.history,
             "clock": {"train_time": self.train_time, "train_images": self.train_images},
             "versions": versions(),
+            "world_size": self.world.size,
         }
 
     def load_state_dict(self, state: dict) -> Progress:
@@ -332,6 +355,7 @@ class Trainer:
                     f"the checkpoint in {str(self.run_dir)!r} was written with a different '{section}' config; "
                     "resume with the same config (see its config.yaml) or start a new run"
                 )
+        self._check_world_size(state)
         self.run.student.load_state_dict(state["student"])
         self.run.method.load_state_dict(state["method"])
         self.run.method.set_generator_state(state["method_generators"])
@@ -355,12 +379,15 @@ class Trainer:
         return self._stage_progress(p["stage"], p["step"], p["epoch"], p["step_in_epoch"])
 
     def save_checkpoint(self, progress: Progress) -> None:
-        atomic_save(self.state_dict(progress), self.ckpt_path)
+        if self.world.main:  # several processes: rank 0 writes
+            atomic_save(self.state_dict(progress), self.ckpt_path)
 
     def export(self) -> Path:
         """Write the deployable model (``method.export(student)``) to ``student.pt``."""
         model = self.run.method.export(self.run.student)
         path = self.run_dir / "student.pt"
+        if not self.world.main:
+            return path
         atomic_save(
             {
                 "format": EXPORT_FORMAT,
@@ -382,21 +409,28 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------- loop
     def fit(self) -> dict:
         """Train to the end (or ``train.max_steps``); returns the summary also written to ``summary.json``."""
+        try:
+            return self._fit()
+        finally:
+            distributed.teardown(self._owns_group)
+
+    def _fit(self) -> dict:
         cfg, r = self.cfg, self.run
         self.run_dir.mkdir(parents=True, exist_ok=True)
         progress = self.start
         if self.resume:
             progress = self.load_state_dict(read_file(self.ckpt_path))
             log.info("resumed %s at epoch %d step %d", self.run_dir, progress.epoch + 1, progress.step)
-        else:
+        elif self.world.main:
             (self.run_dir / "metrics.jsonl").write_text("")
-        (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+        if self.world.main:
+            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
         r.method.prepare(self._prepare_context())
 
         total = self.steps_per_epoch * sum(st.epochs for st in self.stages)
         if cfg.train.max_steps is not None:
             total = min(total, cfg.train.max_steps)
-        display = ProgressDisplay(cfg.log.progress, total, cfg.log.every_steps)
+        display = ProgressDisplay(cfg.log.progress if self.world.main else "off", total, cfg.log.every_steps)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         display.start(self.global_step)
         try:
@@ -441,6 +475,7 @@ class Trainer:
                 scalars = torch.stack(
                     [loss.detach().float(), *(v.detach().float().reshape(()) for v in named.values())]
                 )
+                scalars = self._sync_step(scalars)
                 loss_value, *term_values = scalars.tolist()
                 if not math.isfinite(loss_value):
                     bad = next((k for k, v in zip(named, term_values) if not math.isfinite(v)), "total")
@@ -458,7 +493,7 @@ class Trainer:
                 done = dataclasses.replace(progress, step=progress.step + 1, step_in_epoch=progress.step_in_epoch + 1)
                 for aux in self.aux if main else ():
                     if aux.due(progress):
-                        logs.update(aux.step(self._aux_context(batch, done, lr)))
+                        logs.update(aux.step(self._aux_context(batch, done, lr, teachers)))
                 values = dict(zip(named, term_values))
                 values["loss"] = loss_value
                 values.update(logs)
@@ -469,15 +504,15 @@ class Trainer:
                 n_steps += 1
                 t_epoch += dt
                 step_times.append(dt)
-                images += batch.size
+                images += batch.size * self.world.size  # shards are equal: the global batch
                 display.update(self.global_step - 1, epoch, f"loss {values['loss']:.4f} lr {lr:.4g}")
                 progress = done
-                if self._stop_signal is not None or self.global_step >= total:
+                if self._stopping() or self.global_step >= total:
                     break
             self.train_time += t_epoch
             self.train_images += images
             end_of_epoch = progress.step_in_epoch >= self.steps_per_epoch
-            if self._stop_signal is not None and not end_of_epoch:
+            if self._stopping() and not end_of_epoch:
                 self.save_checkpoint(progress)
                 raise TrainingInterrupted(self._resume_hint(progress))
             if end_of_epoch:
@@ -503,11 +538,12 @@ class Trainer:
                     f"({record['images_per_s']:.0f} img/s)"
                 )
             self.history.append(record)
-            with open(metrics_file, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if last or stage_done or (epoch + 1) % cfg.train.checkpoint_every == 0 or self._stop_signal is not None:
+            if self.world.main:
+                with open(metrics_file, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if last or stage_done or (epoch + 1) % cfg.train.checkpoint_every == 0 or self._stopping():
                 self.save_checkpoint(progress)
-            if self._stop_signal is not None and not last:
+            if self._stopping() and not last:
                 raise TrainingInterrupted(self._resume_hint(progress))
         return progress
 
@@ -518,7 +554,7 @@ class Trainer:
             f"{str(self.ckpt_path)!r}. Resume with the same command plus --resume"
         )
 
-    def _aux_context(self, batch: Batch, progress: Progress, lr: float) -> AuxContext:
+    def _aux_context(self, batch: Batch, progress: Progress, lr: float, teachers: tuple = ()) -> AuxContext:
         step = self.step_module
 
         def student_outputs(b: Batch, params: dict | None = None) -> dict[str, Outputs]:
@@ -539,11 +575,20 @@ class Trainer:
             teacher_outputs=self.teacher_outputs,
             student_outputs=student_outputs,
             heldout_batches=heldout,
+            teachers=teachers,
         )
 
     def evaluate(self, split: str = "test") -> dict[str, float]:
-        """Accuracy of the exported model on ``split``."""
-        return evaluate(self.run.method.export(self.run.student), self.run.data.eval_batches(split))
+        """Accuracy of the exported model on ``split`` (several processes: each its shard, counts summed)."""
+        if not self.world.distributed:
+            return evaluate(self.run.method.export(self.run.student), self.run.data.eval_batches(split))
+        distributed.broadcast_buffers(self.step_module, skip=self._ddp_ignore)  # rank 0's BN statistics everywhere
+        device = self.run.device
+        return evaluate(
+            self.run.method.export(self.run.student),
+            self.run.data.eval_batches(split, shard=True),
+            reduce=lambda t: distributed.reduce_sum(t.to(device)).cpu(),
+        )
 
     def _finish(self, progress: Progress) -> dict:
         cfg = self.cfg
@@ -577,8 +622,77 @@ class Trainer:
             "versions": versions(),
             "git_commit": git_commit(),
         }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.world.main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+    # ------------------------------------------------------------------------------------------ distributed
+    def _setup_distributed_data(self) -> None:
+        """Several processes: shard the loader (``data.batch_size`` is the global batch) and log the per-rank batch."""
+        w, data = self.world, self.run.data
+        self._ddp_ignore: list[str] = []
+        if not w.distributed:
+            return
+        data.shard(w.rank, w.size)
+        log.info(
+            "distributed: %d processes, global batch %d, per-process batch %d",
+            w.size,
+            data.batch_size,
+            data.batch_size // w.size,
+        )
+
+    def _distributed_step(self, step_module: TrainStep) -> nn.Module:
+        """What the training step calls: ``step_module`` in DistributedDataParallel under several processes
+        (``SyncBatchNorm`` with ``train.sync_bn``), else ``step_module`` itself.
+
+        DDP synchronises the student and the method's adapters only; the method's other parameters and buffers (its
+        own cross-sample state such as CRD's memory, aux objectives' parameters) are the method's to keep consistent.
+        """
+        tc = self.cfg.train
+        if not self.world.distributed:
+            if tc.sync_bn:
+                log.info("train.sync_bn has no effect in a single process")
+            return step_module
+        if tc.sync_bn:
+            if self.run.device.type != "cuda":
+                raise ConfigError(
+                    f"train.sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm does not run on "
+                    f"{self.run.device.type}); set train.sync_bn=false"
+                )
+            nn.SyncBatchNorm.convert_sync_batchnorm(step_module)
+        method = self.run.method
+        own = [*method.named_parameters(), *method.named_buffers()]
+        self._ddp_ignore = [f"method.{n}" for n, _ in own if not n.startswith("adapters.")]
+        return distributed.wrap(step_module, self.run.device, self._ddp_ignore, tc.find_unused_parameters)
+
+    def _sync_step(self, scalars: Tensor) -> Tensor:
+        """Several processes: the step's logged scalars averaged over ranks, and the ranks' agreement on stopping.
+
+        A stop request (SIGINT/SIGTERM) seen by any rank before this point is shared with all ranks here, so every
+        rank finishes the same step, then rank 0 writes the checkpoint: no rank waits in a collective alone.
+        """
+        if not self.world.distributed:
+            return scalars
+        flag = scalars.new_ones(1) if self._stop_signal is not None else scalars.new_zeros(1)
+        total = distributed.reduce_sum(torch.cat([scalars, flag]))
+        if float(total[-1]) > 0:
+            self._stop_agreed = True
+            if self._stop_signal is None:
+                self._stop_signal = signal.SIGTERM
+        return total[:-1] / self.world.size
+
+    def _stopping(self) -> bool:
+        """Whether to stop after the current step (several processes: only once all ranks agree)."""
+        return self._stop_agreed if self.world.distributed else self._stop_signal is not None
+
+    def _check_world_size(self, state: dict) -> None:
+        saved = int(state.get("world_size", 1))
+        if saved != self.world.size:
+            raise ConfigError(
+                f"the checkpoint in {str(self.run_dir)!r} was written by a run of {saved} process(es), this run has "
+                f"{self.world.size}; resume with the same number of processes (e.g. torchrun --nproc_per_node="
+                f"{saved} ... --resume), or start a new run"
+            )
 
 
 class _ForwardTaps(nn.Module):
