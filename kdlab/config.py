@@ -91,6 +91,21 @@ class DataConfig:
     """Batch-wise training augmentation: random crop with padding plus horizontal flip, flip only, or none."""
     crop_padding: int = 4
     """Zero padding of the random crop, in pixels."""
+    imbalance_ratio: float | None = None
+    """Long-tailed training split: ratio of the largest to the smallest class size (e.g. 100 for CIFAR-100-LT)."""
+    imbalance_profile: Literal["exp", "step"] = "exp"
+    """Long-tailed profile: ``exp`` n_c = n_max * ratio^(-c/(K-1)); ``step`` halves at n_max and n_max / ratio."""
+    crop_size: int = 224
+    """Streamed datasets (``imagenet``, ``imagefolder``): side of the random-resized training crop and of the
+    evaluation centre crop, in pixels."""
+    resize_size: int = 256
+    """Streamed datasets: evaluation images are resized so their shorter side is this, then centre-cropped."""
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    """Streamed datasets: range of the area fraction of the random-resized training crop."""
+    workers: int = 4
+    """Streamed datasets: decoding worker processes (0 decodes in the training process)."""
+    cache_dir: str | None = None
+    """``tiny_imagenet``: where to cache the decoded arrays (default: next to the dataset folder)."""
     num_classes: int = 10
     """``synthetic`` dataset: number of classes."""
     image_size: int = 32

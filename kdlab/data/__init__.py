@@ -1,11 +1,20 @@
-"""Data: datasets held whole as uint8 tensors on the training device, augmented batch-wise there."""
+"""Data: small datasets held whole as uint8 tensors on the training device and augmented batch-wise there; large
+ones (ImageNet) streamed from image files by worker processes."""
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
 
-from kdlab.data.base import DATASETS, DataError, DatasetSplits, ImageSet, register_dataset
+from kdlab.data.base import (
+    DATASETS,
+    DataError,
+    DatasetSplits,
+    FileSet,
+    ImageSet,
+    StreamingSplits,
+    register_dataset,
+)
 
 
 def _load_sources() -> None:
@@ -19,14 +28,37 @@ def _load_sources() -> None:
 def load_dataset(cfg) -> DatasetSplits:
     """Load the dataset named by ``cfg.name`` (a :class:`kdlab.config.DataConfig`).
 
-    ``cfg.train_per_class`` and ``cfg.test_limit`` are applied here, for every source
-    (:func:`kdlab.data.split.subset_splits`, seeded by ``cfg.split_seed``).
+    ``cfg.train_per_class``, ``cfg.test_limit`` and then ``cfg.imbalance_ratio`` are applied here, for every source
+    (:func:`kdlab.data.split.subset_splits`, :func:`kdlab.data.imbalance.apply_imbalance`, seeded by
+    ``cfg.split_seed``). Returns :class:`DatasetSplits` (in memory) or :class:`StreamingSplits` (image files).
     """
+    from kdlab.data.imbalance import apply_imbalance
     from kdlab.data.split import subset_splits
 
     _load_sources()
     splits = DATASETS.get(cfg.name)(cfg)
-    return subset_splits(splits, cfg.train_per_class, cfg.test_limit, cfg.split_seed)
+    splits = subset_splits(splits, cfg.train_per_class, cfg.test_limit, cfg.split_seed)
+    return apply_imbalance(splits, cfg.imbalance_ratio, cfg.imbalance_profile, cfg.split_seed)
+
+
+def is_streaming(name: str) -> bool:
+    """Whether dataset ``name`` is streamed from files (registered with ``streaming=True``) rather than held in
+    memory; known without reading any data."""
+    _load_sources()
+    return bool(DATASETS.meta(name).get("streaming", False))
+
+
+def make_loader(splits, cfg, device, seed: int, **kwargs):
+    """The loader of a dataset: :class:`~kdlab.data.loader.DeviceLoader` for in-memory :class:`DatasetSplits`,
+    :class:`~kdlab.data.streaming.StreamingLoader` for :class:`StreamingSplits`. ``kwargs`` go to the loader
+    (``views``, ``holdout_fraction``, and ``rank``/``world_size`` where the loader shards)."""
+    if isinstance(splits, StreamingSplits):
+        from kdlab.data.streaming import StreamingLoader
+
+        return StreamingLoader(splits, cfg, device, seed, **kwargs)
+    from kdlab.data.loader import DeviceLoader
+
+    return DeviceLoader(splits, cfg, device, seed, **kwargs)
 
 
 def dataset_names() -> list[str]:
@@ -35,4 +67,16 @@ def dataset_names() -> list[str]:
     return DATASETS.names()
 
 
-__all__ = ["DATASETS", "DataError", "DatasetSplits", "ImageSet", "dataset_names", "load_dataset", "register_dataset"]
+__all__ = [
+    "DATASETS",
+    "DataError",
+    "DatasetSplits",
+    "FileSet",
+    "ImageSet",
+    "StreamingSplits",
+    "dataset_names",
+    "is_streaming",
+    "load_dataset",
+    "make_loader",
+    "register_dataset",
+]

@@ -1,15 +1,19 @@
-"""Datasets held whole in memory as uint8 tensors.
+"""Datasets: held whole in memory as uint8 tensors, or streamed from image files.
 
-A dataset source is a function ``fn(cfg: DataConfig) -> DatasetSplits`` registered in :data:`DATASETS`.
-Images are ``[N, H, W, C]`` uint8 (the layout of CIFAR archives and numpy image arrays); the loader moves them
-to the training device once and augments whole batches there.
+A dataset source is a function ``fn(cfg: DataConfig) -> DatasetSplits | StreamingSplits`` registered in
+:data:`DATASETS`. In memory (:class:`DatasetSplits`), images are ``[N, H, W, C]`` uint8 (the layout of CIFAR archives
+and numpy image arrays); the loader moves them to the training device once and augments whole batches there.
+Streamed (:class:`StreamingSplits`, e.g. ImageNet), a split is a list of files decoded and transformed by worker
+processes (:mod:`kdlab.data.streaming`). :func:`kdlab.data.make_loader` picks the loader by the kind of splits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -76,7 +80,75 @@ class DatasetSplits:
         return (int(c), int(h), int(w))
 
 
-DATASETS: Registry[Callable[..., DatasetSplits]] = Registry("dataset")
+@dataclass
+class FileSet:
+    """A split of a dataset streamed from image files (too large to hold in memory).
+
+    Attributes:
+        root: folder the paths are relative to.
+        paths: ``[N]`` numpy byte strings (dtype ``S``), each a file path relative to ``root``. Byte strings in one
+            array, not a list of Python strings, so worker processes share them without copy-on-access.
+        y: ``[N]`` int64 labels in ``0..K-1``.
+    """
+
+    root: Path
+    paths: np.ndarray
+    y: Tensor
+
+    def __post_init__(self) -> None:
+        self.paths = np.asarray(self.paths, dtype=np.bytes_)
+        if self.paths.ndim != 1 or self.y.dim() != 1 or self.y.shape[0] != self.paths.shape[0]:
+            raise DataError(
+                f"a file split needs [N] paths and [N] labels, got {self.paths.shape} and {tuple(self.y.shape)}"
+            )
+        self.y = self.y.long()
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def path(self, i: int) -> Path:
+        """The absolute path of sample ``i``."""
+        return self.root / self.paths[i].decode("utf-8")
+
+    def subset(self, index: Tensor) -> FileSet:
+        """The samples at ``index`` (``[M]`` int64)."""
+        return FileSet(self.root, self.paths[index.numpy()], self.y[index])
+
+
+@dataclass
+class StreamingSplits:
+    """A dataset read from image files batch by batch (:class:`kdlab.data.streaming.StreamingLoader`).
+
+    Same fields as :class:`DatasetSplits` except that splits are :class:`FileSet` and the images have no fixed size
+    until the transform crops them to ``crop_size`` (``data.crop_size``).
+
+    Attributes:
+        name: registry name.
+        train: the training split.
+        test: the test (evaluation) split, e.g. ImageNet's ``val`` folder.
+        num_classes: ``K``.
+        mean: per-channel mean in [0, 1] (the dataset's standard values).
+        std: per-channel std.
+        crop_size: height and width of the images the loader produces.
+        classes: class names (e.g. WordNet ids), if known.
+    """
+
+    name: str
+    train: FileSet
+    test: FileSet
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_size: int = 224
+    classes: tuple[str, ...] | None = None
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the images the loader produces (RGB, ``crop_size`` square)."""
+        return (3, self.crop_size, self.crop_size)
+
+
+DATASETS: Registry[Callable[..., DatasetSplits | StreamingSplits]] = Registry("dataset")
 
 
 def register_dataset(name: str, **meta: object) -> Callable:

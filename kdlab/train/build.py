@@ -10,9 +10,10 @@ from torch import nn
 
 from kdlab import models
 from kdlab.config import ConfigError, RunConfig
-from kdlab.data import load_dataset
-from kdlab.data.base import DatasetSplits
+from kdlab.data import load_dataset, make_loader
+from kdlab.data.base import DatasetSplits, StreamingSplits
 from kdlab.data.loader import DeviceLoader
+from kdlab.data.streaming import StreamingLoader
 from kdlab.methods import DistillMethod, build_method
 from kdlab.methods.base import BuildContext
 from kdlab.models.base import TapError, probe_taps
@@ -48,8 +49,8 @@ class Run:
     Attributes:
         cfg: the resolved config.
         device: the training device.
-        splits: the dataset (CPU, uint8).
-        data: the on-device loader.
+        splits: the dataset (CPU, uint8; or the file lists of a streamed dataset).
+        data: the loader (on-device batches, or streamed from files).
         student: the student model (trainable).
         teachers: frozen teachers.
         method: the method (its ``adapters`` train with the student).
@@ -58,8 +59,8 @@ class Run:
 
     cfg: RunConfig
     device: torch.device
-    splits: DatasetSplits
-    data: DeviceLoader
+    splits: DatasetSplits | StreamingSplits
+    data: DeviceLoader | StreamingLoader
     student: nn.Module
     teachers: list[FrozenTeacher]
     method: DistillMethod
@@ -81,7 +82,7 @@ def build_run(cfg: RunConfig, device: torch.device | None = None, load_teacher_w
     device = device or resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     splits = load_dataset(cfg.data)
-    data = DeviceLoader(splits, cfg.data, device, cfg.train.seed)
+    data = make_loader(splits, cfg.data, device, cfg.train.seed)  # in memory or streamed, by the dataset's kind
     k, in_ch = splits.num_classes, splits.input_size[0]
 
     student = models.create(cfg.model.student, num_classes=k, in_channels=in_ch).to(device)

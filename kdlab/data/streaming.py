@@ -1,0 +1,365 @@
+"""The streaming loader: images decoded from files by worker processes, for datasets too large to hold in memory.
+
+It has the interface the trainer uses from :class:`kdlab.data.loader.DeviceLoader` (``train_batches``,
+``eval_batches``, ``steps_per_epoch``, ``num_train``, ``train_labels``, ``views``, ``val``) and is built on
+``torch.utils.data.DataLoader`` with ``data.workers`` processes. Workers decode with Pillow, transform and return
+uint8 crops; the batch travels to the device as uint8 (pinned memory on CUDA) and is normalised there, so the
+host-to-device copy is a quarter of a float batch.
+
+Transforms (the standard ImageNet recipe, written with Pillow, no torchvision):
+
+- train (``data.augment=crop_flip``): random-resized crop (area fraction uniform in ``data.crop_scale``, aspect
+  ratio log-uniform in [3/4, 4/3], ten attempts then a centre crop of the clamped ratio, as torchvision's
+  ``RandomResizedCrop``) resized bilinearly to ``data.crop_size``, then a horizontal flip with probability 1/2.
+  ``flip`` uses the evaluation transform plus the flip; ``none`` the evaluation transform alone.
+- eval: resize the shorter side to ``data.resize_size`` (the longer side to ``int(resize_size * long / short)``),
+  then the centre ``data.crop_size`` square (offsets rounded as torchvision's ``CenterCrop``). Both steps are one
+  Pillow ``resize`` with a source box, which equals resizing then cropping up to rounding.
+
+Randomness is a pure function of ``(seed, epoch, sample)``: the epoch's order comes from a generator seeded by
+``(seed, epoch)`` (the same permutation as :class:`~kdlab.data.loader.DeviceLoader`), each sample's crop and flip
+from a numpy generator seeded by ``(seed, epoch, dataset index)``. A run resumed mid-epoch skips the consumed
+batches and replays exactly the batches an uninterrupted run would have seen, whatever the number of workers,
+with no loader state to checkpoint.
+
+Distributed: with ``world_size > 1`` each step's global batch (``data.batch_size`` samples of the permutation)
+is split into ``world_size`` contiguous parts and rank ``r`` loads part ``r`` (``torch.tensor_split``); because
+augmentation is per sample, the union of the ranks' batches equals the single-process batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kdlab.config import DataConfig
+from kdlab.data.base import DataError, FileSet, StreamingSplits
+from kdlab.seeding import derive_seed, make_generator
+from kdlab.types import DEFAULT_VIEW, Batch
+
+log = logging.getLogger(__name__)
+
+ASPECT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+"""Aspect-ratio range (width / height) of the random-resized crop."""
+_STREAM_ORDER, _STREAM_SAMPLE, _STREAM_STRONG = 1, 3, 4  # derive_seed streams (1 = epoch order, as DeviceLoader)
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow comes with matplotlib, a dependency
+        raise DataError("streamed datasets decode images with Pillow: pip install pillow") from None
+    return Image
+
+
+def random_resized_crop_box(
+    width: int,
+    height: int,
+    scale: tuple[float, float],
+    rng: np.random.Generator,
+    ratio: tuple[float, float] = ASPECT_RATIO,
+) -> tuple[int, int, int, int]:
+    """The source box of a random-resized crop.
+
+    Args:
+        width: image width ``W``.
+        height: image height ``H``.
+        scale: range of the crop's area as a fraction of ``W * H``.
+        rng: randomness of this sample.
+        ratio: range of the crop's aspect ratio ``w / h`` (drawn log-uniformly).
+
+    Returns:
+        ``(left, top, w, h)`` in pixels, inside the image.
+    """
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return left, top, w, h
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        w, h = round(height * max(ratio)), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def center_crop_box(width: int, height: int, resize_size: int, crop_size: int) -> tuple[float, float, float, float]:
+    """The source box of "resize the shorter side to ``resize_size``, then take the centre ``crop_size`` square".
+
+    Returns:
+        ``(left, top, right, bottom)`` in source pixels (floats), for ``Image.resize(..., box=...)``.
+    """
+    if width <= height:
+        new_w, new_h = resize_size, int(resize_size * height / width)
+    else:
+        new_w, new_h = int(resize_size * width / height), resize_size
+    top = round((new_h - crop_size) / 2.0)
+    left = round((new_w - crop_size) / 2.0)
+    sx, sy = width / new_w, height / new_h
+    return (left * sx, top * sy, (left + crop_size) * sx, (top + crop_size) * sy)
+
+
+def load_rgb(path: Path):
+    """Decode ``path`` with Pillow as an RGB image (grayscale and CMYK JPEGs are converted)."""
+    image_mod = _pil()
+    try:
+        with image_mod.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, image_mod.DecompressionBombError) as err:
+        raise DataError(f"could not decode image {path} ({type(err).__name__}: {err}); remove or replace it") from None
+
+
+class ImageTransform:
+    """Decode-side transform of one image to a uint8 ``[S, S, 3]`` array (the module docstring's recipe).
+
+    Args:
+        crop_size: output side ``S``.
+        resize_size: evaluation resize of the shorter side.
+        scale: area range of the random-resized crop.
+        train: training transform (random) or evaluation transform (deterministic).
+        augment: ``data.augment`` (``crop_flip``, ``flip``, ``none``); only read when ``train``.
+    """
+
+    def __init__(
+        self, crop_size: int, resize_size: int, scale: tuple[float, float], train: bool, augment: str = "crop_flip"
+    ) -> None:
+        self.crop_size = crop_size
+        self.resize_size = resize_size
+        self.scale = scale
+        self.random_crop = train and augment == "crop_flip"
+        self.flip = train and augment in ("crop_flip", "flip")
+
+    def __call__(self, img, rng: np.random.Generator | None = None) -> np.ndarray:
+        """``img`` (an RGB PIL image) -> ``[S, S, 3]`` uint8; ``rng`` is required for the training transform."""
+        image_mod = _pil()
+        s = self.crop_size
+        if self.random_crop:
+            left, top, w, h = random_resized_crop_box(img.width, img.height, self.scale, rng)
+            box: tuple[float, ...] = (left, top, left + w, top + h)
+        else:
+            box = center_crop_box(img.width, img.height, self.resize_size, s)
+        out = img.resize((s, s), image_mod.Resampling.BILINEAR, box=box)
+        if self.flip and rng.random() < 0.5:
+            out = out.transpose(image_mod.Transpose.FLIP_LEFT_RIGHT)
+        return np.asarray(out, dtype=np.uint8)
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    """Items ``(i, epoch)`` (training) or ``i`` (evaluation) -> ``([S, S, 3] uint8, i)``."""
+
+    def __init__(self, files: FileSet, transform: ImageTransform, seed: int) -> None:
+        self.files = files
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, int]:
+        i, epoch = key if isinstance(key, tuple) else (key, None)
+        rng = None if epoch is None else np.random.default_rng(derive_seed(self.seed, epoch, i, _STREAM_SAMPLE))
+        return self.transform(load_rgb(self.files.path(i)), rng), i
+
+
+def _collate(items: list[tuple[np.ndarray, int]]) -> tuple[Tensor, Tensor]:
+    """Stack to ``[B, 3, S, S]`` uint8 (contiguous) and ``[B]`` int64 indices."""
+    x = np.stack([a for a, _ in items]).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor([i for _, i in items], dtype=torch.int64)
+
+
+class _Schedule:
+    """A batch sampler whose batches are set before each pass (so one DataLoader keeps its workers)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+
+    def __iter__(self) -> Iterator[list]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class StreamingLoader:
+    """Batches of a :class:`StreamingSplits` dataset, decoded by worker processes.
+
+    Args:
+        splits: the dataset (file lists and labels).
+        cfg: data config (batch sizes, transforms, ``workers``, validation fraction).
+        device: training device.
+        seed: run seed (order and augmentation).
+        views: views each training batch carries (``"x"``; ``"strong"`` adds a RandAugment view of the crop).
+        holdout_fraction: fraction held out as a validation split when ``cfg.val_fraction`` is 0.
+        rank: this process's rank (distributed training).
+        world_size: number of processes; ``data.batch_size`` is the global batch, each rank loads its share.
+
+    Attributes:
+        num_train: samples in the training split (after any held-out split); ``Batch.index`` is in ``[0, N)``.
+        train_labels: ``[N]`` labels of the training split on the device.
+        val: the held-out validation files, or None.
+    """
+
+    def __init__(
+        self,
+        splits: StreamingSplits,
+        cfg: DataConfig,
+        device: torch.device,
+        seed: int,
+        views: tuple[str, ...] = (DEFAULT_VIEW,),
+        holdout_fraction: float = 0.0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        from kdlab.data.split import stratified_split
+
+        if cfg.crop_size < 1 or cfg.resize_size < cfg.crop_size:
+            raise DataError(
+                f"data.crop_size={cfg.crop_size} and data.resize_size={cfg.resize_size}: need 1 <= crop_size <= "
+                "resize_size (ImageNet: 224 and 256)"
+            )
+        scale = tuple(cfg.crop_scale)
+        if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise DataError(f"data.crop_scale={list(scale)} must be [low, high] with 0 < low <= high <= 1")
+        if cfg.workers < 0:
+            raise DataError(f"data.workers={cfg.workers} must be >= 0 (0 decodes in the training process)")
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is outside 0..{world_size - 1}")
+        if cfg.batch_size % world_size:
+            raise DataError(
+                f"data.batch_size={cfg.batch_size} (the global batch) is not divisible by {world_size} processes; "
+                "choose a multiple of the world size"
+            )
+        self.cfg = cfg
+        self.device = device
+        self.seed = seed
+        self.views = tuple(views)
+        self.rank, self.world_size = rank, world_size
+        self.num_classes = splits.num_classes
+        self.input_size = splits.input_size
+        self.scale = scale
+        train = splits.train
+        fraction = cfg.val_fraction or holdout_fraction
+        self.val: FileSet | None = None
+        if fraction > 0:
+            train_idx, val_idx = stratified_split(train.y, fraction, cfg.split_seed)
+            self.val = train.subset(val_idx)
+            train = train.subset(train_idx)
+        self.train = train
+        self.test = splits.test
+        self._train_labels = train.y.to(device)
+        c = self.input_size[0]
+        mean = torch.tensor(splits.mean, device=device, dtype=torch.float32).view(1, c, 1, 1)
+        std = torch.tensor(splits.std, device=device, dtype=torch.float32).view(1, c, 1, 1)
+        self._scale = 1.0 / (255.0 * std)
+        self._shift = mean / std
+        self._pin = device.type == "cuda"
+        self._schedule = _Schedule()
+        dataset = _FileDataset(train, ImageTransform(cfg.crop_size, cfg.resize_size, scale, True, cfg.augment), seed)
+        self._train_loader = self._loader(dataset, self._schedule, persistent=True)
+
+    def _loader(self, dataset: _FileDataset, sampler, persistent: bool = False) -> torch.utils.data.DataLoader:
+        workers = self.cfg.workers
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=self._pin,
+            persistent_workers=persistent and workers > 0,
+        )
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train)
+
+    @property
+    def train_labels(self) -> Tensor:
+        return self._train_labels
+
+    @property
+    def batch_size(self) -> int:
+        """The global training batch (all ranks together)."""
+        return self.cfg.batch_size
+
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps in one epoch."""
+        n, b = self.num_train, self.batch_size
+        steps = n // b if self.cfg.drop_last else math.ceil(n / b)
+        if steps == 0:
+            raise DataError(
+                f"data.batch_size={b} with data.drop_last=true leaves no batch from {n} training samples; "
+                "lower the batch size or set data.drop_last=false"
+            )
+        return steps
+
+    def normalize(self, x_uint8: Tensor) -> Tensor:
+        """``[B, C, H, W]`` uint8 -> normalised float32."""
+        return x_uint8.float() * self._scale - self._shift
+
+    def epoch_order(self, epoch: int) -> Tensor:
+        """The permutation of training samples of ``epoch`` (``[N]`` int64 on the CPU)."""
+        g = make_generator(torch.device("cpu"), derive_seed(self.seed, epoch, 0, _STREAM_ORDER))
+        return torch.randperm(self.num_train, generator=g)
+
+    def step_indices(self, epoch: int, step: int, order: Tensor | None = None) -> Tensor:
+        """``[b]`` training indices this rank loads at ``step`` of ``epoch`` (its part of the global batch)."""
+        order = self.epoch_order(epoch) if order is None else order
+        b = self.batch_size
+        return torch.tensor_split(order[step * b : (step + 1) * b], self.world_size)[self.rank]
+
+    def _to_device(self, x: Tensor) -> Tensor:
+        return x.to(self.device, non_blocking=self._pin)
+
+    def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """Augmented training batches of ``epoch``, starting at ``start_step`` (for a mid-epoch resume)."""
+        unknown = set(self.views) - {DEFAULT_VIEW, "strong"}
+        if unknown:
+            raise DataError(f"unknown view(s) {sorted(unknown)}; the data layer provides 'x' and 'strong'")
+        order = self.epoch_order(epoch)
+        steps = range(start_step, self.steps_per_epoch())
+        self._schedule.batches = [[(int(i), epoch) for i in self.step_indices(epoch, s, order)] for s in steps]
+        for step, (x, index) in zip(steps, self._train_loader):
+            raw = self._to_device(x)
+            index = self._to_device(index)
+            views = {}
+            if "strong" in self.views:
+                from kdlab.data.randaugment import rand_augment
+
+                g = make_generator(self.device, derive_seed(self.seed, epoch, step, _STREAM_STRONG, self.rank))
+                views["strong"] = self.normalize(rand_augment(raw, g))
+            yield Batch(x=self.normalize(raw), y=self._train_labels[index], index=index, views=views)
+
+    def eval_batches(self, split: str = "test", limit: int | None = None) -> Iterator[Batch]:
+        """Un-augmented (resized, centre-cropped) batches of ``"test"``, ``"val"`` or ``"train"`` in dataset order."""
+        files = {"test": self.test, "val": self.val, "train": self.train}[split]
+        if files is None:
+            raise ValueError("there is no validation split: set data.val_fraction > 0")
+        n = len(files) if limit is None else min(limit, len(files))
+        bs = self.cfg.eval_batch_size
+        transform = ImageTransform(self.cfg.crop_size, self.cfg.resize_size, self.scale, train=False)
+        sampler = [list(range(start, min(start + bs, n))) for start in range(0, n, bs)]
+        labels = files.y
+        for x, index in self._loader(_FileDataset(files, transform, self.seed), sampler):
+            yield Batch(
+                x=self.normalize(self._to_device(x)),
+                y=self._to_device(labels[index]),
+                index=self._to_device(index),
+            )
+
+
+__all__ = ["ImageTransform", "StreamingLoader", "center_crop_box", "load_rgb", "random_resized_crop_box"]
