@@ -198,6 +198,31 @@ class LogConfig:
 class RunConfig:
     """A whole run: ``model``, ``data``, ``method``, ``optim``, ``train``, ``log``."""
     sync_bn: bool = False
+@dataclass(kw_only=True)
+class ChainLinkConfig:
+    """One teacher assistant of a chain: the model trained in that link."""
+
+    model: str
+    """Model registry name of the assistant (``kdlab list models``)."""
+    overrides: list[str] = field(default_factory=list)
+    """Dotted ``key=value`` overrides of this link's run only (e.g. ``optim.lr=0.01``), applied on top of the config."""
+
+
+@dataclass(kw_only=True)
+class ChainConfig:
+    """A teacher-assistant chain (TAKD): ``model.teachers.0`` -> ``assistants`` in order -> ``model.student``.
+
+    ``kdlab chain CONFIG`` trains one run per link with the config's ``method``, ``data``, ``optim`` and ``train``
+    sections; each link's checkpoint is the next link's teacher (see :mod:`kdlab.chain`).
+    """
+
+    assistants: list[ChainLinkConfig]
+    """The assistants, largest first; at least one."""
+    name: str | None = None
+    """Directory of the chain under ``train.run_dir``; default
+    ``chain-<method>__<teacher>__<assistants>__<student>__s<seed>``."""
+
+
     """Under torchrun: BatchNorm statistics over the global batch (``SyncBatchNorm``; CUDA only, a no-op alone)."""
     find_unused_parameters: bool = True
     """Under torchrun: let DDP handle parameters without a gradient in a step (false: slightly faster, errors then)."""
@@ -212,6 +237,8 @@ class RunConfig:
     """Free text: what this config reproduces."""
     target: dict[str, float] = field(default_factory=dict)
     """Published numbers this config should reproduce (e.g. ``top1: 73.33``), for reports."""
+    chain: ChainConfig | None = None
+    """A teacher-assistant chain; such a config runs with ``kdlab chain CONFIG`` (``kdlab train`` refuses it)."""
 
 
 # --------------------------------------------------------------------------------------------------------------
