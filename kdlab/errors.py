@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kdlab.analysis.common import AnalysisError
 from kdlab.config import ConfigError
 from kdlab.data.base import DataError
 from kdlab.experiments.store import StoreError
@@ -9,7 +10,15 @@ from kdlab.models.base import TapError
 from kdlab.registry import RegistryError
 from kdlab.train.build import BuildError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, TapError, RegistryError, BuildError, StoreError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    DataError,
+    TapError,
+    RegistryError,
+    BuildError,
+    StoreError,
+    AnalysisError,
+)
 
 
 def describe(err: BaseException) -> str:

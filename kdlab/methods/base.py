@@ -80,7 +80,10 @@ class AuxContext:
         teacher_outputs: ``fn(batch) -> tuple of {view: Outputs}`` per teacher (frozen, inference mode).
         student_outputs: ``fn(batch, params=None) -> {view: Outputs}``; with ``params`` (a name -> tensor
             mapping of the student's parameters) the student runs functionally (``torch.func.functional_call``).
-        heldout_batches: ``fn() -> iterator of Batch`` over the held-out split (``data.val_fraction``), forever.
+        heldout_batches: ``fn() -> iterator of Batch`` over the held-out split, forever: ``data.val_fraction`` of the
+            training set, or the method's ``Needs.holdout_fraction`` when that is 0 (never the test set).
+        teachers: the teachers' outputs of the step just taken (one ``{view: Outputs}`` per teacher), so that an
+            objective re-reading ``batch`` needs no second teacher forward; empty when not available.
     """
 
     student: nn.Module
@@ -91,6 +94,7 @@ class AuxContext:
     teacher_outputs: Callable[..., Any]
     student_outputs: Callable[..., Any]
     heldout_batches: Callable[[], Any]
+    teachers: tuple = ()
 
 
 class AuxObjective:
@@ -204,6 +208,15 @@ class DistillMethod(nn.Module):
     def export(self, student: nn.Module) -> nn.Module:
         """The deployable model (default: the student itself)."""
         return student
+
+    def sample_weights(self, io: StepIO) -> Tensor | None:
+        """``[B]`` per-sample weights the method gives the teacher's knowledge on this batch, or None (default).
+
+        For a sample-weighting method this is its per-sample fusion ratio (e.g. TGeo-KD's ``alpha_i`` in
+        ``alpha_i * L_KD + (1 - alpha_i) * L_CE``), computed from ``io`` exactly as :meth:`loss` would, without
+        side effects. ``kdlab analyze discrepancy`` reads it; a wrapper forwards its inner method's weights.
+        """
+        return None
 
     def generator_state(self) -> dict[str, Tensor]:
         """States of method-owned random generators, saved in checkpoints (override when a method has some)."""
