@@ -178,7 +178,14 @@ def _pearson(a: Tensor, b: Tensor, dim: int, eps: float = 1e-8) -> Tensor:
     return (a * b).sum(dim=dim) / (a.norm(dim=dim) * b.norm(dim=dim) + eps)
 
 
-def dist(s_logits: Tensor, t_logits: Tensor, beta: float = 1.0, gamma: float = 1.0, tau: float = 1.0) -> Tensor:
+def dist(
+    s_logits: Tensor,
+    t_logits: Tensor,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    tau: float = 1.0,
+    reduction: str = "mean",
+) -> Tensor:
     """DIST (Huang et al., NeurIPS 2022): ``tau^2 * (beta * inter + gamma * intra)``.
 
     With ``y = softmax(z / tau)`` over classes, ``inter = 1 - mean_i pearson(y_s[i, :], y_t[i, :])`` (each
@@ -195,9 +202,14 @@ def dist(s_logits: Tensor, t_logits: Tensor, beta: float = 1.0, gamma: float = 1
         beta: weight of the inter-class (per-sample) relation.
         gamma: weight of the intra-class (per-class) relation.
         tau: softmax temperature.
+        reduction: ``"mean"`` (the reference's scalar), or ``"none"`` / ``"sum"`` over a per-sample form: sample
+            ``i`` gets ``tau^2 * (beta * (1 - pearson(y_s[i, :], y_t[i, :])) + gamma * intra)``, its own inter-class
+            term plus the batch's intra-class term (which couples the batch and has no per-sample split), so the
+            mean over samples is the ``"mean"`` value and a per-sample weighting weights ``intra`` by the mean
+            weight. Only for ``[B, C]`` logits.
 
     Returns:
-        A scalar, or ``[N]`` with stacked teachers.
+        A scalar, or ``[N]`` with stacked teachers; ``[B]`` (``[N, B]``) with ``reduction="none"``.
     """
     extra = t_logits.dim() - s_logits.dim()
     if extra not in (0, 1) or t_logits.shape[extra:] != s_logits.shape:
@@ -211,6 +223,12 @@ def dist(s_logits: Tensor, t_logits: Tensor, beta: float = 1.0, gamma: float = 1
         t_logits = t_logits.movedim(1 + extra, -1).reshape(*t_logits.shape[:extra], -1, c)
     y_s = F.softmax(s_logits / tau, dim=-1)
     y_t = F.softmax(t_logits / tau, dim=-1)
+    if reduction != "mean":
+        if s_logits.dim() != 2:
+            raise ValueError(f"dist: reduction={reduction!r} needs [B, C] logits, got {tuple(s_logits.shape)}")
+        intra = 1.0 - _pearson(y_s, y_t, dim=-2).mean(dim=-1)
+        per_sample = tau**2 * (beta * (1.0 - _pearson(y_s, y_t, dim=-1)) + gamma * intra.unsqueeze(-1))
+        return reduce(per_sample, reduction)
     inter = 1.0 - _pearson(y_s, y_t, dim=-1).mean(dim=-1)
     intra = 1.0 - _pearson(y_s, y_t, dim=-2).mean(dim=-1)
     return tau**2 * (beta * inter + gamma * intra)

@@ -100,20 +100,43 @@ def build_run(cfg: RunConfig, device: torch.device | None = None, load_teacher_w
             FrozenTeacher(model, tcfg.name, splits.mean, splits.std, tcfg.input_mean, tcfg.input_std).to(device)
         )
 
-    ctx = build_context(
-        student,
-        [t.model for t in teachers],
-        k,
-        splits.input_size,
-        device,
-        cfg.train.seed,
-        data.num_train,
-        data.train_labels,
-    )
-    method = build_method(cfg.method, ctx).to(device)
+    def make_method(data) -> DistillMethod:
+        ctx = build_context(
+            student,
+            [t.model for t in teachers],
+            k,
+            splits.input_size,
+            device,
+            cfg.train.seed,
+            data.num_train,
+            data.train_labels,
+        )
+        return build_method(cfg.method, ctx).to(device)
+
+    rng = _rng_state(device)
+    method = make_method(data)
+    holdout = method.needs().holdout_fraction
+    if holdout > 0 and not cfg.data.val_fraction:
+        # The method trains on a held-out split (e.g. a bilevel outer loop) and the config sets none: hold out the
+        # method's fraction of the training set (stratified, by data.split_seed; never the test set) and rebuild the
+        # method on the smaller training split from the same random state, as if it had been built once.
+        data = make_loader(splits, cfg.data, device, cfg.train.seed, holdout_fraction=holdout)
+        _set_rng_state(device, rng)
+        method = make_method(data)
     needs = check_method(cfg, method, student, [t.model for t in teachers])
     data.views = needs.views
     return Run(cfg, device, splits, data, student, teachers, method, needs)
+
+
+def _rng_state(device: torch.device) -> tuple:
+    """The global random state a method's initialisation draws from (CPU, and the CUDA device when used)."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(device: torch.device, state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def build_context(
@@ -174,10 +197,10 @@ def _check(cfg: RunConfig, method: DistillMethod, needs: Needs, student: nn.Modu
             t.check_taps(needs.teacher_taps, tcfg.name)
     except TapError as err:
         raise BuildError(f"method {name!r}: {err}") from None
-    if needs.holdout_fraction > 0 and cfg.data.val_fraction < needs.holdout_fraction:
+    if not 0.0 <= needs.holdout_fraction < 1.0:
         raise BuildError(
-            f"method {name!r} trains on a held-out split of {needs.holdout_fraction:g} of the training set; "
-            f"set data.val_fraction={needs.holdout_fraction:g}"
+            f"method {name!r} asks for a held-out split of {needs.holdout_fraction:g} of the training set; "
+            "the fraction must be in [0, 1)"
         )
     # Every trainable parameter of a method must be an adapter (trained and synced with the student) or belong
     # to an aux objective (its own optimiser); anything else would silently never train or never sync.
