@@ -15,6 +15,7 @@ from kdlab.losses.feature import (
     nst,
     pkt,
     rkd,
+    simkd,
     sp,
     top_right_singular_vectors,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "pkt",
     "reduce",
     "rkd",
+    "simkd",
     "sp",
     "srrl",
     "standardize_logits",

@@ -33,6 +33,7 @@ __all__ = [
     "nst",
     "pkt",
     "rkd",
+    "simkd",
     "sp",
     "top_right_singular_vectors",
 ]
@@ -527,3 +528,37 @@ def kdsvd(s_feats: Sequence[Tensor], t_feats: Sequence[Tensor], k: int = 1, layo
     if not terms:
         raise ValueError("kdsvd: needs at least two stages (it relates consecutive stages)")
     return _sum(terms)
+
+
+# ------------------------------------------------------------------------------------------ SimKD
+
+
+def simkd(s_feat: Tensor, t_feat: Tensor, reduction: str = "mean") -> Tensor:
+    """SimKD's feature loss: the mean squared error between the projected student map and the teacher's map.
+
+    Chen et al., "Knowledge Distillation with the Reused Teacher Classifier", CVPR 2022, arXiv 2203.14001.
+    ``s_feat`` is the projector's output, already at the teacher map's size (:func:`match_spatial` before the
+    projector). Per sample ``l_i = mean_{c,h,w} (s_i - t_i)^2``; the batch mean equals DefangChen/SimKD's
+    ``nn.MSELoss()`` on the two maps.
+
+    Args:
+        s_feat: ``[B, C, H, W]`` projected student map.
+        t_feat: ``[B, C, H, W]`` teacher map.
+        reduction: ``"mean"`` (the reference's scalar), ``"sum"`` or ``"none"`` (``[B]``, e.g. for a per-sample mask).
+
+    Returns:
+        A scalar, or ``[B]`` with ``reduction="none"``.
+    """
+    if s_feat.shape != t_feat.shape:
+        raise ValueError(
+            f"simkd: the projected student map {tuple(s_feat.shape)} must have the teacher map's shape "
+            f"{tuple(t_feat.shape)}"
+        )
+    per_sample = (s_feat - t_feat).pow(2).flatten(1).mean(dim=1)
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    if reduction == "none":
+        return per_sample
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")

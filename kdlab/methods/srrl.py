@@ -15,10 +15,10 @@ Reference: DefangChen/SimKD@2b389c3 ``models/util.py`` (``SRRL``), ``train_stude
 
 - Connector: ``conv1x1(D_s -> D_t, no bias) + BN + ReLU`` applied to the pooled embedding viewed as a ``1 x 1`` map
   (``adapters["connector"]``).
-- Teacher classifier: ``BuildContext.teacher_classifiers[0]``, the teacher's own final linear layer. It is used
-  through its (detached) weight and bias and is not registered in the method, so it is never optimised, never
-  receives gradients and is not duplicated in the method's state dict; gradients flow through it into the connector
-  and the student only.
+- Teacher classifier: ``BuildContext.teacher_classifiers[0]``, the teacher's own final linear layer, held as a
+  constant copy in a :class:`~kdlab.methods._teacher_head.FrozenHead` (the mechanism SimKD shares): buffers, not
+  parameters, and not persistent, so it is never optimised, never receives gradients and is not duplicated in the
+  method's state dict; gradients flow through it into the connector and the student only.
 
 Deviations: none. (The SRRL paper's own code is not public; SimKD's re-implementation is the reference.)
 """
@@ -27,12 +27,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab import losses
 from kdlab.config import MethodConfig
 from kdlab.methods import register_method
+from kdlab.methods._teacher_head import FrozenHead
 from kdlab.methods.base import BuildContext, DistillMethod
 from kdlab.types import LossOut, Needs, StepIO
 
@@ -76,21 +76,16 @@ class SRRL(DistillMethod):
             raise ValueError("srrl distils from a teacher (and reuses its classifier); set model.teachers")
         d_s = ctx.student_shapes["pool"][0]
         d_t = ctx.teacher_shapes[0]["pool"][0]
-        classifier = ctx.teacher_classifiers[0]
-        if getattr(classifier, "in_features", d_t) != d_t:
-            raise ValueError(f"srrl: the teacher's classifier takes {classifier.in_features} features, its pool {d_t}")
         self.adapters["connector"] = Connector(d_s, d_t).to(ctx.device)
-        # A plain tuple: the teacher's classifier is not a submodule (not optimised, not in the state dict).
-        self._teacher_classifier: tuple[nn.Module] = (classifier,)
+        # buffers, not parameters (never optimised), not persistent (not in the state dict)
+        self.head = FrozenHead(ctx.teacher_classifiers[0], d_t, "srrl", persistent=False)
 
     def needs(self) -> Needs:
         return Needs(student_taps=frozenset({"pool"}), teacher_taps=frozenset({"pool"}))
 
     def teacher_head(self, feat: Tensor) -> Tensor:
         """The teacher's classifier on ``[B, D_t]`` features -> ``[B, K]``, with its parameters held constant."""
-        (classifier,) = self._teacher_classifier
-        bias = classifier.bias.detach() if classifier.bias is not None else None
-        return F.linear(feat, classifier.weight.detach(), bias)
+        return self.head(feat)
 
     def loss(self, io: StepIO) -> LossOut:
         cfg = self.cfg
