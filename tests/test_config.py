@@ -92,8 +92,8 @@ def test_missing_required_teacher_name():
 SHIPPED = sorted((REPO / "configs").rglob("*.yaml"))
 
 
-NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "digits": 10}
-INPUT = {"cifar100": (3, 32, 32), "cifar10": (3, 32, 32), "digits": (1, 8, 8)}
+NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "digits": 10, "imagenet": 1000}
+INPUT = {"cifar100": (3, 32, 32), "cifar10": (3, 32, 32), "digits": (1, 8, 8), "imagenet": (3, 224, 224)}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(REPO / "configs")) for p in SHIPPED])

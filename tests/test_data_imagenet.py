@@ -324,3 +324,30 @@ def test_cli_trains_two_steps_on_a_jpeg_folder(folder, tmp_path):
         check=False,
     )
     assert bad.returncode == 2 and "expected layout under data.root" in bad.stderr + bad.stdout
+
+
+def test_shipped_imagenet_recipes_are_the_generator_output():
+    """configs/imagenet/** (except tgeo_kd/, written elsewhere) is exactly what scripts/make_imagenet_configs.py
+    emits, every distillation config names its pair, and every target is a published top-1 in (0, 100)."""
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("make_imagenet_configs", REPO / "scripts/make_imagenet_configs.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    emitted = {path.relative_to(REPO): cfg for path, cfg in script.emit().items()}
+    shipped = {
+        p.relative_to(REPO): yaml.safe_load(p.read_text())
+        for p in (REPO / "configs" / "imagenet").rglob("*.yaml")
+        if "tgeo_kd" not in p.parts
+    }
+    assert shipped == emitted
+    methods = {p.parts[2] for p in shipped}
+    assert {"ce", "kd", "dkd", "dist", "mlkd", "crd", "review_kd", "at", "ofd", "tekap_kd"} <= methods
+    for path, cfg in shipped.items():
+        assert cfg["data"]["name"] == "imagenet" and cfg["description"]
+        if path.parts[2] != "ce":
+            assert path.stem == f"{cfg['model']['teachers'][0]['name']}__{cfg['model']['student']}"
+        if path.parts[2] != "mlkd":
+            assert 60.0 < cfg["target"]["top1"] < 80.0
