@@ -370,3 +370,15 @@ def test_cli_subprocess_robustness(runs, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert "| pgd | 0.00784 | 2.00 |" in ok.stdout
     assert (tmp_path / "robustness.png").is_file() and (tmp_path / "robustness.md").is_file()
+
+
+def test_per_class_sees_a_long_tailed_training_split(runs):
+    """The run's data section rebuilt with ``data.imbalance_ratio`` (the long-tailed option): the counts follow it."""
+    lt = open_run(runs["student"], data_overrides=["imbalance_ratio=10"], device="cpu")
+    result = per_class(lt, many=60, few=20)
+    counts = [r["train_images"] for r in result.tables["classes"][1]]
+    assert max(counts) / min(counts) == pytest.approx(10, rel=0.1)
+    assert result.extra["imbalance_ratio"] == pytest.approx(max(counts) / min(counts))
+    by = {r["group"]: r for r in result.rows}
+    assert sum(by[g]["classes"] for g in ("many", "medium", "few") if g in by) == 10
+    assert by["all"]["train_images"] == sum(counts)
