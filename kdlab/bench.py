@@ -48,11 +48,11 @@ VARIANTS: dict[str, dict[str, object]] = {
     "channels_last": {"channels_last": True},
     "bf16+channels_last": {"precision": "bf16", "channels_last": True},
     "compiled": {"compile": True},
-    "teacher_cache": {"teacher_cache": "on", "replay_epochs": 1},
+    "teacher_cache": {"teacher_cache": True, "replay_epochs": 1},
     "bf16+channels_last+teacher_cache": {
         "precision": "bf16",
         "channels_last": True,
-        "teacher_cache": "on",
+        "teacher_cache": True,
         "replay_epochs": 1,
     },
 }

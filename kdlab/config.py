@@ -178,10 +178,14 @@ class TrainConfig:
     """Models and input batches in the channels-last memory format."""
     compile: bool = False
     """``torch.compile`` the trainable step (student + method); falls back to eager with a warning."""
-    teacher_cache: Literal["off", "auto", "on"] = "off"
-    """Reuse teacher logits when inputs repeat (data.augment=none, or train.replay_epochs > 0); logit methods only."""
+    teacher_cache: bool | Literal["auto"] = False
+    """Reuse teacher logits when inputs repeat (data.augment=none or train.replay_epochs > 0): off, on or auto."""
     replay_epochs: int = 0
     """R > 0: epoch e replays the order and augmentation of epoch e mod R (lets train.teacher_cache reuse logits)."""
+    sync_bn: bool = False
+    """Under torchrun: BatchNorm statistics over the global batch (``SyncBatchNorm``; CUDA only, a no-op alone)."""
+    find_unused_parameters: bool = True
+    """Under torchrun: let DDP handle parameters without a gradient in a step (false: slightly faster, errors then)."""
 
 
 @dataclass(kw_only=True)
@@ -194,10 +198,6 @@ class LogConfig:
     """Progress display: a bar with ETA on a terminal, periodic lines otherwise."""
 
 
-@dataclass(kw_only=True)
-class RunConfig:
-    """A whole run: ``model``, ``data``, ``method``, ``optim``, ``train``, ``log``."""
-    sync_bn: bool = False
 @dataclass(kw_only=True)
 class ChainLinkConfig:
     """One teacher assistant of a chain: the model trained in that link."""
@@ -223,9 +223,9 @@ class ChainConfig:
     ``chain-<method>__<teacher>__<assistants>__<student>__s<seed>``."""
 
 
-    """Under torchrun: BatchNorm statistics over the global batch (``SyncBatchNorm``; CUDA only, a no-op alone)."""
-    find_unused_parameters: bool = True
-    """Under torchrun: let DDP handle parameters without a gradient in a step (false: slightly faster, errors then)."""
+@dataclass(kw_only=True)
+class RunConfig:
+    """A whole run: ``model``, ``data``, ``method``, ``optim``, ``train``, ``log``."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -59,12 +59,12 @@ class CacheStats:
 
 
 def cache_plan(
-    mode: str, needs: Needs, num_teachers: int, augment: str, replay_epochs: int, method: str
+    mode: str | bool, needs: Needs, num_teachers: int, augment: str, replay_epochs: int, method: str
 ) -> tuple[str, str]:
     """Decide how teacher outputs can be reused.
 
     Args:
-        mode: ``train.teacher_cache`` (``off``, ``auto``, ``on``).
+        mode: ``train.teacher_cache``: ``off``/False, ``on``/True or ``auto``.
         needs: the method's needs.
         num_teachers: teachers of the run.
         augment: ``data.augment``.
@@ -78,6 +78,8 @@ def cache_plan(
     Raises:
         ConfigError: ``mode`` is unknown, or ``on`` where the cache cannot apply (the message says what to change).
     """
+    if isinstance(mode, bool):  # YAML reads on/off as booleans
+        mode = "on" if mode else "off"
     if mode not in MODES:
         raise ConfigError(f"train.teacher_cache={mode!r} is not valid; use one of {', '.join(MODES)}")
     if replay_epochs < 0:
