@@ -181,10 +181,10 @@ class SampleFusion(DistillMethod):
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)
-        from kdlab.methods import build_method  # defined after the registry imports this module
+        from kdlab.methods import METHODS, build_method  # defined after the registry imports this module
 
-        self.inner = build_method(cfg.inner, ctx)
-        if type(self.inner) not in SAMPLE_FORMS and not hasattr(self.inner, "sample_terms"):
+        inner_cls = METHODS.get(cfg.inner.name)
+        if inner_cls not in SAMPLE_FORMS and not hasattr(inner_cls, "sample_terms"):
             known = ", ".join(sorted(f"{k.Config().name!r}" for k in SAMPLE_FORMS))
             raise ConfigError(
                 f"method.inner.name={cfg.inner.name!r}: {cfg.name} weights the inner method's terms per sample, and "
@@ -192,6 +192,7 @@ class SampleFusion(DistillMethod):
             )
         if getattr(cfg.inner, "gather_logits", False):
             raise ConfigError(f"method.inner.gather_logits=true is not supported inside {cfg.name}; set it to false")
+        self.inner = build_method(cfg.inner, ctx)
         if cfg.histogram_bins < 0:
             raise ConfigError(f"method.histogram_bins must be >= 0, got {cfg.histogram_bins}")
         self.adapters = self.inner.adapters
@@ -412,7 +413,8 @@ class LearnedFusion(SampleFusion):
         raise NotImplementedError
 
     def ratio(self, io: StepIO, terms: SampleTerms) -> Tensor:
-        return self.ratio_net(self.features(io, terms))
+        features = self.features(io, terms)
+        return self.ratio_net(features.to(self.ratio_net.net[-1].weight.dtype))
 
     def needs(self) -> Needs:
         return self.inner.needs().union(Needs(holdout_fraction=self.cfg.holdout_fraction))
@@ -498,7 +500,10 @@ class HypergradientStep(AuxObjective):
         return [torch.zeros_like(p) if g is None else g for p, g in zip(omega, hyper)], outer.detach()
 
     def step(self, ctx: Any) -> dict[str, float]:
-        heldout = self._next_heldout(ctx, ctx.batch.size)
+        return self.step_with(ctx, self._next_heldout(ctx, ctx.batch.size))
+
+    def step_with(self, ctx: Any, heldout: Batch) -> dict[str, float]:
+        """One update of ``omega`` against the held-out mini-batch ``heldout``; returns the logged scalars."""
         grads, outer = self.hypergradient(ctx, heldout)
         self.optimizer.zero_grad(set_to_none=True)
         for p, g in zip(self.parameters(), grads):
@@ -538,4 +543,4 @@ class ReweightFusion(LearnedFusion):
         return 2
 
     def features(self, io: StepIO, terms: SampleTerms) -> Tensor:
-        return torch.stack([terms.gt.detach(), terms.kd.detach()], dim=-1).float()
+        return torch.stack([terms.gt.detach(), terms.kd.detach()], dim=-1)

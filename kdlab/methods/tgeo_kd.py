@@ -103,7 +103,7 @@ class TGeoKD(LearnedFusion):
 
     def features(self, io: StepIO, terms: SampleTerms) -> Tensor:
         temp = self.cfg.feature_temperature
-        s_probs = (io.s.logits.detach().float() / temp).softmax(-1)
-        t_probs = (io.teacher_logits().detach().float() / temp).softmax(-1).mean(0)
+        s_probs = (io.s.logits.detach() / temp).softmax(-1)
+        t_probs = (io.teacher_logits().detach().to(s_probs.dtype) / temp).softmax(-1).mean(0)
         tbar = self.t_class_mean if self.uses_class_mean else None
         return fusion_losses.trilateral_features(s_probs, t_probs, io.y, tbar, self.cfg.feature_set)
