@@ -182,16 +182,30 @@ def test_mid_epoch_resume_replays_the_remaining_batches(folder):
 
 
 def test_ranks_split_the_global_batch(folder):
+    """Rank r loads the r-th contiguous half of every global batch; the last partial batch (3 of 15 samples) is
+    trimmed to 2; evaluation shards cover the split once."""
+    from kdlab.config import ConfigError
+
     cfg = _cfg(folder)
     splits = load_dataset(cfg)
     single = _batches(make_loader(splits, cfg, CPU, seed=0), 0)
-    ranks = [_batches(make_loader(splits, cfg, CPU, seed=0, rank=r, world_size=2), 0) for r in (0, 1)]
-    assert [x.shape[0] for x, _, _ in ranks[0]] == [2, 2, 2, 2]
+    ranks = []
+    for r in (0, 1):
+        loader = make_loader(splits, cfg, CPU, seed=0)
+        loader.shard(r, 2)
+        ranks.append(_batches(loader, 0))
+        assert loader.steps_per_epoch() == 4
+        assert torch.equal(
+            torch.cat([b.index for b in loader.eval_batches("test", shard=True)]), torch.arange(3 * r, 3 * r + 3)
+        )
+    assert [x.shape[0] for x, _, _ in ranks[0]] == [2, 2, 2, 1]
     for step, whole in enumerate(single):
         joined = [torch.cat([ranks[0][step][k], ranks[1][step][k]]) for k in range(3)]
-        assert all(torch.equal(u, v) for u, v in zip(whole, joined))
-    with pytest.raises(DataError, match="not divisible by 3 processes"):
-        make_loader(splits, cfg, CPU, seed=0, rank=0, world_size=3)
+        keep = 4 if step < 3 else 2
+        assert all(torch.equal(u[:keep], v) for u, v in zip(whole, joined))
+    assert _same(ranks[1], _batches(make_loader(splits, cfg, CPU, seed=0, rank=1, world_size=2), 0))
+    with pytest.raises(ConfigError, match="must be divisible by the 3 processes"):
+        make_loader(splits, cfg, CPU, seed=0).shard(0, 3)
 
 
 def test_held_out_split_and_subsets_apply_to_file_lists(folder):

@@ -22,9 +22,12 @@ from a numpy generator seeded by ``(seed, epoch, dataset index)``. A run resumed
 batches and replays exactly the batches an uninterrupted run would have seen, whatever the number of workers,
 with no loader state to checkpoint.
 
-Distributed: with ``world_size > 1`` each step's global batch (``data.batch_size`` samples of the permutation)
-is split into ``world_size`` contiguous parts and rank ``r`` loads part ``r`` (``torch.tensor_split``); because
-augmentation is per sample, the union of the ranks' batches equals the single-process batch.
+Distributed (:meth:`StreamingLoader.shard`, the interface of ``DeviceLoader.shard``): each step's global batch
+(``data.batch_size`` samples of the permutation) is cut into ``world_size`` contiguous, equal parts and rank ``r``
+loads only part ``r``; a last partial batch is trimmed to a multiple of ``world_size``. Because augmentation is per
+sample, the union of the ranks' batches equals the single-process batch (the ``strong`` view excepted: its
+RandAugment draws are per rank and step). ``eval_batches(..., shard=True)`` gives each rank a contiguous part of
+the split.
 """
 
 from __future__ import annotations
@@ -205,7 +208,7 @@ class StreamingLoader:
         seed: run seed (order and augmentation).
         views: views each training batch carries (``"x"``; ``"strong"`` adds a RandAugment view of the crop).
         holdout_fraction: fraction held out as a validation split when ``cfg.val_fraction`` is 0.
-        rank: this process's rank (distributed training).
+        rank: this process's rank (distributed training; or call :meth:`shard` later).
         world_size: number of processes; ``data.batch_size`` is the global batch, each rank loads its share.
 
     Attributes:
@@ -237,18 +240,12 @@ class StreamingLoader:
             raise DataError(f"data.crop_scale={list(scale)} must be [low, high] with 0 < low <= high <= 1")
         if cfg.workers < 0:
             raise DataError(f"data.workers={cfg.workers} must be >= 0 (0 decodes in the training process)")
-        if not 0 <= rank < world_size:
-            raise DataError(f"rank {rank} is outside 0..{world_size - 1}")
-        if cfg.batch_size % world_size:
-            raise DataError(
-                f"data.batch_size={cfg.batch_size} (the global batch) is not divisible by {world_size} processes; "
-                "choose a multiple of the world size"
-            )
         self.cfg = cfg
         self.device = device
         self.seed = seed
         self.views = tuple(views)
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size = 0, 1
+        self.shard(rank, world_size)
         self.num_classes = splits.num_classes
         self.input_size = splits.input_size
         self.scale = scale
@@ -296,10 +293,32 @@ class StreamingLoader:
         """The global training batch (all ranks together)."""
         return self.cfg.batch_size
 
+    def shard(self, rank: int, world_size: int) -> None:
+        """Make this loader yield process ``rank``'s part of every batch of a ``world_size``-process run (module
+        docstring); ``data.batch_size`` stays the global batch.
+
+        Raises:
+            ConfigError: ``data.batch_size`` is not a multiple of ``world_size``.
+        """
+        from kdlab.config import ConfigError
+
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is outside 0..{world_size - 1}")
+        if self.batch_size % world_size:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is the global batch and must be divisible by the {world_size} "
+                f"processes; set data.batch_size to a multiple of {world_size}"
+            )
+        self.rank, self.world_size = rank, world_size
+
+    def _usable(self, size: int) -> int:
+        """Samples of a global batch of ``size`` that are trained on (a multiple of the world size)."""
+        return size - size % self.world_size
+
     def steps_per_epoch(self) -> int:
         """Optimiser steps in one epoch."""
         n, b = self.num_train, self.batch_size
-        steps = n // b if self.cfg.drop_last else math.ceil(n / b)
+        steps = n // b if self.cfg.drop_last else n // b + (self._usable(n % b) > 0)
         if steps == 0:
             raise DataError(
                 f"data.batch_size={b} with data.drop_last=true leaves no batch from {n} training samples; "
@@ -320,7 +339,9 @@ class StreamingLoader:
         """``[b]`` training indices this rank loads at ``step`` of ``epoch`` (its part of the global batch)."""
         order = self.epoch_order(epoch) if order is None else order
         b = self.batch_size
-        return torch.tensor_split(order[step * b : (step + 1) * b], self.world_size)[self.rank]
+        idx = order[step * b : (step + 1) * b]
+        per_rank = self._usable(idx.shape[0]) // self.world_size
+        return idx[self.rank * per_rank : (self.rank + 1) * per_rank]
 
     def _to_device(self, x: Tensor) -> Tensor:
         return x.to(self.device, non_blocking=self._pin)
@@ -344,15 +365,19 @@ class StreamingLoader:
                 views["strong"] = self.normalize(rand_augment(raw, g))
             yield Batch(x=self.normalize(raw), y=self._train_labels[index], index=index, views=views)
 
-    def eval_batches(self, split: str = "test", limit: int | None = None) -> Iterator[Batch]:
-        """Un-augmented (resized, centre-cropped) batches of ``"test"``, ``"val"`` or ``"train"`` in dataset order."""
+    def eval_batches(self, split: str = "test", limit: int | None = None, shard: bool = False) -> Iterator[Batch]:
+        """Un-augmented (resized, centre-cropped) batches of ``"test"``, ``"val"`` or ``"train"`` in dataset order;
+        with ``shard`` only this process's contiguous part of the split (the parts of all processes cover it once)."""
         files = {"test": self.test, "val": self.val, "train": self.train}[split]
         if files is None:
             raise ValueError("there is no validation split: set data.val_fraction > 0")
         n = len(files) if limit is None else min(limit, len(files))
+        lo, hi = 0, n
+        if shard and self.world_size > 1:
+            lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
         bs = self.cfg.eval_batch_size
         transform = ImageTransform(self.cfg.crop_size, self.cfg.resize_size, self.scale, train=False)
-        sampler = [list(range(start, min(start + bs, n))) for start in range(0, n, bs)]
+        sampler = [list(range(start, min(start + bs, hi))) for start in range(lo, hi, bs)]
         labels = files.y
         for x, index in self._loader(_FileDataset(files, transform, self.seed), sampler):
             yield Batch(
