@@ -359,4 +359,3 @@ class SimKD(FeatureMethod):
     def projector_parameters(self) -> dict[str, int]:
         """Parameter count of each projector, by student tap."""
         return {k: sum(p.numel() for p in m.parameters()) for k, m in self.adapters["projectors"].items()}
-
