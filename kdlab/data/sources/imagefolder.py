@@ -54,12 +54,16 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _images_under(folder: Path) -> list[Path]:
-    """Image files under ``folder``, recursively, in sorted order (folders walked in sorted order)."""
+def _images_under(root: Path, rel: str) -> list[str]:
+    """Image files under ``root/rel``, recursively, as paths relative to ``root`` (``/``-separated), in sorted order:
+    a folder's files first, then its subfolders in sorted order (torchvision's sorted ``os.walk``)."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    top = str(root / rel)
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         dirnames.sort()
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(f))
+        sub = os.path.relpath(dirpath, top)
+        prefix = rel if sub == "." else f"{rel}/{Path(sub).as_posix()}"
+        found.extend(f"{prefix}/{f}" for f in sorted(filenames) if _is_image(f))
     return found
 
 
@@ -101,10 +105,10 @@ def scan_class_folders(
     labels: list[int] = []
     empty = []
     for name in names:
-        files = _images_under(folder / name)
+        files = _images_under(root, f"{split}/{name}")
         if not files:
             empty.append(name)
-        paths.extend(str(f.relative_to(root)).encode("utf-8") for f in files)
+        paths.extend(f.encode("utf-8") for f in files)
         labels.extend([index[name]] * len(files))
     if empty:
         listed = ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else "")
