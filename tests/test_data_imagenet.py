@@ -365,3 +365,22 @@ def test_shipped_imagenet_recipes_are_the_generator_output():
             assert path.stem == f"{cfg['model']['teachers'][0]['name']}__{cfg['model']['student']}"
         if path.parts[2] != "mlkd":
             assert 60.0 < cfg["target"]["top1"] < 80.0
+
+
+@pytest.mark.parametrize("method", ["mlkd", "crd"])
+def test_methods_needing_views_or_indices_train_on_streamed_data(folder, tmp_path, method):
+    """MLKD reads the ``strong`` view and CRD the dataset ``index`` of every sample; both run on the streamed loader."""
+    from kdlab.train.trainer import Trainer
+
+    cfg = _run_config(
+        folder,
+        tmp_path,
+        f"method.name={method}",
+        "model.teachers.0.name=convnet_s",
+        "train.max_steps=2",
+        f"train.name={method}",
+    )
+    trainer = Trainer(cfg)
+    summary = trainer.fit()
+    assert summary["steps"] == 2 and summary["last"]["n"] == 6
+    assert trainer.run.data.views == trainer.run.needs.views
