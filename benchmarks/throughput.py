@@ -8,7 +8,8 @@ On synthetic CIFAR-shaped data (3x32x32, 100 classes), for ``ce`` on the student
   batch) / (time per step inside the trainer). 1.0 means the loop adds nothing around the model work.
 
 Both sides are medians over many steps (the trainer's per-step times of every warm epoch; repeated calls of each
-component alone), which other load on the machine affects alike; the fastest component calls are reported too.
+component alone), which other load on the machine affects alike. The measurement is :func:`kdlab.bench.measure`
+(``kdlab bench`` runs the same for more speed settings); ``--precision``/``--channels-last`` select them here.
 
 Usage: ``python benchmarks/throughput.py [--student resnet8x4 --teacher resnet32x4 --batch-size 64]``.
 """
@@ -18,79 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import tempfile
-import time
 
 import torch
 
-from kdlab.config import build_config
-from kdlab.train.trainer import Trainer
-
-
-def make_trainer(method: str, args: argparse.Namespace, run_dir: str) -> Trainer:
-    raw = {
-        "model": {"student": args.student},
-        "data": {
-            "name": "synthetic",
-            "num_classes": 100,
-            "image_size": 32,
-            "channels": 3,
-            "train_size": args.batch_size * args.steps,
-            "test_size": args.batch_size,
-            "batch_size": args.batch_size,
-            "drop_last": True,
-        },
-        "method": {"name": method},
-        "train": {
-            "epochs": args.epochs,
-            "device": "cpu",
-            "threads": args.threads,
-            "run_dir": run_dir,
-            "name": method,
-            "eval_every": 1000,
-            "checkpoint_every": 1000,
-        },
-        "log": {"progress": "off"},
-    }
-    if method != "ce":
-        raw["model"]["teachers"] = [{"name": args.teacher}]
-    return Trainer(build_config(raw), force=True)
-
-
-def time_alone(trainer: Trainer, repeats: int) -> dict[str, float]:
-    """Seconds per call of the teacher forward and of the student step, each alone on one fixed batch."""
-    batch = next(trainer.run.data.train_batches(0))
-    step, opt = trainer.step_module, trainer.optimizer
-    teachers = trainer.teacher_outputs(batch)
-
-    def teacher() -> None:
-        trainer.teacher_outputs(batch)
-
-    def student() -> None:
-        out = step(batch, teachers, trainer.start)
-        opt.zero_grad(set_to_none=True)
-        out.total.backward()
-        opt.step()
-
-    result = {"teacher_forward_s": 0.0, "teacher_forward_min_s": 0.0}
-    for name, fn in (("student_step", student), ("teacher_forward", teacher)):
-        if name == "teacher_forward" and not trainer.run.teachers:
-            continue
-        times = _times(fn, repeats)
-        result[f"{name}_s"] = statistics.median(times)
-        result[f"{name}_min_s"] = min(times)
-    return result
-
-
-def _times(fn, repeats: int) -> list[float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
+from kdlab.allocator import allocator_name
+from kdlab.bench import bench_config, measure
 
 
 def main() -> None:
@@ -102,26 +36,28 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=6, help="the first is warm-up")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--channels-last", action="store_true")
     args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.ERROR)  # silence the "teacher is randomly initialised" warning
+    train = {"precision": args.precision, "channels_last": args.channels_last}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in ("ce", "kd"):
-            trainer = make_trainer(method, args, tmp)
-            trainer.fit()
-            warm = trainer.history[1:] or trainer.history
-            step_s = statistics.median(h["step_time_median_s"] for h in warm)
-            alone = time_alone(trainer, args.repeats)
-            ideal = alone["student_step_s"] + alone["teacher_forward_s"]
-            rows.append(
-                {
-                    "method": method,
-                    "images_per_s": args.batch_size / step_s,
-                    "step_s": step_s,
-                    **alone,
-                    "loop_efficiency": ideal / step_s,
-                }
+            cfg = bench_config(
+                {"name": method},
+                teacher=args.teacher,
+                student=args.student,
+                batch_size=args.batch_size,
+                steps=args.steps,
+                epochs=args.epochs,
+                threads=args.threads,
+                train=train,
+                run_dir=tmp,
+                name=method,
             )
+            result = measure(cfg, args.repeats)
+            rows.append({"method": method, **{k: v for k, v in result.items() if k != "speed"}})
     print(
         json.dumps(
             {
@@ -129,6 +65,9 @@ def main() -> None:
                 "teacher": args.teacher,
                 "batch_size": args.batch_size,
                 "threads": args.threads,
+                "precision": args.precision,
+                "channels_last": args.channels_last,
+                "allocator": allocator_name(),
                 "torch": torch.__version__,
                 "rows": rows,
             },

@@ -160,7 +160,7 @@ def bare_step_times(trainer, repeats: int = 10) -> dict[str, float]:
         trainer._backward_step(out.total)
 
     result = {"student_step_s": statistics.median(_times(student, repeats)), "teacher_forward_s": 0.0}
-    if trainer.run.teachers:
+    if trainer.run.teachers and trainer.run.needs.teacher:
         result["teacher_forward_s"] = statistics.median(_times(lambda: trainer.teacher_outputs(batch), repeats))
     return result
 
