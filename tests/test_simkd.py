@@ -454,3 +454,52 @@ def test_cli_rejects_a_teacher_it_cannot_reuse_with_exit_code_2(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert "reuses the classifier on the teacher's last stage map" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ recipes, sweep
+
+
+def _generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_simkd_configs", REPO / "scripts" / "make_simkd_configs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_recipes_and_sweep_spec_are_the_generators_output():
+    import yaml
+
+    gen = _generator()
+    shipped = {p.name for p in (REPO / "configs" / "cifar100" / "simkd").glob("*.yaml")}
+    recipes = gen.recipes()
+    assert shipped == set(recipes) and len(recipes) == 3 * 3 + 1 + 6
+    for name, cfg in recipes.items():
+        assert yaml.safe_load((REPO / "configs" / "cifar100" / "simkd" / name).read_text()) == cfg, name
+    assert yaml.safe_load((REPO / "configs" / "sweeps" / "simkd_extensions.yaml").read_text()) == gen.sweep_spec()
+    # the README's numbers per (student, factor) and the study's six rows
+    assert recipes["resnet32x4__resnet8x4.yaml"]["target"]["top1"] == 78.08
+    assert recipes["resnet32x4__vgg8__f8.yaml"]["method"]["factor"] == 8
+    assert recipes["resnet32x4__shufflenetv2_1_5__f4.yaml"]["optim"]["lr"] == 0.01
+
+
+def test_sweep_spec_expands_to_the_studys_grid():
+    from kdlab.experiments.spec import expand, load_spec
+
+    spec = load_spec(REPO / "configs" / "sweeps" / "simkd_extensions.yaml")
+    runs = expand(spec)
+    assert len(runs) == 7 * 5 * 3  # rows x learning rates x seeds
+    assert {r.grid["optim.lr"] for r in runs} == {0.001, 0.005, 0.01, 0.05, 0.1} and {r.seed for r in runs} == {0, 1, 2}
+    methods = {(m["projectors"], m["loss"], m["label_gating"]) for m in (r.config["method"] for r in runs)}
+    assert methods == {
+        ("last", "l2", False),
+        ("multi", "l2", False),
+        ("multi", "kl", False),
+        ("all", "l2", False),
+        ("all", "kl", False),
+        ("last", "l2", True),
+        ("last", "kl", True),
+    }
+    assert {r.config["model"]["student"] for r in runs} == {"mobilenetv2_1_0"}
+    assert all(r.config["optim"]["lr"] == r.grid["optim.lr"] for r in runs)
