@@ -35,6 +35,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check kdlab tests benchmarks
 
 bench: $(STAMP)
+	$(PY) -m kdlab bench
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/zoo.py
 
