@@ -382,3 +382,13 @@ def test_per_class_sees_a_long_tailed_training_split(runs):
     by = {r["group"]: r for r in result.rows}
     assert sum(by[g]["classes"] for g in ("many", "medium", "few") if g in by) == 10
     assert by["all"]["train_images"] == sum(counts)
+
+
+def test_limit_is_a_fixed_stratified_subset(student):
+    ys = [torch.cat([b.y for b in student.batches("test", 100)]) for _ in range(2)]
+    assert torch.equal(ys[0], ys[1]) and len(ys[0]) == 100
+    assert torch.bincount(ys[0], minlength=10).tolist() == [10] * 10  # digits' test split has 50 per class
+    index = torch.cat([b.index for b in student.batches("test", 100)])
+    assert torch.equal(student.data.test.y[index], ys[0])
+    with pytest.raises(AnalysisError, match="validation split"):
+        student.batches("val")

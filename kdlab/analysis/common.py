@@ -71,12 +71,38 @@ class OpenedRun:
         """The run's frozen teachers (:class:`kdlab.train.teacher.FrozenTeacher`), weights loaded."""
         return self.loaded.run.teachers if self.teachers_loaded else []
 
-    def batches(self, split: str = "test", limit: int | None = None) -> Iterator:
-        """Un-augmented batches of ``split`` (``test``, ``train``, ``val``), the first ``limit`` samples."""
-        try:
-            return self.data.eval_batches(split, limit)
-        except (ValueError, KeyError) as err:
-            raise AnalysisError(f"split {split!r}: {err}; use --split test, train or val") from None
+    def batches(self, split: str = "test", limit: int | None = None, seed: int = 0) -> Iterator:
+        """Un-augmented batches of ``split`` (``test``, ``train``, ``val``) in dataset order.
+
+        With ``limit``, a stratified subset of about ``limit`` samples drawn with ``seed`` (dataset files are often
+        sorted by class, so the first ``limit`` samples would not be representative). ``Batch.index`` holds the
+        samples' positions in the split.
+        """
+        from kdlab.data.split import stratified_split
+        from kdlab.types import Batch
+
+        data = self.data
+        if split not in ("test", "train", "val"):
+            raise AnalysisError(f"unknown split {split!r}; use --split test, train or val")
+        part = {"test": data.test, "train": data.train, "val": data.val}[split]
+        if part is None:
+            raise AnalysisError("the run has no validation split (data.val_fraction is 0); use --split test or train")
+        n = int(part.y.shape[0])
+        if limit is not None and limit < 1:
+            raise AnalysisError(f"--limit must be >= 1, got {limit}")
+        if limit is None or limit >= n:
+            index = torch.arange(n)
+        else:
+            _, index = stratified_split(part.y.cpu(), limit / n, seed)
+            index = index.sort().values
+        index = index.to(part.y.device)
+        size = data.cfg.eval_batch_size
+
+        def gen() -> Iterator:
+            for chunk in index.split(size):
+                yield Batch(x=data.normalize(part.x[chunk]), y=part.y[chunk], index=chunk)
+
+        return gen()
 
 
 def resolve_run_file(path: str | Path) -> tuple[Path, Path]:

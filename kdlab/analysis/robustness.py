@@ -132,7 +132,7 @@ def robustness(
         pgd_steps: PGD iterations.
         pgd_step_size: PGD step in pixel units; None for ``2.5 * eps / steps``.
         seed: seed of PGD's random start.
-        split: data split; limit: its first ``limit`` samples.
+        split: data split; limit: a stratified subset of about ``limit`` samples (:meth:`OpenedRun.batches`).
     """
     if not epsilons:
         raise AnalysisError("give at least one epsilon, e.g. --epsilons 0,2/255,8/255")

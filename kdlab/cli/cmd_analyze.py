@@ -34,7 +34,9 @@ def _common(p: argparse.ArgumentParser, split: str = "test") -> None:
     p.add_argument("run", help="a run directory, or its checkpoint.pt / student.pt")
     p.add_argument("--out", default=None, help="output directory (default RUN/analysis)")
     p.add_argument("--split", default=split, choices=["test", "train", "val"], help=f"data split (default {split})")
-    p.add_argument("--limit", type=int, default=None, help="only the first N samples of the split")
+    p.add_argument(
+        "--limit", type=int, default=None, help="a stratified subset of about N samples of the split (fixed seed)"
+    )
     p.add_argument(
         "--data", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the run's data section, e.g. root=..."
     )
