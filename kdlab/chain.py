@@ -19,12 +19,13 @@ Directory layout under ``train.run_dir``::
     <chain name>/<n+1>-<student>/    the last link
 
 Re-running the command reuses every link whose run directory holds a finished run (``summary.json`` with
-``finished: true``) of the same config, resumes a link that was interrupted, and retrains every link after one that
-was (re)trained, because its teacher changed. A link whose directory holds a run of a different config is an error
-naming the differing keys; ``--force`` retrains it. The same config means equal ``model``, ``data``, ``method``,
-``optim`` and ``train`` sections, except where runs are written and how many threads they use (``train.run_dir``,
-``train.name``, ``train.threads``, ``train.device``, ``train.eval_every``, ``train.checkpoint_every``) and, from the
-second link on, the path of the teacher's checkpoint (it is the previous link's, wherever the chain directory lives).
+``finished: true``, or as many steps as ``train.max_steps``) of the same config, resumes a link that was
+interrupted, and retrains every link after one that was (re)trained, because its teacher changed. A link whose
+directory holds a run of a different config is an error naming the differing keys; ``--force`` retrains it. The same
+config means equal ``model``, ``data``, ``method``, ``optim`` and ``train`` sections, except where runs are written
+and how many threads they use (``train.run_dir``, ``train.name``, ``train.threads``, ``train.device``,
+``train.eval_every``, ``train.checkpoint_every``) and, from the second link on, the path of the teacher's checkpoint
+(it is the previous link's, wherever the chain directory lives).
 """
 
 from __future__ import annotations
@@ -162,8 +163,11 @@ def _link_state(link: Link) -> tuple[str, list[str]]:
     if not saved.is_file():
         return "partial", ["config.yaml (missing)"]
     diff = config_differences(yaml.safe_load(saved.read_text()) or {}, link.cfg, internal_teacher=link.index > 1)
-    if summary.is_file() and json.loads(summary.read_text()).get("finished"):
-        return "finished", diff
+    if summary.is_file():
+        done = json.loads(summary.read_text())
+        max_steps = link.cfg.train.max_steps  # a smoke chain (train.max_steps) is complete once it took them
+        if done.get("finished") or (max_steps is not None and done.get("steps", 0) >= max_steps):
+            return "finished", diff
     return "partial", diff
 
 

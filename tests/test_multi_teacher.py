@@ -404,6 +404,13 @@ def test_chain_rerun_reuses_finished_links_and_retrains_after_a_changed_link(tmp
     assert [e["status"] for e in forced["links"]] == ["retrained", "retrained"]
 
 
+def test_a_smoke_chain_with_max_steps_is_reused_once_it_took_them(tmp_path, teacher_ckpt):
+    cfg = _chain_cfg(tmp_path, teacher_ckpt, "train.epochs=3", "train.max_steps=2")
+    first = run_chain(cfg)
+    assert [e["steps"] for e in first["links"]] == [2, 2] and not first["finished"]
+    assert [e["status"] for e in run_chain(cfg)["links"]] == ["reused", "reused"]
+
+
 def test_an_interrupted_chain_resumes_its_link(tmp_path, teacher_ckpt):
     cfg = _chain_cfg(tmp_path, teacher_ckpt, "train.epochs=2")
     links = chain_links(cfg)
