@@ -102,6 +102,11 @@ class AuxObjective:
 
     The trainer calls :meth:`step` whenever :meth:`due` says so, after the main optimiser step, and
     checkpoints :meth:`state_dict`.
+
+    Under several processes (``torchrun``) the trainer calls :meth:`step` on every rank; the objective's own parameters
+    are outside DDP, so an objective that trains them from per-rank data calls
+    :func:`kdlab.train.distributed.average_gradients` on them between its ``backward()`` and its optimiser step
+    (a no-op in one process), which keeps them identical across ranks.
     """
 
     def due(self, progress: Progress) -> bool:

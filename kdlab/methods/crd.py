@@ -32,6 +32,10 @@ KD term (the README's ``-a 0 -b 0.8``; its "CRD+KD" is ``kd_weight: 1``, or a ``
   next step when the method is used outside the trainer. Every ``loss`` call of one step (TeKAP calls it once per
   view) scores against the memory as it was at the start of the step and reuses the step's negatives; the update
   uses the embeddings of the step's first (clean) call only, unless ``reference_quirks: true``.
+- Several processes (``torchrun``): the negatives are drawn for the global batch (indices gathered from every rank),
+  ``Z`` is fixed from the global batch's mean, and every rank applies the update of the global batch (indices and
+  embeddings gathered), so the memories and the generator stay identical on all ranks and equal to one process at
+  the same global batch. The memories are the method's own state, outside DDP.
 
 Deviations:
 - Negatives are drawn by the method on the device (the reference draws them with numpy in the data-loader workers).
