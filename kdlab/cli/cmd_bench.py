@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2, help="methods: untimed steps per run")
     p.add_argument("--rounds", type=int, default=2, help="runs per variant/method, interleaved; medians reported")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--repeats", type=int, default=10, help="variants: calls of each component timed alone")
     p.add_argument(
         "--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="methods: train.precision of every run"
     )
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _child_argv(args: argparse.Namespace) -> list[str]:
     out = [args.table, "--method", args.method, "--teacher", args.teacher, "--student", args.student]
     out += ["--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--warmup", str(args.warmup)]
-    out += ["--threads", str(args.threads), "--precision", args.precision]
+    out += ["--threads", str(args.threads), "--precision", args.precision, "--repeats", str(args.repeats)]
     out += ["--image-size", str(args.image_size), "--num-classes", str(args.num_classes)]
     for flag, value in (("--variants", args.variants), ("--methods", args.methods), ("--steps", args.steps)):
         if value is not None:
@@ -75,6 +76,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             rounds=args.rounds,
             threads=threads,
+            repeats=args.repeats,
             image_size=args.image_size,
             num_classes=args.num_classes,
         )
