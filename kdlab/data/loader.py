@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from kdlab.config import DataConfig
+from kdlab.config import ConfigError, DataConfig
 from kdlab.data.base import DatasetSplits, ImageSet
 from kdlab.seeding import derive_seed
 from kdlab.types import DEFAULT_VIEW, Batch
@@ -145,8 +145,6 @@ class DeviceLoader:
         Raises:
             ConfigError: ``data.batch_size`` is not a multiple of ``world_size``.
         """
-        from kdlab.config import ConfigError
-
         if self.batch_size % world_size:
             raise ConfigError(
                 f"data.batch_size={self.batch_size} is the global batch and must be divisible by the {world_size} "
