@@ -1,15 +1,23 @@
-"""``kdlab demo``: the whole workflow on the bundled ``digits`` data, in a few minutes on a laptop CPU.
+"""``kdlab demo``: the whole workflow on the bundled ``digits`` data, in a few minutes on a laptop CPU, through the
+same machinery as ``kdlab sweep`` / ``kdlab results`` / ``kdlab report``.
 
-1. Train a teacher (``ce``) on the full digits training split.
-2. Train the student with every registered method that can run on this teacher/student pair (a method joins
-   by being registered; methods that cannot run here are listed with the reason), over several seeds, on a
-   small class-balanced subset (30 images per class) where a teacher has something to teach.
-3. Write ``report.md`` (mean +- std test top-1 per method, the paired difference to the student trained alone,
-   and whether it exceeds the seed-to-seed spread) and ``accuracy.png`` (a bar chart).
+1. A one-row sweep (``demo_teacher``) trains the teacher (``ce``) on the full digits training split.
+2. A sweep (``demo_digits``) trains the student with every registered method (a method joins by being
+   registered) over several seeds, on a small class-balanced subset (30 images per class) where a teacher has
+   something to teach. Methods that cannot run on this pair at their defaults fail their runs; the sweep reports
+   them and goes on, and the demo lists them with the reason.
+3. Both sweeps record their runs in ``<out>/results.sqlite``; the generic report (``<out>/report/``: Markdown,
+   LaTeX, accuracy curves, bars) is written from those runs, and ``<out>/report.md`` adds the demo's verdict: mean
+   +- std test top-1 per method, the paired difference to the student trained alone, and whether it exceeds the
+   seed-to-seed spread. ``<out>/accuracy.png`` is the bar chart.
+
+Finished runs are skipped when the demo runs again with the same settings (as any sweep), so a re-run only
+rewrites the report.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import statistics
@@ -17,12 +25,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdlab.config import build_config, to_dict
-from kdlab.methods import METHODS
+from kdlab.config import to_dict
 
 log = logging.getLogger("kdlab")
 
 TEACHER, STUDENT = "convnet_m", "convnet_xs"
+PAIR = f"{TEACHER}→{STUDENT}"
 
 
 @dataclass
@@ -39,77 +47,100 @@ class DemoSettings:
         return cls(teacher_epochs=3, student_epochs=2, train_per_class=10)
 
 
-def _base(settings: DemoSettings, out: Path, name: str, seed: int) -> dict:
+def _base(settings: DemoSettings) -> dict:
     return {
         "data": {"name": "digits", "batch_size": settings.batch_size, "augment": "crop_flip", "crop_padding": 1},
         "optim": {"lr": 0.05, "schedule": "cosine", "weight_decay": 5e-4},
-        "train": {
-            "device": "cpu",
-            "threads": 1,
-            "seed": seed,
-            "run_dir": str(out / "runs"),
-            "name": name,
-            "eval_every": 1000,
-        },
+        "train": {"device": "cpu", "threads": 1, "eval_every": 1},
         "log": {"progress": "off"},
     }
 
 
-def train_teacher(settings: DemoSettings, out: Path) -> tuple[Path, dict]:
-    """Train the demo's teacher; returns its checkpoint path and summary."""
-    from kdlab.train.trainer import Trainer
+def teacher_spec(settings: DemoSettings, out: Path):
+    """The one-run sweep that trains the demo's teacher."""
+    from kdlab.experiments.spec import parse_spec
 
-    raw = _base(settings, out, "teacher", 0)
+    raw = _base(settings)
     raw["model"] = {"student": TEACHER}
     raw["method"] = {"name": "ce"}
     raw["train"]["epochs"] = settings.teacher_epochs
-    trainer = Trainer(build_config(raw), force=True)
-    summary = trainer.fit()
-    return trainer.ckpt_path, summary
+    rows = [{"label": "teacher", "config": raw}]
+    return parse_spec({"name": "demo_teacher", "run_dir": str(out / "runs"), "seeds": [0], "rows": rows})
 
 
-def student_config(method: str, settings: DemoSettings, out: Path, teacher_ckpt: Path, seed: int):
-    """The config of one student run with ``method`` at its registered defaults."""
-    raw = _base(settings, out, f"{method}__s{seed}", seed)
-    raw["model"] = {"student": STUDENT}
-    if method != "ce":
-        raw["model"]["teachers"] = [{"name": TEACHER, "checkpoint": str(teacher_ckpt)}]
-    raw["method"] = {"name": method}
-    raw["data"]["train_per_class"] = settings.train_per_class
-    raw["train"]["epochs"] = settings.student_epochs
-    return build_config(raw)
+def student_spec(settings: DemoSettings, out: Path, teacher_ckpt: Path, seeds: int, methods: list[str]):
+    """The sweep of every method at its registered defaults (``ce``: the student alone), over ``seeds`` seeds."""
+    from kdlab.experiments.spec import parse_spec
+
+    rows = []
+    for method in methods:
+        raw = _base(settings)
+        raw["model"] = {"student": STUDENT}
+        if method != "ce":
+            raw["model"]["teachers"] = [{"name": TEACHER, "checkpoint": str(teacher_ckpt)}]
+        raw["method"] = {"name": method}
+        raw["data"]["train_per_class"] = settings.train_per_class
+        raw["train"]["epochs"] = settings.student_epochs
+        rows.append({"label": method, "config": raw, "pair": PAIR})
+    return parse_spec(
+        {
+            "name": "demo_digits",
+            "description": f"Every registered method, {TEACHER} -> {STUDENT} on digits ({settings.train_per_class} "
+            f"training images per class, {settings.student_epochs} epochs), at the methods' defaults.",
+            "run_dir": str(out / "runs"),
+            "seeds": list(range(seeds)),
+            "rows": rows,
+        }
+    )
 
 
-def run_demo(out_dir: str | Path = "runs/demo", seeds: int = 3, quick: bool = False) -> Path:
+def _progress(outcome, i: int, total: int) -> None:
+    if outcome.row is not None:
+        log.info("[%d/%d] %s %s: test top1 %.2f", i, total, outcome.status, outcome.run.key, outcome.row["last_top1"])
+    else:
+        log.info("[%d/%d] %s %s: %s", i, total, outcome.status, outcome.run.key, outcome.message)
+
+
+def run_demo(out_dir: str | Path = "runs/demo", seeds: int = 3, quick: bool = False, workers: int = 1) -> Path:
     """Run the demo; returns the path of ``report.md``."""
-    from kdlab.errors import USER_ERRORS
-    from kdlab.train.trainer import Trainer
+    from kdlab.experiments.report import summarize, write_report
+    from kdlab.experiments.sweep import run_sweep
+    from kdlab.methods import METHODS
 
     settings = DemoSettings.quick() if quick else DemoSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    store = out / "results.sqlite"
     t0 = time.perf_counter()
-    teacher_ckpt, teacher = train_teacher(settings, out)
-    log.info("teacher %s: test top1 %.2f", TEACHER, teacher["last"]["top1"])
-
-    results: dict[str, list[float]] = {}
-    skipped: dict[str, str] = {}
+    (t_out,) = run_sweep(teacher_spec(settings, out), store_path=store, on_outcome=_progress)
+    if t_out.row is None:
+        raise RuntimeError(f"the demo's teacher run failed: {t_out.message} (see {t_out.run.run_dir})")
+    teacher = t_out.row
     methods = ["ce"] + [m for m in METHODS.names() if m != "ce"]
-    for method in methods:
-        for seed in range(seeds):
-            cfg = student_config(method, settings, out, teacher_ckpt, seed)
-            try:
-                trainer = Trainer(cfg, force=True)
-            except (*USER_ERRORS, ValueError) as err:  # cannot run on this pair at its defaults (e.g. a tap)
-                skipped[method] = str(err).splitlines()[0]
-                break
-            summary = trainer.fit()
-            results.setdefault(method, []).append(summary["last"]["top1"])
-        if method in results:
-            log.info("%s: %s", method, _fmt(results[method]))
+    spec = student_spec(settings, out, t_out.run.run_dir / "checkpoint.pt", seeds, methods)
+    outcomes = run_sweep(spec, workers=workers, store_path=store, on_outcome=_progress)
+
+    by_seed: dict[str, dict[int, float]] = {}
+    skipped: dict[str, str] = {}
+    for o in outcomes:
+        if o.row is not None:
+            by_seed.setdefault(o.run.label, {})[o.run.seed] = o.row["last_top1"]
+        elif o.run.label not in skipped:
+            skipped[o.run.label] = o.message or o.status
+    for method in skipped:  # a method counts as able to run only when every seed ran
+        by_seed.pop(method, None)
+    results = {m: [v[s] for s in sorted(v)] for m, v in by_seed.items()}
     elapsed = time.perf_counter() - t0
-    report = write_report(out, results, skipped, teacher, settings, seeds, elapsed)
-    plot(out / "accuracy.png", results)
+
+    cells = summarize([o.row for o in outcomes if o.row is not None and o.run.label in results])
+    write_report(cells, out / "report", "kdlab demo: every method on digits", spec.description)
+    from kdlab.experiments.report import plot_bars
+
+    plot_bars(cells, out / "accuracy.png", "kdlab demo: digits, student alone (ce) vs. distillation", baseline="ce")
+    report = write_demo_report(out, results, skipped, teacher, settings, seeds, elapsed)
+    (out / "results.json").write_text(
+        json.dumps({"results": results, "skipped": skipped, "settings": to_dict(settings)}, indent=2) + "\n"
+    )
     print(report.read_text())
     return report
 
@@ -132,7 +163,7 @@ def paired(values: list[float], base: list[float]) -> tuple[float, float, bool]:
     return mean, se, abs(mean) > 2 * se and se > 0
 
 
-def write_report(
+def write_demo_report(
     out: Path,
     results: dict[str, list[float]],
     skipped: dict[str, str],
@@ -141,13 +172,15 @@ def write_report(
     seeds: int,
     elapsed: float,
 ) -> Path:
-    """Write ``report.md``: the table and a plain verdict per method."""
+    """Write ``report.md``: the verdict table per method, the methods that cannot run, and where the sweep report
+    is. ``results`` maps a method to its last-epoch test top-1 per seed (seed order); ``teacher`` is the teacher's
+    results-store row."""
     base = results.get("ce", [])
     lines = [
         "# kdlab demo: distillation on the bundled digits data",
         "",
         f"Teacher `{TEACHER}` (trained on the full training split, {settings.teacher_epochs} epochs): "
-        f"test top-1 {teacher['last']['top1']:.2f} %.",
+        f"test top-1 {teacher['last_top1']:.2f} %.",
         f"Student `{STUDENT}`, trained on {settings.train_per_class} images per class for "
         f"{settings.student_epochs} epochs, {seeds} seeds; test top-1 of the last epoch on 500 held-out test images.",
         "",
@@ -157,6 +190,9 @@ def write_report(
     for method, values in results.items():
         if method == "ce":
             lines.append(f"| ce (student alone) | {_fmt(values)} | | baseline |")
+            continue
+        if not base:
+            lines.append(f"| {method} | {_fmt(values)} | | no baseline |")
             continue
         diff, se, sig = paired(values, base)
         if math.isnan(se):
@@ -177,32 +213,15 @@ def write_report(
     if skipped:
         lines += ["", "Methods that cannot run on this pair:", ""]
         lines += [f"- `{m}`: {why}" for m, why in skipped.items()]
-    lines += ["", f"Total time: {elapsed:.0f} s.", ""]
+    lines += [
+        "",
+        "The runs were made by `kdlab sweep` machinery and recorded in `results.sqlite` (query it with "
+        f"`kdlab results --store {out / 'results.sqlite'} --sweep demo_digits --group-by row_label`); the sweep "
+        "report with best-epoch numbers, LaTeX and accuracy curves is `report/report.md`.",
+        "",
+        f"Total time: {elapsed:.0f} s.",
+        "",
+    ]
     path = out / "report.md"
     path.write_text("\n".join(lines))
-    (out / "results.json").write_text(
-        __import__("json").dumps({"results": results, "skipped": skipped, "settings": to_dict(settings)}, indent=2)
-    )
     return path
-
-
-def plot(path: Path, results: dict[str, list[float]]) -> None:
-    """A bar chart of mean test top-1 per method with the seed std as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(results)
-    means = [statistics.mean(results[n]) for n in names]
-    stds = [statistics.stdev(results[n]) if len(results[n]) > 1 else 0.0 for n in names]
-    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(names) + 2), 3.5))
-    ax.bar(names, means, yerr=stds, capsize=4, color=["#888888" if n == "ce" else "#3b75af" for n in names])
-    lo = min(m - s for m, s in zip(means, stds))
-    ax.set_ylim(max(0, lo - 5), min(100, max(m + s for m, s in zip(means, stds)) + 2))
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title("kdlab demo: digits, student alone (ce) vs. distillation")
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

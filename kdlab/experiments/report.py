@@ -159,8 +159,11 @@ def summarize(records: Iterable[dict], cells: list[Cell] | None = None) -> list[
         cell.last_epoch.append(int(r["last_epoch"]))
         if r.get("last_top5") is not None:
             cell.last_top5.append(float(r["last_top5"]))
-        if r.get("curve"):
-            cell.curves.append(list(r["curve"]))
+        curve = r.get("curve")
+        if curve is None and r.get("run_dir"):
+            curve = read_curve(r["run_dir"])
+        if curve:
+            cell.curves.append(list(curve))
     return list(out.values())
 
 
@@ -328,6 +331,8 @@ def plot_bars(cells: list[Cell], path: str | Path, title: str = "", baseline: st
         return False
     plt = _plt()
     rows, cols, at = _pivot(cells)
+    if len(cols) == 1:  # one pair: a bar per row, labelled on the x axis
+        return _bars_one_pair(plt, [at[(r, cols[0])] for r in rows], path, title or cols[0], baseline)
     width = 0.8 / len(rows)
     fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(cells) + 2 * len(cols) + 2), 4))
     lo, hi = 100.0, 0.0
@@ -357,6 +362,30 @@ def plot_bars(cells: list[Cell], path: str | Path, title: str = "", baseline: st
     ax.set_title(title or "last-epoch test top-1 (black: published)")
     if len(rows) > 1:
         ax.legend(fontsize=7, ncol=max(1, len(rows) // 12 + 1), loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _bars_one_pair(plt, cells: list[Cell], path: str | Path, title: str, baseline: str | None) -> bool:
+    names = [c.row_name for c in cells]
+    means = [mean(c.last_top1) for c in cells]
+    stds = [std(c.last_top1) or 0.0 for c in cells]
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(cells) + 2), 3.8))
+    colors = ["#888888" if c.label == baseline else "#3b75af" for c in cells]
+    ax.bar(range(len(cells)), means, yerr=stds, capsize=3, color=colors)
+    marks = [(i, c.target) for i, c in enumerate(cells) if c.target is not None]
+    if marks:
+        ax.scatter(*zip(*marks), marker="_", s=200, color="black", zorder=3, label="published")
+        ax.legend(fontsize=7)
+    lows = [m - e for m, e in zip(means, stds)] + [t for _, t in marks]
+    highs = [m + e for m, e in zip(means, stds)] + [t for _, t in marks]
+    ax.set_ylim(max(0.0, min(lows) - 5), min(100.0, max(highs) + 2))
+    ax.set_xticks(range(len(cells)))
+    ax.set_xticklabels(names, rotation=35, ha="right")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
