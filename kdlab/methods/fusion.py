@@ -62,7 +62,9 @@ Deviations:
   training loss, which is not the method (no held-out data).
 - The hypergradient's virtual step is plain SGD at the main optimiser's current learning rate (no momentum or weight
   decay), as in learning-to-reweight and Meta-Weight-Net; BatchNorm statistics of both functional forwards are
-  computed on copies of the student's buffers, which are left untouched.
+  computed on copies of the student's buffers, which are left untouched. Under torchrun every process computes the
+  hypergradient of its own part of the batch against the same held-out mini-batch, and omega's gradient is averaged
+  over processes before its step, so all processes keep one omega.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ from kdlab.methods.base import MAIN_STAGE, AuxObjective, BuildContext, DistillMe
 from kdlab.methods.dist import DIST
 from kdlab.methods.dkd import DKD, warmup_factor
 from kdlab.methods.kd import KD
+from kdlab.train import distributed
 from kdlab.types import Batch, LossOut, Needs, StepIO
 
 log = logging.getLogger("kdlab")
@@ -508,6 +511,7 @@ class HypergradientStep(AuxObjective):
         self.optimizer.zero_grad(set_to_none=True)
         for p, g in zip(self.parameters(), grads):
             p.grad = g
+        distributed.average_gradients(self.parameters())  # under torchrun: one omega, moved by the global batch
         self.optimizer.step()
         norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
         values = torch.stack([outer.float(), norm]).tolist()
