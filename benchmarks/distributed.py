@@ -5,7 +5,8 @@ launched twice through the command line:
 
 - one process with ``--threads`` threads (default 2);
 - ``torchrun --nproc_per_node=N`` with ``--threads // N`` threads per process (gloo on CPU), each process training
-  its shard (64 / N images) of every global batch, gradients all-reduced by DDP.
+  its shard (64 / N images) of every global batch, gradients all-reduced by DDP;
+- one process with ``--threads // N`` threads (the per-process share alone, for reference).
 
 Throughput is the global batch divided by the median step time of the warm epochs (every epoch after the first),
 read from rank 0's ``metrics.jsonl``; a step's time includes producing the batch. Both runs use the same allocator
@@ -86,9 +87,9 @@ def main() -> None:
         )
         config = Path(tmp) / "kd.yaml"
         config.write_text(dump_config(cfg))
-        for nproc in (1, args.nproc):
-            threads = max(args.threads // nproc, 1)
-            row = run(config, Path(tmp), nproc, threads, f"p{nproc}")
+        share = max(args.threads // args.nproc, 1)
+        for nproc, threads in dict.fromkeys([(1, args.threads), (args.nproc, share), (1, share)]):
+            row = run(config, Path(tmp), nproc, threads, f"p{nproc}t{threads}")
             row["global_batch"] = args.batch_size
             row["images_per_s"] = args.batch_size / row["median_step_s"]
             rows.append(row)
@@ -99,7 +100,11 @@ def main() -> None:
             f"{r['processes']:>9} {r['threads_per_process']:>12} {1000 * r['median_step_s']:>8.1f} "
             f"{r['images_per_s']:>7.1f}  {r['allocator']}"
         )
-    print(f"speed-up of {args.nproc} processes: {rows[1]['images_per_s'] / rows[0]['images_per_s']:.2f}x")
+    ddp = next(r for r in rows if r["processes"] > 1)
+    for r in rows:
+        if r["processes"] == 1:
+            ratio = ddp["images_per_s"] / r["images_per_s"]
+            print(f"{ddp['processes']} processes vs 1 process of {r['threads_per_process']} thread(s): {ratio:.2f}x")
     print(json.dumps(rows))
 
 
