@@ -190,11 +190,11 @@ class Trainer:
         try:
             self.run: Run = build_run(cfg, device=device)
             self._setup_distributed_data()
+            self._setup_speed()
         except BaseException:
             distributed.teardown(self._owns_group)
             raise
         r = self.run
-        self._setup_speed()
         self.aux = list(r.method.aux_objectives())
         self.steps_per_epoch = r.data.steps_per_epoch()
         # the method's own stages (if any) run first, then the main stage of `train.epochs`
