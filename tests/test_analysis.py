@@ -392,3 +392,14 @@ def test_limit_is_a_fixed_stratified_subset(student):
     assert torch.equal(student.data.test.y[index], ys[0])
     with pytest.raises(AnalysisError, match="validation split"):
         student.batches("val")
+
+
+def test_logged_alpha_reads_the_last_epoch_of_metrics(tmp_path):
+    import json
+
+    from kdlab.analysis.discrepancy import logged_alpha
+
+    records = [{"epoch": 1, "train": {"loss": 2.0, "alpha.mean": 0.4}}, {"epoch": 2, "train": {"alpha.mean": 0.6}}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert logged_alpha(tmp_path) == {"alpha.mean": 0.6}
+    assert logged_alpha(tmp_path / "elsewhere") == {}

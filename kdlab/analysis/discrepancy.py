@@ -192,8 +192,9 @@ def discrepancy(opened: OpenedRun, split: str = "train", limit: int | None = Non
         )
         notes.append(f"alpha: not available: {why}.")
     logged = logged_alpha(opened.run_dir)
-    if logged:
-        notes.append("alpha logged in training (last epoch): " + ", ".join(f"{k}={v:.4g}" for k, v in logged.items()))
+    summary = {k: v for k, v in logged.items() if ".hist." not in k}  # histogram bins go to the JSON only
+    if summary:
+        notes.append("alpha logged in training (last epoch): " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
 
     def plot(fig) -> None:
         axes = fig.subplots(1, 2 if d.alpha is not None else 1, squeeze=False)[0]
