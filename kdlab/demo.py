@@ -101,6 +101,15 @@ def _progress(outcome, i: int, total: int) -> None:
         log.info("[%d/%d] %s %s: %s", i, total, outcome.status, outcome.run.key, outcome.message)
 
 
+def _stop_if_interrupted(outcomes) -> None:
+    """An interrupted run stops the demo (exit code 130); running the demo again resumes it."""
+    from kdlab.train.trainer import TrainingInterrupted
+
+    for o in outcomes:
+        if o.status in ("interrupted", "not run"):
+            raise TrainingInterrupted(f"the demo was interrupted at {o.run.key}; run the same command to resume it")
+
+
 def run_demo(out_dir: str | Path = "runs/demo", seeds: int = 3, quick: bool = False, workers: int = 1) -> Path:
     """Run the demo; returns the path of ``report.md``."""
     from kdlab.experiments.report import summarize, write_report
@@ -113,12 +122,14 @@ def run_demo(out_dir: str | Path = "runs/demo", seeds: int = 3, quick: bool = Fa
     store = out / "results.sqlite"
     t0 = time.perf_counter()
     (t_out,) = run_sweep(teacher_spec(settings, out), store_path=store, on_outcome=_progress)
+    _stop_if_interrupted([t_out])
     if t_out.row is None:
         raise RuntimeError(f"the demo's teacher run failed: {t_out.message} (see {t_out.run.run_dir})")
     teacher = t_out.row
     methods = ["ce"] + [m for m in METHODS.names() if m != "ce"]
     spec = student_spec(settings, out, t_out.run.run_dir / "checkpoint.pt", seeds, methods)
     outcomes = run_sweep(spec, workers=workers, store_path=store, on_outcome=_progress)
+    _stop_if_interrupted(outcomes)
 
     by_seed: dict[str, dict[int, float]] = {}
     skipped: dict[str, str] = {}
