@@ -41,17 +41,19 @@ class DemoSettings:
     student_epochs: int = 40
     train_per_class: int = 30
     batch_size: int = 32
+    eval_every: int = 5
+    """Test every this many epochs (and after the last): the points of the accuracy curves."""
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        return cls(teacher_epochs=3, student_epochs=2, train_per_class=10)
+        return cls(teacher_epochs=3, student_epochs=2, train_per_class=10, eval_every=1)
 
 
 def _base(settings: DemoSettings) -> dict:
     return {
         "data": {"name": "digits", "batch_size": settings.batch_size, "augment": "crop_flip", "crop_padding": 1},
         "optim": {"lr": 0.05, "schedule": "cosine", "weight_decay": 5e-4},
-        "train": {"device": "cpu", "threads": 1, "eval_every": 1},
+        "train": {"device": "cpu", "threads": 1, "eval_every": settings.eval_every},
         "log": {"progress": "off"},
     }
 
