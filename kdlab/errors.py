@@ -7,6 +7,7 @@ from kdlab.config import ConfigError
 from kdlab.data.base import DataError
 from kdlab.experiments.store import StoreError
 from kdlab.models.base import TapError
+from kdlab.models.checkpoints import CheckpointNotFoundError
 from kdlab.registry import RegistryError
 from kdlab.train.build import BuildError
 
@@ -18,6 +19,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     BuildError,
     StoreError,
     AnalysisError,
+    CheckpointNotFoundError,
 )
 
 

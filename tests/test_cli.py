@@ -108,6 +108,14 @@ def test_bad_input_exits_2_with_a_message(tmp_path, args, message):
     assert "Traceback" not in proc.stderr
 
 
+def test_missing_checkpoint_exits_2(tmp_path):
+    proc = kdlab("eval", str(tmp_path / "nowhere" / "student.pt"), check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    cfg = str(REPO / "configs/debug/digits_ce.yaml")
+    proc = kdlab("train", cfg, *TINY, f"train.run_dir={tmp_path}", "--resume", check=False)
+    assert proc.returncode == 2 and "--resume: no checkpoint" in proc.stderr
+
+
 def test_corrupt_checkpoint_exits_1(tmp_path):
     bad = tmp_path / "student.pt"
     bad.write_bytes(b"PK\x03\x04 not really a zip")

@@ -31,6 +31,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or does not fit the model; the message says what to do."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint file that the command names does not exist (a user error: the CLI exits with code 2)."""
+
+
 class CheckpointMismatchError(CheckpointError):
     """A checkpoint's keys or shapes do not match the model.
 

@@ -17,7 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdlab.models.checkpoints import CheckpointError, CheckpointMismatchError, load_state_dict_flexible
+from kdlab.models.checkpoints import (
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    load_state_dict_flexible,
+)
 
 CHECKPOINT_FORMAT = "kdlab.checkpoint/1"
 EXPORT_FORMAT = "kdlab.export/1"
@@ -59,7 +64,9 @@ def read_file(path: str | Path, what: str = "checkpoint") -> Any:
     """
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"{what} {str(p)!r} does not exist; check the path (a kdlab run writes runs/<name>/)")
+        raise CheckpointNotFoundError(
+            f"{what} {str(p)!r} does not exist; check the path (a kdlab run writes runs/<name>/)"
+        )
     try:
         try:
             return torch.load(p, map_location="cpu", weights_only=True)

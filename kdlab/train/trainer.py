@@ -36,6 +36,7 @@ from kdlab.train.checkpoint import (
     CHECKPOINT_FORMAT,
     EXPORT_FORMAT,
     CheckpointError,
+    CheckpointNotFoundError,
     atomic_save,
     read_file,
 )
@@ -176,7 +177,9 @@ class Trainer:
         self.ckpt_path = self.run_dir / "checkpoint.pt"
         self.resume = resume
         if resume and not self.ckpt_path.is_file():
-            raise CheckpointError(f"--resume: no checkpoint at {str(self.ckpt_path)!r}; start the run without --resume")
+            raise CheckpointNotFoundError(
+                f"--resume: no checkpoint at {str(self.ckpt_path)!r}; start the run without --resume"
+            )
         if not resume and not force and self.ckpt_path.is_file():
             raise CheckpointError(
                 f"{str(self.run_dir)!r} already holds a run; pass --resume to continue it, --force to start over, "
