@@ -25,10 +25,7 @@ Sources (commits as in ../shared/reference/methods.md):
   code mdimtiazh/TeKAP@279d380 (3 views, noise mix 0.1, N(0, 1) noise, weights 1 and 0.8 on a sum over views; KD
   T 4, CE 0.1, KD 0.9) on the RepDistiller recipe.
 
-ImageNet (not emitted: kdlab has no `imagenet` dataset yet and tests/test_config.py only builds configs of the
-datasets in its tables). The documents report ResNet-34 -> ResNet-18: DIST 72.07 (DIST slides/README), DKD 71.70
-(mdistiller), KD + TeKAP(L) 70.67 (the TeKAP slide prints top-1 *error* 29.33, see anchors.md section 0);
-ResNet-50 -> MobileNetV1: DIST 73.24, DKD 72.05.
+ImageNet recipes are emitted by `scripts/make_imagenet_configs.py`.
 """
 
 from __future__ import annotations
