@@ -292,6 +292,10 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         raise ConfigError(f"{path} must be {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
+        if isinstance(value, bool) and value not in choices:
+            # YAML 1.1 reads off/on/no/yes as booleans: map them back to the word the choices use
+            words = ("on", "yes", "true") if value else ("off", "no", "false")
+            value = next((w for w in words if w in choices), value)
         if value not in choices:
             raise ConfigError(f"{path} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
         return value

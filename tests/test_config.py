@@ -117,3 +117,13 @@ def test_every_shipped_config_loads_strictly_and_builds(path):
     ctx = build_context(student, teachers, k, size, meta, num_train=50_000)
     method = build_method(cfg.method, ctx)
     check_method(cfg, method, student, teachers)
+
+
+def test_yaml_on_off_words_reach_string_choices():
+    """YAML reads ``off`` as False; a choice field whose words include ``off`` gets the word back."""
+    import yaml
+
+    assert build_config({}, ["log.progress=off"]).log.progress == "off"
+    assert build_config(yaml.safe_load("log: {progress: off}")).log.progress == "off"
+    with pytest.raises(ConfigError, match=r"log\.progress must be one of"):
+        build_config({}, ["log.progress=yes"])
