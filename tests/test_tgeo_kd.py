@@ -508,3 +508,15 @@ def test_cli_bad_inner_method_exits_2(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert "'fitnet' has no per-sample form" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_wrappers_forward_the_inner_sample_weights():
+    """tekap and sum report their inner policy's per-sample weights (kdlab analyze discrepancy reads them)."""
+    s, t, y = _fixed()
+    io = _io(s, t, y)
+    expected = _method("ada_kd").sample_weights(io)
+    wrapped = _method("tekap", inner={"name": "ada_kd"}, num_views=2)
+    assert torch.equal(wrapped.sample_weights(io), expected)
+    summed = _method("sum", terms=[{"name": "kd"}, {"name": "ada_kd"}])
+    assert torch.equal(summed.sample_weights(io), expected)
+    assert _method("sum", terms=[{"name": "kd"}]).sample_weights(io) is None

@@ -111,6 +111,14 @@ class Sum(DistillMethod):
     def aux_objectives(self) -> Sequence[AuxObjective]:
         return [aux for method in self.methods for aux in method.aux_objectives()]
 
+    def sample_weights(self, io: StepIO) -> Tensor | None:
+        """The first child's per-sample weights that are not None."""
+        for method in self.methods:
+            weights = method.sample_weights(io)
+            if weights is not None:
+                return weights
+        return None
+
     def export(self, student: nn.Module) -> nn.Module:
         for method in self.methods:
             model = method.export(student)

@@ -124,6 +124,10 @@ class TeKAP(DistillMethod):
     def export(self, student: torch.nn.Module) -> torch.nn.Module:
         return self.inner.export(student)
 
+    def sample_weights(self, io: StepIO) -> Tensor | None:
+        """The inner method's per-sample weights on the clean teacher (the views do not change them)."""
+        return self.inner.sample_weights(io)
+
     def generator_state(self) -> dict[str, Tensor]:
         state = {"tekap": self.generator.get_state()}
         state.update({f"inner.{k}": v for k, v in self.inner.generator_state().items()})
