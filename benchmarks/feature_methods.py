@@ -8,8 +8,9 @@ update); the first ``--warmup`` steps of each run are dropped. Methods run inter
 change of machine load affects all of them alike; the reported time is the median over all timed steps.
 
 AB and FSP are timed in their initialisation stage (their main stage is CE alone), FT in its main stage. The
-learning rate is 0.001 for every method and CC's weight 1e-6: with a random resnet32x4 teacher (BN at its initial
-statistics) the pooled features are huge and the unnormalised CC loss diverges; neither setting changes the cost.
+random teacher's BN running statistics are first set from a few training batches (with BN at its initial
+statistics a random resnet32x4's maps grow with depth until FSP's Gram matrices overflow); the learning rate is 0.001
+and CC's weight 1e-6 (its loss is unnormalised and diverges against random teachers). None of this changes the cost.
 
 Usage: ``python benchmarks/feature_methods.py [--methods kd,crd,...] [--rounds 2] [--steps 12]``; prints JSON.
 """
@@ -23,6 +24,8 @@ import logging
 import statistics
 import tempfile
 import time
+
+import torch
 
 from kdlab.config import build_config
 from kdlab.train.trainer import Trainer
@@ -94,6 +97,20 @@ def config(label: str, args: argparse.Namespace, run_dir: str, tag: str):
     return build_config(raw)
 
 
+@torch.no_grad()
+def calibrate_teachers(trainer: Trainer, batches: int = 4) -> None:
+    """Set every (random) teacher's BN running statistics to the average over a few training batches."""
+    for teacher in trainer.run.teachers:
+        norms = [m for m in teacher.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        teacher.model.train()
+        for _, batch in zip(range(batches), trainer.run.data.train_batches(0)):
+            teacher.model(batch.x)
+        teacher.model.eval()
+
+
 def step_times(trainer: Trainer, warmup: int) -> list[float]:
     """Seconds between the starts of consecutive training steps of one run, after ``warmup`` steps."""
     stamps: list[float] = []
@@ -104,6 +121,7 @@ def step_times(trainer: Trainer, warmup: int) -> list[float]:
         return forward(*a, **k)
 
     trainer.step_module.forward = timed
+    calibrate_teachers(trainer)
     trainer.fit()
     return [b - a for a, b in itertools.pairwise(stamps)][warmup:]
 
