@@ -17,15 +17,9 @@ import torch
 from torch import Tensor
 
 from kdlab.config import ConfigError, DataConfig
-from kdlab.data.base import DatasetSplits, ImageSet
-from kdlab.seeding import derive_seed
+from kdlab.data.base import DataError, DatasetSplits, ImageSet
+from kdlab.seeding import derive_seed, make_generator
 from kdlab.types import DEFAULT_VIEW, Batch
-
-
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
 
 
 def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
@@ -58,13 +52,73 @@ def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
+class BatchPlan:
+    """What every training loader shares: the global batch, its split over processes, the steps of an epoch and the
+    normalisation. Subclasses set ``cfg``, ``seed``, ``rank``, ``world_size``, ``_scale``, ``_shift`` and provide
+    ``num_train``."""
+
+    cfg: DataConfig
+    rank: int
+    world_size: int
+    _scale: Tensor
+    _shift: Tensor
+
+    @property
+    def num_train(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def batch_size(self) -> int:
+        """The global training batch (all ranks together)."""
+        return self.cfg.batch_size
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Make this loader yield process ``rank``'s part of every batch of a ``world_size``-process run.
+
+        ``data.batch_size`` stays the global batch: each training batch is drawn, ordered and augmented exactly as in
+        one process, then cut into ``world_size`` contiguous, equal shards. A last partial batch of an epoch
+        (``data.drop_last: false``) is trimmed to a multiple of ``world_size`` (at most ``world_size - 1`` samples of
+        that epoch are skipped). Evaluation batches are sharded by :meth:`eval_batches` with ``shard=True``.
+
+        Raises:
+            ConfigError: ``data.batch_size`` is not a multiple of ``world_size``.
+        """
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is outside 0..{world_size - 1}")
+        if self.batch_size % world_size:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is the global batch and must be divisible by the {world_size} "
+                f"processes; set data.batch_size to a multiple of {world_size}"
+            )
+        self.rank, self.world_size = rank, world_size
+
+    def _usable(self, size: int) -> int:
+        """Samples of a global batch of ``size`` that are trained on (a multiple of the world size)."""
+        return size - size % self.world_size
+
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps in one epoch."""
+        n, b = self.num_train, self.batch_size
+        steps = n // b if self.cfg.drop_last else n // b + (self._usable(n % b) > 0)
+        if steps == 0:
+            raise DataError(
+                f"data.batch_size={b} with data.drop_last=true leaves no batch from {n} training samples; "
+                "lower the batch size or set data.drop_last=false"
+            )
+        return steps
+
+    def normalize(self, x_uint8: Tensor) -> Tensor:
+        """``[B, C, H, W]`` uint8 -> normalised float32."""
+        return x_uint8.float() * self._scale - self._shift
+
+
 @dataclass
 class _Split:
     x: Tensor  # [N, C, H, W] uint8 on device
     y: Tensor  # [N] int64 on device
 
 
-class DeviceLoader:
+class DeviceLoader(BatchPlan):
     """Batches of one dataset, held on ``device``.
 
     Args:
@@ -130,50 +184,9 @@ class DeviceLoader:
     def train_labels(self) -> Tensor:
         return self.train.y
 
-    @property
-    def batch_size(self) -> int:
-        return self.cfg.batch_size
-
-    def shard(self, rank: int, world_size: int) -> None:
-        """Make this loader yield process ``rank``'s part of every batch of a ``world_size``-process run.
-
-        ``data.batch_size`` stays the global batch: each training batch is drawn, ordered and augmented exactly as in
-        one process, then cut into ``world_size`` contiguous, equal shards. A last partial batch of an epoch
-        (``data.drop_last: false``) is trimmed to a multiple of ``world_size`` (at most ``world_size - 1`` samples of
-        that epoch are skipped). Evaluation batches are sharded by :meth:`eval_batches` with ``shard=True``.
-
-        Raises:
-            ConfigError: ``data.batch_size`` is not a multiple of ``world_size``.
-        """
-        if self.batch_size % world_size:
-            raise ConfigError(
-                f"data.batch_size={self.batch_size} is the global batch and must be divisible by the {world_size} "
-                f"processes; set data.batch_size to a multiple of {world_size}"
-            )
-        self.rank, self.world_size = rank, world_size
-
-    def _usable(self, size: int) -> int:
-        """Samples of a global batch of ``size`` that are trained on (a multiple of the world size)."""
-        return size - size % self.world_size
-
-    def steps_per_epoch(self) -> int:
-        """Optimiser steps in one epoch."""
-        n, b = self.num_train, self.batch_size
-        steps = n // b if self.cfg.drop_last else n // b + (self._usable(n % b) > 0)
-        if steps == 0:
-            raise ValueError(
-                f"data.batch_size={b} with data.drop_last=true leaves no batch from {n} training samples; "
-                "lower the batch size or set data.drop_last=false"
-            )
-        return steps
-
-    def normalize(self, x_uint8: Tensor) -> Tensor:
-        """``[B, C, H, W]`` uint8 -> normalised float32."""
-        return x_uint8.float() * self._scale - self._shift
-
     def epoch_order(self, epoch: int) -> Tensor:
         """The permutation of training samples of ``epoch`` (``[N]`` on the device)."""
-        g = _generator(torch.device("cpu"), derive_seed(self.seed, epoch, 0, 1))
+        g = make_generator(torch.device("cpu"), derive_seed(self.seed, epoch, 0, 1))
         return torch.randperm(self.num_train, generator=g).to(self.device)
 
     def _augment(self, x: Tensor, g: torch.Generator) -> Tensor:
@@ -190,7 +203,7 @@ class DeviceLoader:
         for step in range(start_step, self.steps_per_epoch()):
             idx = order[step * b : (step + 1) * b]
             raw = self.train.x[idx]
-            g = _generator(self.device, derive_seed(self.seed, epoch, step, 2))
+            g = make_generator(self.device, derive_seed(self.seed, epoch, step, 2))
             # several processes: augment the global batch (the same draws as one process), keep this rank's shard
             part = slice(None)
             if self.world_size > 1:

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from kdlab.config import DataConfig
 from kdlab.data.base import DataError, FileSet, StreamingSplits
+from kdlab.data.loader import BatchPlan
 from kdlab.seeding import derive_seed, make_generator
 from kdlab.types import DEFAULT_VIEW, Batch
 
@@ -198,7 +199,7 @@ class _Schedule:
         return len(self.batches)
 
 
-class StreamingLoader:
+class StreamingLoader(BatchPlan):
     """Batches of a :class:`StreamingSplits` dataset, decoded by worker processes.
 
     Args:
@@ -287,48 +288,6 @@ class StreamingLoader:
     @property
     def train_labels(self) -> Tensor:
         return self._train_labels
-
-    @property
-    def batch_size(self) -> int:
-        """The global training batch (all ranks together)."""
-        return self.cfg.batch_size
-
-    def shard(self, rank: int, world_size: int) -> None:
-        """Make this loader yield process ``rank``'s part of every batch of a ``world_size``-process run (module
-        docstring); ``data.batch_size`` stays the global batch.
-
-        Raises:
-            ConfigError: ``data.batch_size`` is not a multiple of ``world_size``.
-        """
-        from kdlab.config import ConfigError
-
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank {rank} is outside 0..{world_size - 1}")
-        if self.batch_size % world_size:
-            raise ConfigError(
-                f"data.batch_size={self.batch_size} is the global batch and must be divisible by the {world_size} "
-                f"processes; set data.batch_size to a multiple of {world_size}"
-            )
-        self.rank, self.world_size = rank, world_size
-
-    def _usable(self, size: int) -> int:
-        """Samples of a global batch of ``size`` that are trained on (a multiple of the world size)."""
-        return size - size % self.world_size
-
-    def steps_per_epoch(self) -> int:
-        """Optimiser steps in one epoch."""
-        n, b = self.num_train, self.batch_size
-        steps = n // b if self.cfg.drop_last else n // b + (self._usable(n % b) > 0)
-        if steps == 0:
-            raise DataError(
-                f"data.batch_size={b} with data.drop_last=true leaves no batch from {n} training samples; "
-                "lower the batch size or set data.drop_last=false"
-            )
-        return steps
-
-    def normalize(self, x_uint8: Tensor) -> Tensor:
-        """``[B, C, H, W]`` uint8 -> normalised float32."""
-        return x_uint8.float() * self._scale - self._shift
 
     def epoch_order(self, epoch: int) -> Tensor:
         """The permutation of training samples of ``epoch`` (``[N]`` int64 on the CPU)."""
