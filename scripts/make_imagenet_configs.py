@@ -179,22 +179,12 @@ def _config(
 
 
 def buildable(cfg: dict) -> str | None:
-    """None if the config's models and method fit together (built on the meta device), else why not."""
-    import torch
-
-    from kdlab import models
+    """``None`` if the recipe builds (on the meta device, no data), else why not."""
     from kdlab.config import build_config
-    from kdlab.methods import build_method
-    from kdlab.train.build import build_context, check_method
+    from kdlab.train.build import check_on_meta
 
-    run = build_config(cfg)
-    device = torch.device("meta")
     try:
-        with device:
-            student = models.create(run.model.student, num_classes=1000)
-            teachers = [models.create(t.name, num_classes=1000) for t in run.model.teachers]
-        ctx = build_context(student, teachers, 1000, (3, 224, 224), device, num_train=1_281_167)
-        check_method(run, build_method(run.method, ctx), student, teachers)
+        check_on_meta(build_config(cfg), 1000, (3, 224, 224), num_train=1_281_167)
     except (ValueError, KeyError) as err:
         return str(err)
     return None

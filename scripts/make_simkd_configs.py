@@ -131,22 +131,11 @@ def sweep_spec() -> dict:
 
 def buildable(cfg: dict) -> str | None:
     """``None`` if the recipe builds (on the meta device, no data), else why not."""
-    import torch
-
-    from kdlab import models
     from kdlab.config import build_config
-    from kdlab.methods import build_method
-    from kdlab.train.build import build_context, check_method
+    from kdlab.train.build import check_on_meta
 
-    rc = build_config(cfg)
-    device = torch.device("meta")
-    with device:
-        student = models.create(rc.model.student, num_classes=100)
-        teachers = [models.create(t.name, num_classes=100) for t in rc.model.teachers]
     try:
-        ctx = build_context(student, teachers, 100, (3, 32, 32), device, num_train=50000)
-        method = build_method(rc.method, ctx)
-        check_method(rc, method, student, teachers)
+        check_on_meta(build_config(cfg), 100, (3, 32, 32), num_train=50_000)
     except (ValueError, KeyError) as err:
         return str(err)
     return None

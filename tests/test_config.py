@@ -101,22 +101,11 @@ INPUT = {"cifar100": (3, 32, 32), "cifar10": (3, 32, 32), "digits": (1, 8, 8), "
 def test_every_shipped_config_loads_strictly_and_builds(path):
     """Each shipped config loads, and its models and method build and fit together (on the meta device:
     shapes only, no data, no weights)."""
-    import torch
-
-    from kdlab import models
-    from kdlab.methods import build_method
-    from kdlab.train.build import build_context, check_method
+    from kdlab.train.build import check_on_meta
 
     cfg = load_config(path)
     assert dump_config(cfg)
-    k, size = NUM_CLASSES[cfg.data.name], INPUT[cfg.data.name]
-    meta = torch.device("meta")
-    with meta:
-        student = models.create(cfg.model.student, num_classes=k, in_channels=size[0])
-        teachers = [models.create(t.name, num_classes=k, in_channels=size[0]) for t in cfg.model.teachers]
-    ctx = build_context(student, teachers, k, size, meta, num_train=50_000)
-    method = build_method(cfg.method, ctx)
-    check_method(cfg, method, student, teachers)
+    check_on_meta(cfg, NUM_CLASSES[cfg.data.name], INPUT[cfg.data.name])
 
 
 def test_yaml_on_off_words_reach_string_choices():

@@ -211,3 +211,28 @@ def _check(cfg: RunConfig, method: DistillMethod, needs: Needs, student: nn.Modu
         raise BuildError(
             f"method {name!r} has trainable parameters outside its adapters and aux objectives: {', '.join(stray)}"
         )
+
+
+def check_on_meta(
+    cfg: RunConfig, num_classes: int, input_size: tuple[int, int, int], num_train: int = 50_000
+) -> DistillMethod:
+    """Build ``cfg``'s models and method on the meta device (shapes only: no data, no weights, no memory) and check
+    that they fit together; returns the method. Raises what :func:`build_run` would (``BuildError``, ``TapError``,
+    ``ValueError`` from a method's constructor) for a config that cannot run.
+
+    Args:
+        cfg: the resolved config.
+        num_classes: ``K`` of the dataset the config names.
+        input_size: ``(C, H, W)`` of its images.
+        num_train: training-set size handed to the method (e.g. CRD's memory rows).
+    """
+    meta = torch.device("meta")
+    with meta:
+        student = models.create(cfg.model.student, num_classes=num_classes, in_channels=input_size[0])
+        teachers = [
+            models.create(t.name, num_classes=num_classes, in_channels=input_size[0]) for t in cfg.model.teachers
+        ]
+    ctx = build_context(student, teachers, num_classes, input_size, meta, num_train=num_train)
+    method = build_method(cfg.method, ctx)
+    check_method(cfg, method, student, teachers)
+    return method
