@@ -7,13 +7,11 @@ dropping is reproducible and resumes identically; a chain re-run reuses finished
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from test_cli import TINY, kdlab
 
 from kdlab import losses, models
 from kdlab.chain import chain_links, run_chain
@@ -423,26 +421,6 @@ def test_an_interrupted_chain_resumes_its_link(tmp_path, teacher_ckpt):
 
 
 # --------------------------------------------------------------------------------------------- CLI
-
-TINY = [
-    "data.name=synthetic",
-    "data.num_classes=4",
-    "data.image_size=8",
-    "data.train_size=96",
-    "data.test_size=48",
-    "data.batch_size=16",
-    "train.device=cpu",
-    "train.threads=1",
-    "log.progress=plain",
-]
-
-
-def kdlab(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "kdlab", *args], capture_output=True, text=True, env=env, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"kdlab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 # every registered method already runs through the CLI with one teacher (tests/test_cli.py); these use three

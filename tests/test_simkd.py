@@ -4,13 +4,13 @@ multi/all projectors, the KL loss, label gating, resume, the CLI, and errors."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from test_cli import TINY
+from test_cli import kdlab as run_cli
 
 from kdlab import losses, models
 from kdlab.config import ConfigError, build_config
@@ -375,27 +375,9 @@ def test_no_teacher_is_a_clear_error():
 
 # ------------------------------------------------------------------------------------------------ CLI
 
-TINY = [
-    "data.name=synthetic",
-    "data.num_classes=4",
-    "data.image_size=8",
-    "data.train_size=96",
-    "data.test_size=48",
-    "data.batch_size=16",
-    "train.device=cpu",
-    "train.threads=1",
-    "log.progress=plain",
-]
-
 
 def kdlab(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "kdlab", *args], capture_output=True, text=True, env=env, timeout=300, cwd=REPO
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"kdlab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return run_cli(*args, cwd=REPO, check=check)
 
 
 @pytest.fixture(scope="module")
