@@ -1,0 +1,348 @@
+"""Evaluation metrics: registered objects with device-side state and a reduction over processes.
+
+A metric is built for one evaluation pass (``METRICS.get(name)(num_classes, device)``), fed every batch with
+:meth:`Metric.update` (``logits [B, K]``, labels ``[B]``), reduced over processes with :meth:`Metric.sync` (each
+process evaluated its own shard of the split) and read with :meth:`Metric.compute`. All state stays on the
+evaluation device; nothing is copied to the host before :meth:`Metric.compute`.
+
+Registered metrics (``kdlab list metrics``):
+
+- ``top1``, ``top5``: accuracy in percent (top-k with ``k > K`` counts as ``k = K``).
+- ``nll``: mean negative log-likelihood (cross-entropy in nats) of the softmax of the logits; equal to
+  ``sklearn.metrics.log_loss`` of the softmax probabilities.
+- ``ece``: expected calibration error of the top-1 confidence over 15 equal-width bins on ``(0, 1]`` (Guo et al.,
+  "On Calibration of Modern Neural Networks", ICML 2017): ``sum_b |B_b| / n * |acc(B_b) - conf(B_b)|``, as a
+  fraction (0..1).
+- ``auc``: ROC AUC, exact (the Mann-Whitney rank statistic with tied scores sharing their average rank). Binary
+  (``K = 2``): the score is ``p(class 1)``, as ``sklearn.metrics.roc_auc_score(y, p[:, 1])``. ``K > 2``: the
+  unweighted mean of the one-vs-rest AUCs of the classes that have both positives and negatives in the split,
+  as ``roc_auc_score(y, p, multi_class="ovr", average="macro")`` when every class is present. Its state is the
+  ``[N, K]`` probabilities (gathered from all processes by :meth:`Metric.sync`).
+
+:func:`evaluate` runs a model over batches and returns every requested metric plus ``loss`` (mean cross-entropy)
+and ``n``; :func:`select_key` says which direction is better for ``train.select_by``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.registry import Registry
+
+#: Metrics every evaluation reports (the image defaults; ``loss`` and ``n`` are always added).
+DEFAULT_METRICS: tuple[str, ...] = ("top1", "top5")
+
+#: Values of an evaluation record that are not metrics but may be selected by (``loss``: mean cross-entropy).
+_EXTRA_DIRECTIONS = {"loss": False}
+
+
+class Metric:
+    """Base of evaluation metrics.
+
+    Subclasses set ``higher_is_better``, keep their state in tensors on ``device`` and implement :meth:`update`,
+    :meth:`sync` and :meth:`compute`.
+
+    Args:
+        num_classes: ``K``.
+        device: where the state lives (the evaluation device).
+    """
+
+    higher_is_better: bool = True
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        self.num_classes = num_classes
+        self.device = torch.device(device)
+
+    def update(self, logits: Tensor, y: Tensor) -> None:
+        """Add a batch: ``logits [B, K]`` (float), ``y [B]`` int64 labels in ``0..K-1``."""
+        raise NotImplementedError
+
+    def sync(self, reduce_sum: Callable[[Tensor], Tensor], gather_rows: Callable[[Tensor], Tensor]) -> None:
+        """Combine the states of all processes (each saw its own shard): ``reduce_sum(t)`` sums a tensor over
+        processes, ``gather_rows(t)`` concatenates ``[n_r, ...]`` rows of every process in rank order."""
+        raise NotImplementedError
+
+    def compute(self) -> float:
+        """The metric over everything added (and synced); NaN when it is undefined (e.g. AUC of one class)."""
+        raise NotImplementedError
+
+
+class _SumMetric(Metric):
+    """A metric whose state is one float64 vector of sums (reduced by summing over processes)."""
+
+    size = 2
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        super().__init__(num_classes, device)
+        self.sums = torch.zeros(self.size, dtype=torch.float64, device=self.device)
+
+    def sync(self, reduce_sum: Callable[[Tensor], Tensor], gather_rows: Callable[[Tensor], Tensor]) -> None:
+        self.sums = reduce_sum(self.sums)
+
+
+class TopK(_SumMetric):
+    """Top-``k`` accuracy in percent. State: ``[samples, hits]``."""
+
+    k = 1
+
+    def update(self, logits: Tensor, y: Tensor) -> None:
+        k = min(self.k, logits.shape[1])
+        hit = (logits.topk(k, dim=1).indices == y[:, None]).any(dim=1)
+        self.sums += torch.stack([torch.tensor(float(y.shape[0]), device=self.device), hit.sum().double()])
+
+    def compute(self) -> float:
+        n, hits = self.sums.tolist()
+        return 100.0 * hits / n if n else math.nan
+
+
+class Top1(TopK):
+    """Top-1 accuracy (%)."""
+
+    k = 1
+
+
+class Top5(TopK):
+    """Top-5 accuracy (%)."""
+
+    k = 5
+
+
+class NLL(_SumMetric):
+    """Mean negative log-likelihood of the softmax (nats). State: ``[samples, summed -log p(y)]``."""
+
+    higher_is_better = False
+
+    def update(self, logits: Tensor, y: Tensor) -> None:
+        loss = torch.nn.functional.cross_entropy(logits.double(), y, reduction="sum")
+        self.sums += torch.stack([torch.tensor(float(y.shape[0]), device=self.device, dtype=torch.float64), loss])
+
+    def compute(self) -> float:
+        n, total = self.sums.tolist()
+        return total / n if n else math.nan
+
+
+class ECE(Metric):
+    """Expected calibration error of the top-1 confidence, ``bins`` equal-width bins ``((i-1)/M, i/M]``.
+
+    State: ``[bins, 3]`` float64 sums of (count, correct, confidence) per bin.
+    """
+
+    higher_is_better = False
+    bins = 15
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        super().__init__(num_classes, device)
+        self.sums = torch.zeros(self.bins, 3, dtype=torch.float64, device=self.device)
+
+    def update(self, logits: Tensor, y: Tensor) -> None:
+        conf, pred = logits.double().softmax(dim=1).max(dim=1)
+        # bin i holds confidences in (i/M, (i+1)/M]; ceil(conf*M)-1, clamped (a confidence of exactly 0 is in bin 0)
+        idx = (torch.ceil(conf * self.bins).long() - 1).clamp(0, self.bins - 1)
+        values = torch.stack([torch.ones_like(conf), (pred == y).double(), conf], dim=1)
+        self.sums.index_add_(0, idx, values)
+
+    def sync(self, reduce_sum: Callable[[Tensor], Tensor], gather_rows: Callable[[Tensor], Tensor]) -> None:
+        self.sums = reduce_sum(self.sums)
+
+    def compute(self) -> float:
+        count, correct, conf = self.sums.unbind(1)
+        n = count.sum()
+        if float(n) == 0:
+            return math.nan
+        return float(((correct - conf).abs()).sum() / n)
+
+
+def binary_auc(scores: Tensor, positive: Tensor) -> Tensor:
+    """Exact ROC AUC of ``scores [N]`` for the boolean ``positive [N]`` (ties share their average rank).
+
+    AUC = (sum of the positives' ranks - P(P+1)/2) / (P * N_neg), the Mann-Whitney U statistic. Returns a float64
+    scalar tensor, NaN when either class is empty.
+    """
+    n = scores.shape[0]
+    order = torch.argsort(scores, stable=True)
+    sorted_scores = scores[order]
+    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).double()  # 1-based rank of each tie group's last element
+    avg_rank = ends - (counts.double() - 1) / 2
+    ranks = torch.empty(n, dtype=torch.float64, device=scores.device)
+    ranks[order] = avg_rank[inverse]
+    pos = positive.bool()
+    n_pos = pos.sum().double()
+    n_neg = n - n_pos
+    u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2
+    return torch.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg).clamp_min(1), torch.nan)
+
+
+class AUC(Metric):
+    """ROC AUC: binary for ``K = 2``, macro one-vs-rest for ``K > 2`` (see the module docstring).
+
+    State: the ``[N, K]`` float64 softmax probabilities and ``[N]`` labels of every sample seen.
+    """
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        super().__init__(num_classes, device)
+        self.probs: list[Tensor] = []
+        self.labels: list[Tensor] = []
+
+    def update(self, logits: Tensor, y: Tensor) -> None:
+        self.probs.append(logits.double().softmax(dim=1))
+        self.labels.append(y)
+
+    def _cat(self) -> tuple[Tensor, Tensor]:
+        if not self.probs:
+            k = self.num_classes
+            return torch.zeros(0, k, dtype=torch.float64, device=self.device), torch.zeros(
+                0, dtype=torch.long, device=self.device
+            )
+        return torch.cat(self.probs), torch.cat(self.labels)
+
+    def sync(self, reduce_sum: Callable[[Tensor], Tensor], gather_rows: Callable[[Tensor], Tensor]) -> None:
+        probs, labels = self._cat()
+        self.probs, self.labels = [gather_rows(probs)], [gather_rows(labels)]
+
+    def compute(self) -> float:
+        probs, labels = self._cat()
+        if probs.shape[1] == 2:
+            return float(binary_auc(probs[:, 1], labels == 1))
+        aucs = torch.stack([binary_auc(probs[:, k], labels == k) for k in range(probs.shape[1])])
+        aucs = aucs[~aucs.isnan()]
+        return float(aucs.mean()) if aucs.numel() else math.nan
+
+
+METRICS: Registry[type[Metric]] = Registry("metric")
+METRICS.add("top1", Top1, description="top-1 accuracy (%)")
+METRICS.add("top5", Top5, description="top-5 accuracy (%)")
+METRICS.add("nll", NLL, description="mean negative log-likelihood of the softmax (nats)")
+METRICS.add("ece", ECE, description="expected calibration error, 15 equal-width bins (0..1)")
+METRICS.add("auc", AUC, description="ROC AUC: binary, or macro one-vs-rest for more classes (0..1)")
+
+
+def metric_names() -> list[str]:
+    """All registered metric names."""
+    return METRICS.names()
+
+
+def higher_is_better(name: str) -> bool:
+    """Whether a larger value of metric ``name`` (or ``loss``) is better; an unknown name lists the known ones."""
+    if name in _EXTRA_DIRECTIONS:
+        return _EXTRA_DIRECTIONS[name]
+    return METRICS.get(name).higher_is_better
+
+
+def select_key(name: str) -> Callable[[dict], float]:
+    """A sort key over evaluation records (``{"top1": ..., "auc": ...}``) whose maximum is the best record by
+    metric ``name``; a record without the metric (or with NaN) ranks last."""
+    sign = 1.0 if higher_is_better(name) else -1.0
+
+    def key(record: dict) -> float:
+        value = record.get(name)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return -math.inf
+        return sign * float(value)
+
+    return key
+
+
+def check_metric_names(names: Iterable[str], where: str = "train.metrics") -> tuple[str, ...]:
+    """``names`` as a tuple, each a registered metric; otherwise a ``ValueError`` naming the bad one, the closest
+    known name and all known names."""
+    from kdlab.registry import closest
+
+    out = tuple(names)
+    for name in out:
+        if name not in METRICS:
+            hint = closest(name, METRICS.names())
+            did = f" (did you mean {hint!r}?)" if hint else ""
+            raise ValueError(f"{where}: unknown metric {name!r}{did}; known metrics: {', '.join(METRICS.names())}")
+    return out
+
+
+def resolve_metrics(configured: Sequence[str], dataset_defaults: Sequence[str] | None) -> tuple[str, ...]:
+    """The metrics of a run: ``train.metrics`` when set, else the dataset's declared defaults, else
+    :data:`DEFAULT_METRICS`; ``top1`` is always included (progress lines and image reports read it)."""
+    names = tuple(configured) or tuple(dataset_defaults or ()) or DEFAULT_METRICS
+    names = check_metric_names(names)
+    return names if "top1" in names else ("top1", *names)
+
+
+def _model_input(batch) -> object:
+    return batch.x
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterator,
+    names: Sequence[str] = DEFAULT_METRICS,
+    num_classes: int | None = None,
+    reduce_sum: Callable[[Tensor], Tensor] | None = None,
+    gather_rows: Callable[[Tensor], Tensor] | None = None,
+) -> dict[str, float]:
+    """Evaluate ``model`` (in eval mode) over ``batches`` of :class:`kdlab.types.Batch`.
+
+    Args:
+        model: ``forward(batch.x) -> [B, K]`` logits; ``batch.x`` may be a tensor or a dict of tensors.
+        batches: evaluation batches.
+        names: registered metric names.
+        num_classes: ``K`` (default: from the first batch's logits).
+        reduce_sum, gather_rows: cross-process reductions when each process evaluated its own shard (see
+            :meth:`Metric.sync`); None in a single process.
+
+    Returns:
+        ``{name: value for each metric, "loss": mean cross-entropy, "n": samples}``.
+
+    Raises:
+        ValueError: no batch, or an unknown metric name.
+    """
+    names = check_metric_names(names, "metrics")
+    was = model.training
+    model.eval()
+    metrics: dict[str, Metric] | None = None
+    loss = NLL(num_classes or 2, torch.device("cpu"))
+    try:
+        for batch in batches:
+            logits = model(_model_input(batch)).float()
+            if metrics is None:
+                k = num_classes or logits.shape[1]
+                metrics = {n: METRICS.get(n)(k, logits.device) for n in names}
+                loss = NLL(k, logits.device)
+            for m in (*metrics.values(), loss):
+                m.update(logits, batch.y)
+    finally:
+        model.train(was)
+    if metrics is None:
+        raise ValueError("evaluation saw no samples")
+    if reduce_sum is not None:
+        gather = gather_rows or (lambda t: t)
+        for m in (*metrics.values(), loss):
+            m.sync(reduce_sum, gather)
+    n = int(loss.sums[0])
+    if n == 0:
+        raise ValueError("evaluation saw no samples")
+    out = {name: m.compute() for name, m in metrics.items()}
+    out["loss"] = loss.compute()
+    out["n"] = n
+    return out
+
+
+__all__ = [
+    "AUC",
+    "DEFAULT_METRICS",
+    "ECE",
+    "METRICS",
+    "NLL",
+    "Metric",
+    "Top1",
+    "Top5",
+    "binary_auc",
+    "check_metric_names",
+    "evaluate",
+    "higher_is_better",
+    "metric_names",
+    "resolve_metrics",
+    "select_key",
+]
