@@ -7,10 +7,12 @@ from plain state dicts (``{'state_dict': ...}`` or bare, ``module.`` prefixes fr
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
-import tempfile
+import secrets
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +30,55 @@ CHECKPOINT_FORMAT = "kdlab.checkpoint/1"
 EXPORT_FORMAT = "kdlab.export/1"
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same directory, fsync it, then rename over ``path``.
+class RunWriteError(CheckpointError):
+    """Writing a run file failed (no space left, permissions...): names the file; the previous file is intact.
 
-    A crash at any moment leaves either the old file or the new one, never a truncated file.
+    Exit code 1 (a failure during training); once the cause is fixed, ``--resume`` continues from the last checkpoint.
     """
-    path = Path(path)
+
+    def __init__(self, path: str | Path, err: OSError, what: str = "file") -> None:
+        self.path = Path(path)
+        self.errno = err.errno
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        hint = (
+            "free some space (or point train.run_dir elsewhere)"
+            if err.errno in (errno.ENOSPC, errno.EDQUOT)
+            else "check the directory's permissions"
+        )
+        super().__init__(
+            f"could not write the {what} {str(self.path)!r}: {reason}. The previous {what} (if any) is intact; "
+            f"{hint}, then continue with --resume"
+        )
+
+
+def _create_private_tmp(directory: Path, name: str) -> tuple[int, str]:
+    """A new temporary file ``.<name>.<random>.tmp`` in ``directory``, created with mode 0666 minus the umask
+    (``tempfile.mkstemp`` would make it 0600, and the rename would keep that)."""
+    for _ in range(100):
+        tmp = directory / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no usable temporary file name", str(directory))
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], what: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = _create_private_tmp(path.parent, path.name)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise RunWriteError(path, err, what) from None
     except BaseException:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         raise
     try:  # make the rename itself durable
@@ -54,6 +89,51 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def atomic_save(obj: Any, path: str | Path, what: str = "checkpoint") -> None:
+    """``torch.save`` to a temporary file in the same directory, fsync it, then rename over ``path``.
+
+    A crash at any moment leaves either the old file or the new one, never a truncated file. The file gets the
+    user's umask. An ``OSError`` (no space left...) becomes :class:`RunWriteError` naming ``path``; the temporary
+    file is removed and the previous file is untouched.
+    """
+    _atomic_write(Path(path), lambda f: torch.save(obj, f), what)
+
+
+def atomic_write_text(path: str | Path, text: str, what: str = "file") -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_save`)."""
+    _atomic_write(Path(path), lambda f: f.write(text.encode()), what)
+
+
+def append_line(path: str | Path, line: str, what: str = "metrics file") -> None:
+    """Append ``line`` (plus a newline) to ``path``; on an ``OSError`` the partial tail is cut off again and
+    :class:`RunWriteError` names the file (so the file never keeps half a line)."""
+    path = Path(path)
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+    except OSError as err:
+        try:
+            os.truncate(path, size)
+        except OSError:
+            pass
+        raise RunWriteError(path, err, what) from None
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the ``.<name>.<random>.tmp`` files an interrupted :func:`atomic_save` left in ``directory``."""
+    removed = []
+    d = Path(directory)
+    if not d.is_dir():
+        return removed
+    for tmp in d.glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def read_file(path: str | Path, what: str = "checkpoint") -> Any:

@@ -27,9 +27,11 @@ import torch
 from torch import Tensor, nn
 
 import kdlab
+from kdlab import interrupts
 from kdlab.config import ConfigError, RunConfig, dump_config, to_dict
 from kdlab.methods.base import MAIN_STAGE, AuxContext, PrepareContext, Stage
 from kdlab.models.base import count_parameters
+from kdlab.runlock import RunLock
 from kdlab.train import distributed
 from kdlab.train.build import Run, build_run, resolve_device
 from kdlab.train.checkpoint import (
@@ -37,11 +39,15 @@ from kdlab.train.checkpoint import (
     EXPORT_FORMAT,
     CheckpointError,
     CheckpointNotFoundError,
+    append_line,
     atomic_save,
+    atomic_write_text,
     read_file,
+    remove_stale_temporaries,
 )
 from kdlab.train.display import ProgressDisplay
 from kdlab.train.precision import CompiledStep, Precision, to_float
+from kdlab.train.runrecord import check_resume_config, move_aside, truncate_metrics
 from kdlab.train.schedule import learning_rate
 from kdlab.types import Batch, LossOut, Needs, Outputs, Progress, StepIO
 
@@ -172,10 +178,42 @@ class Trainer:
                 "this config describes a teacher-assistant chain (its 'chain:' section); run it with "
                 "'kdlab chain CONFIG', which trains every link"
             )
+        interrupts.raise_if_requested("training")  # a stop request ends a multi-run command as a whole
         self.cfg = cfg
         self.run_dir = Path(run_dir or Path(cfg.train.run_dir) / (cfg.train.name or default_run_name(cfg)))
         self.ckpt_path = self.run_dir / "checkpoint.pt"
         self.resume = resume
+        self.force = force
+        self._resume_state: dict | None = None
+        self._last_checkpoint: Progress | None = None  # what checkpoint.pt holds (None: not written yet)
+        self._writing = False  # a checkpoint is being written (a second signal then waits for it)
+        self._epoch_accum: dict | None = None  # running sums of a partly trained epoch, restored on resume
+        self.lock = self._lock_run_dir()
+        try:
+            self._check_run_dir(resume, force)
+            self._init(cfg)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _lock_run_dir(self) -> RunLock:
+        """The run directory's lock (``kdlab.runlock``): a second trainer of this run stops here."""
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(
+                f"the run directory {str(self.run_dir)!r} is a file; remove it or choose another train.run_dir / "
+                "train.name"
+            )
+        try:
+            return RunLock(self.run_dir).acquire()
+        except OSError as err:
+            raise ConfigError(
+                f"cannot write to the run directory {str(self.run_dir)!r} ({err.strerror or err}); choose a "
+                "writable train.run_dir"
+            ) from None
+
+    def _check_run_dir(self, resume: bool, force: bool) -> None:
+        """Refuse before any work: --resume without a checkpoint or with a config outside the allow-list; a new run
+        over an existing one without --force."""
         if resume and not self.ckpt_path.is_file():
             raise CheckpointNotFoundError(
                 f"--resume: no checkpoint at {str(self.ckpt_path)!r}; start the run without --resume"
@@ -185,6 +223,14 @@ class Trainer:
                 f"{str(self.run_dir)!r} already holds a run; pass --resume to continue it, --force to start over, "
                 "or choose another train.name"
             )
+        if resume:
+            state = read_file(self.ckpt_path)
+            if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+                raise CheckpointError(f"{str(self.ckpt_path)!r} is not a kdlab training checkpoint")
+            check_resume_config(state["config"], to_dict(self.cfg), self.run_dir, int(state["progress"]["epoch"]))
+            self._resume_state = state
+
+    def _init(self, cfg: RunConfig) -> None:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
@@ -214,6 +260,7 @@ class Trainer:
         self.train_time = 0.0
         self.train_images = 0
         self._stop_signal: int | None = None
+        self._second_signal = False
         self._stop_agreed = False  # several processes: every rank has seen a stop request (see _sync_step)
 
     # ---------------------------------------------------------------------------------------------- set-up
@@ -341,6 +388,8 @@ class Trainer:
             "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng,
             "history": self.history,
+            # the running sums of a partly trained epoch: its logged means cover the whole epoch after a resume
+            "epoch_accum": self._epoch_accum if progress.step_in_epoch > 0 else None,
             "clock": {"train_time": self.train_time, "train_images": self.train_images},
             "versions": versions(),
             "world_size": self.world.size,
@@ -379,11 +428,36 @@ class Trainer:
         self.train_time = state["clock"]["train_time"]
         self.train_images = state["clock"]["train_images"]
         self.global_step = p["global_step"]
-        return self._stage_progress(p["stage"], p["step"], p["epoch"], p["step_in_epoch"])
+        self._epoch_accum = state.get("epoch_accum") if p["step_in_epoch"] > 0 else None
+        progress = self._stage_progress(p["stage"], p["step"], p["epoch"], p["step_in_epoch"])
+        self._last_checkpoint = progress
+        return progress
 
     def save_checkpoint(self, progress: Progress) -> None:
+        """Write ``checkpoint.pt`` atomically (rank 0); a second stop signal waits until the file is complete."""
         if self.world.main:  # several processes: rank 0 writes
-            atomic_save(self.state_dict(progress), self.ckpt_path)
+            self._writing = True
+            try:
+                atomic_save(self.state_dict(progress), self.ckpt_path)
+            finally:
+                self._writing = False
+        self._last_checkpoint = progress
+        if self._second_signal:
+            raise interrupts.Interrupted(
+                self._stop_signal, f"stopped by a second signal; {self._checkpoint_note()}. Resume with --resume"
+            )
+
+    def _checkpoint_note(self) -> str:
+        """Which checkpoint exists now (for messages that must be true)."""
+        p = self._last_checkpoint
+        if p is None or not self.ckpt_path.is_file():
+            return f"no checkpoint was written yet in {str(self.run_dir)!r}"
+        where = f", step {p.step_in_epoch} of epoch {p.epoch + 1}" if p.step_in_epoch else ""
+        stage = "" if p.stage == MAIN_STAGE else f" of stage {p.stage!r}"
+        return (
+            f"the checkpoint {str(self.ckpt_path)!r} (after step {p.step}: {p.epoch} epoch(s){stage} done{where}) "
+            "is kept"
+        )
 
     def export(self) -> Path:
         """Write the deployable model (``method.export(student)``) to ``student.pt``."""
@@ -399,15 +473,23 @@ class Trainer:
                 "parameters": count_parameters(model, trainable_only=False),
             },
             path,
+            what="exported model",
         )
         return path
 
     # ------------------------------------------------------------------------------------------- signals
     def _on_signal(self, signum: int, frame: object) -> None:
-        if self._stop_signal is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
+        interrupts.note(signum)  # multi-run commands stop as a whole
+        if self._stop_signal is not None:  # a second signal: stop now, but never in the middle of a checkpoint
+            if self._writing:
+                self._second_signal = True
+                log.warning("second signal: a checkpoint is being written; stopping as soon as it is complete")
+                return
+            raise interrupts.Interrupted(signum, f"stopped at once by a second signal; {self._checkpoint_note()}")
         self._stop_signal = signum
-        log.warning("received signal %d: finishing the current step, then writing a checkpoint", signum)
+        log.warning(
+            "received %s: finishing the current step, then writing a checkpoint", interrupts.signal_name(signum)
+        )
 
     # ---------------------------------------------------------------------------------------------- loop
     def fit(self) -> dict:
@@ -416,39 +498,76 @@ class Trainer:
             return self._fit()
         finally:
             distributed.teardown(self._owns_group)
+            self.lock.release()
 
     def _fit(self) -> dict:
         cfg, r = self.cfg, self.run
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        progress = self.start
-        if self.resume:
-            progress = self.load_state_dict(read_file(self.ckpt_path))
-            log.info("resumed %s at epoch %d step %d", self.run_dir, progress.epoch + 1, progress.step)
-        elif self.world.main:
-            (self.run_dir / "metrics.jsonl").write_text("")
-        if self.world.main:
-            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
-        r.method.prepare(self._prepare_context())
-
-        total = self.steps_per_epoch * sum(st.epochs for st in self.stages)
-        if cfg.train.max_steps is not None:
-            total = min(total, cfg.train.max_steps)
-        display = ProgressDisplay(cfg.log.progress if self.world.main else "off", total, cfg.log.every_steps)
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        display.start(self.global_step)
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in interrupts.SIGNALS}
         try:
-            for index in range(self._stage_index(progress), len(self.stages)):
-                if self.stages[index].name != progress.stage:  # entering a new stage: fresh optimiser
-                    self.optimizer = self._make_optimizer(self.stages[index])
-                    progress = self._stage_progress(index)
-                progress = self._loop(progress, total, display)
-                if self.global_step >= total:
-                    break
+            progress = self._open_run_dir()
+            r.method.prepare(self._prepare_context())
+            if self._stop_signal is not None:  # stopped during start-up: no step has run
+                raise TrainingInterrupted(
+                    f"stopped by {interrupts.signal_name(self._stop_signal)} before the first step; "
+                    f"{self._checkpoint_note()}"
+                    + (". Resume with the same command plus --resume" if self._last_checkpoint is not None else "")
+                )
+            total = self.steps_per_epoch * sum(st.epochs for st in self.stages)
+            if cfg.train.max_steps is not None:
+                total = min(total, cfg.train.max_steps)
+            display = ProgressDisplay(cfg.log.progress if self.world.main else "off", total, cfg.log.every_steps)
+            display.start(self.global_step)
+            try:
+                for index in range(self._stage_index(progress), len(self.stages)):
+                    if self.stages[index].name != progress.stage:  # entering a new stage: fresh optimiser
+                        self.optimizer = self._make_optimizer(self.stages[index])
+                        progress = self._stage_progress(index)
+                    progress = self._loop(progress, total, display)
+                    if self.global_step >= total:
+                        break
+            finally:
+                display.close()
+            return self._finish(progress)
         finally:
-            display.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
-        return self._finish(progress)
+
+    def _open_run_dir(self) -> Progress:
+        """Prepare the run directory (rank 0 writes) and return the progress to start from: leftover temporary
+        files removed; a new run over an old one (--force) moves the old one aside first; a resumed run's
+        ``metrics.jsonl`` is cut back to the epochs its checkpoint knows."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        main = self.world.main
+        if main:
+            for tmp in remove_stale_temporaries(self.run_dir):
+                log.info("removed %s, left by an interrupted write", tmp)
+        metrics = self.run_dir / "metrics.jsonl"
+        if self.resume:
+            state, self._resume_state = self._resume_state or read_file(self.ckpt_path), None
+            progress = self.load_state_dict(state)
+            if main:
+                truncate_metrics(metrics, len(self.history))
+            log.info("resumed %s at epoch %d step %d", self.run_dir, progress.epoch + 1, progress.step)
+        else:
+            progress = self.start
+            if main:
+                if self.force:
+                    move_aside(self.run_dir)
+                atomic_write_text(metrics, "", "metrics file")
+        if main:
+            atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg), "config file")
+        return progress
+
+    def _new_epoch_accum(self, progress: Progress) -> dict:
+        """The running sums of the epoch ``progress`` is in: restored from the checkpoint after a mid-epoch resume,
+        else empty."""
+        acc = self._epoch_accum
+        if progress.step_in_epoch > 0 and acc is not None and acc.get("epoch") == progress.epoch:
+            acc = {**acc, "sums": dict(acc["sums"]), "step_times": list(acc["step_times"])}
+        else:
+            acc = {"epoch": progress.epoch, "sums": {}, "n_steps": 0, "time_s": 0.0, "images": 0, "step_times": []}
+        self._epoch_accum = acc
+        return acc
 
     def _loop(self, progress: Progress, total: int, display: ProgressDisplay) -> Progress:
         """Run the current stage to its end (or to ``total`` global steps, or a stop signal)."""
@@ -461,9 +580,13 @@ class Trainer:
         self.run.student.train(self.stages[self._stage_index(progress)].student_training)
         while progress.epoch < epochs and self.global_step < total:
             epoch = progress.epoch
-            sums: dict[str, float] = {}
-            n_steps, t_epoch, images = 0, 0.0, 0
-            step_times: list[float] = []
+            # the logged lr is the one of the epoch's first step (the schedule is a pure function of progress)
+            epoch_lr = self._lr(
+                dataclasses.replace(progress, step=progress.step - progress.step_in_epoch, step_in_epoch=0)
+            )
+            acc = self._new_epoch_accum(progress)
+            sums = acc["sums"]
+            time0, images0 = acc["time_s"], acc["images"]
             t_prev = time.perf_counter()  # step time includes producing the batch (the data pipeline)
             for batch in r.data.train_batches(self._data_epoch(epoch), progress.step_in_epoch):
                 batch = self.precision.prepare_batch(batch)
@@ -485,9 +608,9 @@ class Trainer:
                     where = "" if main else f" of stage {progress.stage!r}"
                     raise NonFiniteLossError(
                         f"non-finite loss at step {progress.step} (epoch {epoch + 1}{where}): term {bad!r} = "
-                        f"{dict(zip(named, term_values)).get(bad, loss_value)}. The last good checkpoint "
-                        f"{str(self.ckpt_path)!r} is kept; lower optim.lr, check the teacher checkpoint and the "
-                        "inputs, then resume or restart"
+                        f"{dict(zip(named, term_values)).get(bad, loss_value)}. {self._checkpoint_note().capitalize()}"
+                        "; lower optim.lr, check the teacher checkpoint and the inputs, then "
+                        + ("resume or restart" if self._last_checkpoint is not None else "restart (--force)")
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 self._backward_step(loss)
@@ -504,16 +627,16 @@ class Trainer:
                 dt, t_prev = now - t_prev, now
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
-                n_steps += 1
-                t_epoch += dt
-                step_times.append(dt)
-                images += batch.size * self.world.size  # shards are equal: the global batch
+                acc["n_steps"] += 1
+                acc["time_s"] += dt
+                acc["step_times"].append(dt)
+                acc["images"] += batch.size * self.world.size  # shards are equal: the global batch
                 display.update(self.global_step - 1, epoch, f"loss {values['loss']:.4f} lr {lr:.4g}")
                 progress = done
                 if self._stopping() or self.global_step >= total:
                     break
-            self.train_time += t_epoch
-            self.train_images += images
+            self.train_time += acc["time_s"] - time0  # this session's share (a resumed epoch's earlier part is in)
+            self.train_images += acc["images"] - images0
             end_of_epoch = progress.step_in_epoch >= self.steps_per_epoch
             if self._stopping() and not end_of_epoch:
                 self.save_checkpoint(progress)
@@ -526,10 +649,10 @@ class Trainer:
                 "stage": progress.stage,
                 "epoch": epoch + 1,
                 "step": progress.step,
-                "lr": self._lr(progress),
-                "train": {k: v / max(n_steps, 1) for k, v in sums.items()},
-                "images_per_s": images / max(t_epoch, 1e-9),
-                "step_time_median_s": statistics.median(step_times) if step_times else 0.0,
+                "lr": epoch_lr,
+                "train": {k: v / max(acc["n_steps"], 1) for k, v in sums.items()},
+                "images_per_s": acc["images"] / max(acc["time_s"], 1e-9),
+                "step_time_median_s": statistics.median(acc["step_times"]) if acc["step_times"] else 0.0,
             }
             if main and (last or (epoch + 1) % cfg.train.eval_every == 0):
                 record["test"] = self.evaluate("test")
@@ -541,9 +664,9 @@ class Trainer:
                     f"({record['images_per_s']:.0f} img/s)"
                 )
             self.history.append(record)
+            self._epoch_accum = None
             if self.world.main:
-                with open(metrics_file, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_line(metrics_file, json.dumps(record))
             if last or stage_done or (epoch + 1) % cfg.train.checkpoint_every == 0 or self._stopping():
                 self.save_checkpoint(progress)
             if self._stopping() and not last:
@@ -594,6 +717,8 @@ class Trainer:
         )
 
     def _finish(self, progress: Progress) -> dict:
+        from kdlab.experiments.spec import config_hash
+
         cfg = self.cfg
         main = progress.stage == MAIN_STAGE
         evals = [h for h in self.history if "test" in h]
@@ -624,9 +749,10 @@ class Trainer:
             "speed": self.speed_record(),
             "versions": versions(),
             "git_commit": git_commit(),
+            "config_hash": config_hash(to_dict(cfg)),  # `kdlab results --import` checks it against config.yaml
         }
         if self.world.main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", "summary")
         return summary
 
     # ------------------------------------------------------------------------------------------ distributed
