@@ -18,7 +18,9 @@ from collections.abc import Sequence
 
 log = logging.getLogger("kdlab")
 
-# Exit codes: 0 ok, 1 run failed (bad loss, bad checkpoint), 2 bad input (config, names, files), 130 interrupted.
+# Exit codes (README, Exit codes): 0 done, 1 failure during training (non-finite loss, corrupt checkpoint, a run
+# file that cannot be written), 2 bad input (config, names, paths, data, a run locked by another process),
+# 130 interrupted (SIGINT/SIGTERM).
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 #: Commands that train and therefore re-execute with tcmalloc preloaded when it is available (kdlab/allocator.py).
 TCMALLOC_COMMANDS = frozenset({"train", "bench", "demo", "sweep"})
@@ -143,7 +145,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``kdlab`` and ``python -m kdlab``; returns the exit code."""
+    """Entry point of ``kdlab`` and ``python -m kdlab``; returns the exit code (see :data:`EXIT_FAILED` ...).
+
+    SIGINT/SIGTERM are stop requests for the whole command (:mod:`kdlab.interrupts`): a training finishes its step
+    and checkpoints; anywhere else the command stops at once. Either way: a one-line message, exit code 130.
+    """
+    from kdlab import interrupts
+
+    restore = interrupts.install()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as err:  # a stop request outside a training loop, or a second signal
+        if _is_main_process():
+            msg = str(err) if isinstance(err, interrupts.Interrupted) else "stopped by SIGINT"
+            print(f"kdlab: {msg}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `kdlab list methods | head`: the reader left; say nothing
+        _silence_stdout()
+        return 0
+    finally:
+        restore()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush into the closed pipe stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     if argv is None and args.command in TCMALLOC_COMMANDS:  # a real process entry: maybe re-exec with tcmalloc
