@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from kdlab.registry import closest
+from kdlab.tabular_config import TabularConfig
 
 
 class ConfigError(ValueError):
@@ -104,6 +105,9 @@ class DataConfig:
     """Streamed datasets: range of the area fraction of the random-resized training crop."""
     workers: int = 4
     """Streamed datasets: decoding worker processes (0 decodes in the training process)."""
+    tabular: TabularConfig = field(default_factory=TabularConfig)
+    """Token data sources (``tabular_csv``, ``criteo``, ``text_csv``, ``breast_cancer``, ``wine``): columns, buckets,
+    vocabulary, tokenizer (:class:`kdlab.tabular_config.TabularConfig`)."""
     cache_dir: str | None = None
     """``tiny_imagenet``: where to cache the decoded arrays (default: next to the dataset folder)."""
     num_classes: int = 10
@@ -186,6 +190,10 @@ class TrainConfig:
     """Under torchrun: BatchNorm statistics over the global batch (``SyncBatchNorm``; CUDA only, a no-op alone)."""
     find_unused_parameters: bool = True
     """Under torchrun: let DDP handle parameters without a gradient in a step (false: slightly faster, errors then)."""
+    metrics: list[str] = field(default_factory=list)
+    """Evaluation metrics (``kdlab.metrics``: top1, top5, auc, nll, ece); empty: the dataset's defaults."""
+    select_by: str = "top1"
+    """Metric choosing the best epoch in ``summary.json`` (higher is better: top1, top5, auc; lower: nll, ece, loss)."""
 
 
 @dataclass(kw_only=True)

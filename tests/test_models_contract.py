@@ -158,7 +158,11 @@ def _batch(name: str, model: nn.Module, seed: int = 1) -> torch.Tensor:
     return torch.randn(BATCH, *_input_shape(name, model), generator=gen)
 
 
-@pytest.fixture(scope="module", params=model_names())
+# Image models; token models (``inputs="tokens"``, the BERTs) have their own contract in tests/test_bert.py.
+IMAGE_MODELS = [n for n in model_names() if MODELS.meta(n).get("inputs", "images") == "images"]
+
+
+@pytest.fixture(scope="module", params=IMAGE_MODELS)
 def name(request: pytest.FixtureRequest) -> str:
     """A registered model name (module scope, so pytest groups every test of one model together)."""
     return request.param

@@ -31,6 +31,7 @@ def register_model(name: str, **meta: object) -> Callable:
 
 def _load_zoo() -> None:
     importlib.import_module("kdlab.models.simple")
+    importlib.import_module("kdlab.models.bert")  # imports transformers only when a BERT is built
     for pkg_name in _ZOO_PACKAGES:
         pkg = importlib.import_module(pkg_name)
         for info in pkgutil.iter_modules(pkg.__path__):
@@ -42,7 +43,8 @@ def create(name: str, num_classes: int = 100, in_channels: int = 3, **kwargs: ob
     """Build model ``name``.
 
     Args:
-        name: a registry name (``kdlab list models``), ``timm:<name>`` for a timm model.
+        name: a registry name (``kdlab list models``), ``timm:<name>`` for a timm model, ``hf:<folder>`` for a
+            local Hugging Face BERT checkpoint folder (:func:`kdlab.models.bert.create_hf`).
         num_classes: number of output classes ``K``.
         in_channels: input channels ``C`` of ``[B, C, H, W]`` images.
         **kwargs: passed to the builder.
@@ -55,6 +57,10 @@ def create(name: str, num_classes: int = 100, in_channels: int = 3, **kwargs: ob
         from kdlab.models.adapters import create_timm
 
         return create_timm(name.removeprefix("timm:"), num_classes=num_classes, in_channels=in_channels, **kwargs)
+    if name.startswith("hf:"):
+        from kdlab.models.bert import create_hf
+
+        return create_hf(name.removeprefix("hf:"), num_classes=num_classes, **kwargs)
     builder = MODELS.get(name)
     return builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
 
