@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from kdlab import interrupts
 from kdlab.config import ConfigError, RunConfig, build_config
 
 log = logging.getLogger("kdlab")
@@ -234,6 +235,7 @@ def run_variants(
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             for v in variants:
+                interrupts.raise_if_requested("kdlab bench")  # the first signal stops the whole table
                 cfg = bench_config(
                     mcfg,
                     teacher=teacher,
@@ -307,6 +309,7 @@ def run_methods(
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             for label, mcfg in specs.items():
+                interrupts.raise_if_requested("kdlab bench")  # the first signal stops the whole table
                 cfg = bench_config(
                     mcfg,
                     teacher=teacher,

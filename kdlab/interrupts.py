@@ -78,14 +78,21 @@ def _handler(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
-def install() -> Callable[[], None]:
+def _note_handler(signum: int, frame: object) -> None:
+    note(signum)
+
+
+def install(raising: bool = True) -> Callable[[], None]:
     """Make SIGINT/SIGTERM stop requests of this process (handlers only in the main thread); returns a function
-    that restores the previous handlers and forgets the stop request (the CLI calls it when the command ends)."""
+    that restores the previous handlers and forgets the stop request (the CLI calls it when the command ends).
+
+    ``raising=False`` only records the request (a sweep's worker process: the next trainer, or the running one, sees
+    it and stops cleanly; the worker's own loop is never broken by an exception)."""
     global _installed
     _installed += 1
     old = {}
     if threading.current_thread() is threading.main_thread():
-        old = {s: signal.signal(s, _handler) for s in SIGNALS}
+        old = {s: signal.signal(s, _handler if raising else _note_handler) for s in SIGNALS}
 
     def restore() -> None:
         global _installed

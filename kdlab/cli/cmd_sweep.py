@@ -49,7 +49,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{len(bad)} run(s) did not finish:", file=sys.stderr)
         for o in bad:
             print(f"  {o.status}: {o.run.key} ({o.run.run_dir}): {o.message}", file=sys.stderr)
-        return 130 if any(o.status == "interrupted" for o in bad) else 1
+        from kdlab import interrupts
+
+        return 130 if any(o.status == "interrupted" for o in bad) or interrupts.requested() is not None else 1
     return 0
 
 

@@ -123,6 +123,12 @@ def read_run_dir(run_dir: str | Path) -> RunFiles:
         if key not in summary:
             raise RunDirError(f"{str(d / 'summary.json')!r} lacks {key!r}; the run is corrupt: delete it to re-run")
     config, digest = read_config_hash(d)
+    recorded = summary.get("config_hash")  # written by the trainer since run records carry it
+    if recorded is not None and recorded != digest:
+        raise RunDirError(
+            f"{str(d / 'summary.json')!r} belongs to another config (hash {recorded}) than the config.yaml beside it "
+            f"(hash {digest}): a stale result of an earlier run; finish or re-run the run to record it"
+        )
     identity = _read_json(d / "sweep.json") if (d / "sweep.json").is_file() else {}
     return RunFiles(d, summary, config, identity, digest)
 

@@ -13,6 +13,14 @@ training runs with its own Trainer (``train.threads`` is set so the workers shar
 oversubscribing). A failing run is reported with its error and the other runs go on. Each finished run is
 recorded in the results store by the sweep's process. The run's identity in its sweep is written to
 ``<run dir>/sweep.json`` (the store reads it, also on ``kdlab results --import``).
+
+Several sweeps on one spec share the work (``kdlab/runlock.py``): a run is trained only under its run directory's
+lock, and its action is planned again once the lock is held. A run whose lock another process holds is deferred to
+the end of this sweep's queue; when everything else is done, the sweep waits for that lock and plans the run again
+(normally it is then finished: ``skipped``). No run trains twice and no two processes write one run's files.
+
+Stopping: the first SIGINT/SIGTERM stops the sweep as a whole (``kdlab/interrupts.py``): the running trainings
+checkpoint and stop (workers get the signal forwarded), no further run starts, and the command exits with 130.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdlab import interrupts
 from kdlab.experiments.spec import PlannedRun, SweepSpec, expand
 from kdlab.experiments.store import DEFAULT_STORE, ResultsStore, RunDirError, _read_json, read_config_hash
 
@@ -49,15 +58,19 @@ class Outcome:
 
 def plan_action(run: PlannedRun) -> tuple[str, str]:
     """What to do with ``run`` given its run directory: one of :data:`ACTIONS` and a reason."""
-    d = run.run_dir
+    return plan_action_dir(Path(run.run_dir), run.config_hash)
+
+
+def plan_action_dir(d: Path, expected_hash: str) -> tuple[str, str]:
+    """:func:`plan_action` for the run directory ``d`` of a run whose config hash is ``expected_hash``."""
     summary, ckpt, config = d / "summary.json", d / "checkpoint.pt", d / "config.yaml"
     if config.is_file():
         try:
             _, digest = read_config_hash(d)
         except RunDirError as err:
             return "corrupt", str(err)
-        if digest != run.config_hash:
-            return "restart", f"its config changed (hash {digest} -> {run.config_hash})"
+        if digest != expected_hash:
+            return "restart", f"its config changed (hash {digest} -> {expected_hash})"
     elif summary.is_file():
         return "corrupt", f"{str(d)!r} holds summary.json but no config.yaml; delete it to re-run"
     if summary.is_file():
@@ -90,16 +103,39 @@ def _identity(run: PlannedRun, spec_path: str | None) -> dict:
     }
 
 
-def execute_run(run_dir: str, config: dict, action: str, identity: dict) -> dict:
+def execute_run(run_dir: str, config: dict, action: str, identity: dict, wait: bool = False) -> dict:
     """Train one run in this process (the body of a sweep worker); never raises for a failing run.
 
-    Returns ``{"status": "done" | "failed" | "interrupted", "message": str, "wall_time_s": float}``; a failure's
-    traceback is written to ``<run dir>/sweep_error.txt``.
+    The run directory's lock is taken first (``wait``: block until it is free, else return ``"locked"`` at once),
+    then the action is planned again (another sweep may have finished or advanced the run meanwhile).
+    Returns ``{"status": "done" | "failed" | "interrupted" | "locked" | "skipped" | "corrupt", "message": str,
+    "wall_time_s": float | None}``; a failure's traceback is written to ``<run dir>/sweep_error.txt``.
     """
+    from kdlab.runlock import RunLock, RunLockedError
+
+    d = Path(run_dir)
+    try:
+        lock = RunLock(d, wait=wait).acquire()
+    except RunLockedError as err:
+        return {"status": "locked", "message": str(err), "wall_time_s": None}
+    except interrupts.Interrupted as err:
+        return {"status": "interrupted", "message": str(err), "wall_time_s": None}
+    try:
+        if identity.get("config_hash"):
+            action, reason = plan_action_dir(d, identity["config_hash"])
+            if action == "skip":
+                return {"status": "skipped", "message": "finished by another process", "wall_time_s": None}
+            if action == "corrupt":
+                return {"status": "corrupt", "message": reason, "wall_time_s": None}
+        return _execute_locked(d, config, action, identity)
+    finally:
+        lock.release()
+
+
+def _execute_locked(d: Path, config: dict, action: str, identity: dict) -> dict:
     from kdlab.config import build_config
     from kdlab.train.trainer import Trainer, TrainingInterrupted
 
-    d = Path(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     previous = 0.0
     if action == "resume" and (d / "sweep.json").is_file():
@@ -115,7 +151,7 @@ def execute_run(run_dir: str, config: dict, action: str, identity: dict) -> dict
     try:
         trainer = Trainer(build_config(config), run_dir=d, resume=action == "resume", force=action != "resume")
         trainer.fit()
-    except TrainingInterrupted as err:
+    except (TrainingInterrupted, interrupts.Interrupted) as err:
         return {"status": "interrupted", "message": str(err), "wall_time_s": None}
     except Exception as err:  # report and go on with the other runs
         (d / "sweep_error.txt").write_text(traceback.format_exc())
@@ -128,6 +164,7 @@ def execute_run(run_dir: str, config: dict, action: str, identity: dict) -> dict
 
 def _worker_init() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    interrupts.install(raising=False)  # SIGTERM/SIGINT: the worker's training checkpoints and stops
 
 
 def run_sweep(
@@ -143,6 +180,7 @@ def run_sweep(
         from kdlab.config import ConfigError
 
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    interrupts.raise_if_requested("the sweep")
     runs = expand(spec, threads=default_threads(workers))
     spec_path = str(spec.path) if spec.path is not None else None
     plan = [(run, *plan_action(run)) for run in runs]
@@ -153,8 +191,14 @@ def run_sweep(
     outcomes: dict[int, Outcome] = {}
     done_count = 0
 
+    deferred: list[int] = []  # runs another process was training: waited for at the end
+
     def finish(i: int, outcome: Outcome) -> None:
         nonlocal done_count
+        if outcome.status == "locked":
+            log.info("%s: %s; coming back to it at the end", outcome.run.key, outcome.message)
+            deferred.append(i)
+            return
         if outcome.status in ("done", "skipped"):
             try:
                 outcome.row = store.record_run_dir(outcome.run.run_dir)
@@ -184,14 +228,22 @@ def run_sweep(
         run, action, _ = plan[i]
         return str(run.run_dir), run.config, action, _identity(run, spec_path)
 
-    if workers == 1 or len(todo) <= 1:
-        for i in todo:
-            result = execute_run(*args(i))
+    def run_in_process(indices: list[int], wait: bool) -> None:
+        for i in indices:
+            if interrupts.requested() is not None:  # the first signal stops the sweep as a whole
+                break
+            result = execute_run(*args(i), wait=wait)
             finish(i, outcome_of(i, result))
             if result["status"] == "interrupted":
                 break
+
+    if workers == 1 or len(todo) <= 1:
+        run_in_process(todo, wait=False)
     else:
         _run_pool(todo, args, workers, lambda i, result: finish(i, outcome_of(i, result)))
+    while deferred and interrupts.requested() is None:  # wait for the runs other processes were training
+        again, deferred[:] = list(deferred), []
+        run_in_process(again, wait=True)
     for i in range(len(plan)):  # runs never started (an interruption stopped the sweep)
         if i not in outcomes:
             run, action, _ = plan[i]
@@ -208,22 +260,44 @@ def _run_pool(todo: list[int], args: Callable[[int], tuple], workers: int, done:
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
         pending = {pool.submit(execute_run, *args(i)): i for i in todo}
-        try:
-            while pending:
+        stopping = False
+        while pending:
+            try:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    i = pending.pop(fut)
-                    try:
-                        result = fut.result()
-                    except BrokenProcessPool:
-                        result = {"status": "failed", "message": "its worker process died", "wall_time_s": None}
-                    except Exception as err:  # e.g. KeyboardInterrupt of a second signal inside the worker
-                        result = {"status": "failed", "message": f"{type(err).__name__}: {err}", "wall_time_s": None}
-                    done(i, result)
-        except KeyboardInterrupt:
-            for fut in pending:
-                fut.cancel()
-            raise
+            except KeyboardInterrupt:  # the first signal: stop as a whole (the workers checkpoint and return)
+                if stopping:
+                    raise
+                stopping = True
+                _stop_workers(pool, pending)
+                continue
+            for fut in finished:
+                i = pending.pop(fut)
+                if fut.cancelled():
+                    continue
+                try:
+                    result = fut.result()
+                except BrokenProcessPool:
+                    result = {"status": "failed", "message": "its worker process died", "wall_time_s": None}
+                except BaseException as err:  # e.g. the KeyboardInterrupt of a second signal inside the worker
+                    result = {"status": "failed", "message": f"{type(err).__name__}: {err}", "wall_time_s": None}
+                done(i, result)
+            if not stopping and interrupts.requested() is not None:
+                stopping = True
+                _stop_workers(pool, pending)
+
+
+def _stop_workers(pool: object, pending: dict) -> None:
+    """Cancel the runs not started and forward SIGTERM to the worker processes (their trainings checkpoint)."""
+    import signal
+
+    for fut in list(pending):
+        if fut.cancel():
+            pending.pop(fut)
+    for proc in list(getattr(pool, "_processes", {}).values()):
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass
 
 
 def summarize_outcomes(outcomes: list[Outcome]) -> dict[str, int]:

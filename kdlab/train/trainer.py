@@ -506,6 +506,8 @@ class Trainer:
         try:
             progress = self._open_run_dir()
             r.method.prepare(self._prepare_context())
+            if self._stop_signal is None:
+                self._stop_signal = interrupts.requested()  # a request noted while the run was being built
             if self._stop_signal is not None:  # stopped during start-up: no step has run
                 raise TrainingInterrupted(
                     f"stopped by {interrupts.signal_name(self._stop_signal)} before the first step; "
