@@ -2,6 +2,9 @@
 
 ``load_config(path, overrides)`` reads a YAML file strictly into :class:`RunConfig`: an unknown key is an error
 that names it and suggests the closest valid key, a wrong type names the field and the expected type.
+Numbers may be written in scientific notation anywhere (``optim.lr=1e-3``, ``1E-3``, also in YAML files, where
+YAML 1.1 would read ``1e-3`` as a string). Every numeric field declares its valid range once, as field metadata
+(``field(default=0.05, metadata=rng(gt=0))``, see :mod:`kdlab.ranges`); loading refuses a value outside it.
 ``key=value`` overrides use dotted paths (``method.temperature=2``, ``model.teachers.0.checkpoint=t.pt``).
 The ``method`` section is selected by its ``name`` through the method registry; each method defines its own
 ``Config`` dataclass (see :mod:`kdlab.methods.base`).
@@ -10,6 +13,8 @@ The ``method`` section is selected by its ``name`` through the method registry; 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,8 +23,11 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from kdlab.ranges import field_range, out_of_range_message, rng, violations
 from kdlab.registry import closest
 from kdlab.tabular_config import TabularConfig
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -42,9 +50,9 @@ class TeacherConfig:
     """Model registry name (``kdlab list models``)."""
     checkpoint: str | None = None
     """A kdlab run checkpoint or export, or a plain state dict (``module.`` prefixes are stripped)."""
-    input_mean: list[float] | None = None
+    input_mean: list[float] | None = field(default=None, metadata=rng())
     """Per-channel mean the teacher was trained with, if it differs from the dataset's; inputs are renormalised."""
-    input_std: list[float] | None = None
+    input_std: list[float] | None = field(default=None, metadata=rng(gt=0))
     """Per-channel std the teacher was trained with (see ``input_mean``)."""
 
 
@@ -58,6 +66,11 @@ class ModelConfig:
     """Frozen teachers (empty for ``ce``)."""
     student_checkpoint: str | None = None
     """Optional initial weights for the student (same formats as teacher checkpoints)."""
+    student_input_mean: list[float] | None = field(default=None, metadata=rng())
+    """Per-channel mean the student expects, if it differs from the dataset's (e.g. a pretrained student); inputs
+    are renormalised as for teachers, in training, evaluation and the exported model."""
+    student_input_std: list[float] | None = field(default=None, metadata=rng(gt=0))
+    """Per-channel std the student expects (see ``student_input_mean``)."""
 
 
 @dataclass(kw_only=True)
@@ -74,51 +87,53 @@ class DataConfig:
     """``npz`` dataset: training files (arrays ``x`` uint8 [N, H, W, C] and ``y``); relative to ``root``."""
     test_file: str | None = None
     """``npz`` dataset: test file."""
-    train_per_class: int | None = None
+    train_per_class: int | None = field(default=None, metadata=rng(ge=1))
     """Keep this many training images per class (class-balanced subset drawn with ``split_seed``)."""
-    test_limit: int | None = None
+    test_limit: int | None = field(default=None, metadata=rng(ge=1))
     """Evaluate on a stratified subset of about this many test images (for smoke runs), chosen by ``split_seed``."""
-    val_fraction: float = 0.0
+    val_fraction: float = field(default=0.0, metadata=rng(ge=0, lt=1))
     """Hold out this stratified fraction of the training set as a validation split (never from the test set)."""
-    split_seed: int = 0
+    split_seed: int = field(default=0, metadata=rng(ge=0, le=2**32 - 1))
     """Seed of subsetting and of the validation split (kept fixed across training seeds)."""
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata=rng(ge=1))
     """Global training batch size."""
-    eval_batch_size: int = 256
+    eval_batch_size: int = field(default=256, metadata=rng(ge=1))
     """Evaluation batch size."""
     drop_last: bool = False
     """Drop the last incomplete training batch of each epoch."""
     augment: Literal["crop_flip", "flip", "none"] = "crop_flip"
     """Batch-wise training augmentation: random crop with padding plus horizontal flip, flip only, or none."""
-    crop_padding: int = 4
+    crop_padding: int = field(default=4, metadata=rng(ge=0))
     """Zero padding of the random crop, in pixels."""
-    imbalance_ratio: float | None = None
+    imbalance_ratio: float | None = field(
+        default=None, metadata=rng(ge=1, note="the largest class is this many times the smallest")
+    )
     """Long-tailed training split: ratio of the largest to the smallest class size (e.g. 100 for CIFAR-100-LT)."""
     imbalance_profile: Literal["exp", "step"] = "exp"
     """Long-tailed profile: ``exp`` n_c = n_max * ratio^(-c/(K-1)); ``step`` halves at n_max and n_max / ratio."""
-    crop_size: int = 224
+    crop_size: int = field(default=224, metadata=rng(ge=1))
     """Streamed datasets (``imagenet``, ``imagefolder``): side of the random-resized training crop and of the
     evaluation centre crop, in pixels."""
-    resize_size: int = 256
+    resize_size: int = field(default=256, metadata=rng(ge=1))
     """Streamed datasets: evaluation images are resized so their shorter side is this, then centre-cropped."""
-    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0], metadata=rng(gt=0, le=1))
     """Streamed datasets: range of the area fraction of the random-resized training crop."""
-    workers: int = 4
+    workers: int = field(default=4, metadata=rng(ge=0))
     """Streamed datasets: decoding worker processes (0 decodes in the training process)."""
     tabular: TabularConfig = field(default_factory=TabularConfig)
     """Token data sources (``tabular_csv``, ``criteo``, ``text_csv``, ``breast_cancer``, ``wine``): columns, buckets,
     vocabulary, tokenizer (:class:`kdlab.tabular_config.TabularConfig`)."""
     cache_dir: str | None = None
     """``tiny_imagenet``: where to cache the decoded arrays (default: next to the dataset folder)."""
-    num_classes: int = 10
+    num_classes: int = field(default=10, metadata=rng(ge=2, note="a classifier needs at least 2 classes"))
     """``synthetic`` dataset: number of classes."""
-    image_size: int = 32
+    image_size: int = field(default=32, metadata=rng(ge=1))
     """``synthetic`` dataset: image height and width."""
-    channels: int = 3
+    channels: int = field(default=3, metadata=rng(ge=1))
     """``synthetic`` dataset: image channels."""
-    train_size: int = 512
+    train_size: int = field(default=512, metadata=rng(ge=1))
     """``synthetic`` dataset: training images."""
-    test_size: int = 256
+    test_size: int = field(default=256, metadata=rng(ge=1))
     """``synthetic`` dataset: test images."""
 
 
@@ -128,25 +143,25 @@ class OptimConfig:
 
     name: Literal["sgd", "adamw"] = "sgd"
     """Optimiser."""
-    lr: float = 0.05
+    lr: float = field(default=0.05, metadata=rng(gt=0))
     """Peak learning rate (0.01 for MobileNet/ShuffleNet students in the CIFAR recipes)."""
-    momentum: float = 0.9
+    momentum: float = field(default=0.9, metadata=rng(ge=0, lt=1))
     """SGD momentum."""
     nesterov: bool = False
     """SGD Nesterov momentum."""
-    weight_decay: float = 5e-4
+    weight_decay: float = field(default=5e-4, metadata=rng(ge=0))
     """Weight decay (applied to all parameters, as in the benchmark)."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=rng(ge=0, lt=1))
     """AdamW betas."""
     schedule: Literal["step", "cosine", "constant"] = "step"
     """``step``: multiply by ``gamma`` after each milestone epoch; ``cosine``: cosine decay to ``min_lr``."""
-    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210], metadata=rng(ge=1))
     """``step`` schedule: epochs after which the LR is multiplied by ``gamma`` (1-based, as the references)."""
-    gamma: float = 0.1
+    gamma: float = field(default=0.1, metadata=rng(gt=0))
     """``step`` schedule: decay factor."""
-    min_lr: float = 0.0
+    min_lr: float = field(default=0.0, metadata=rng(ge=0))
     """``cosine`` schedule: final learning rate."""
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = field(default=0.0, metadata=rng(ge=0))
     """Linear warm-up from 0 over this many epochs (per step)."""
 
 
@@ -154,19 +169,21 @@ class OptimConfig:
 class TrainConfig:
     """The run: length, seed, device, checkpoints."""
 
-    epochs: int = 240
+    epochs: int = field(
+        default=240, metadata=rng(ge=1, note="to evaluate a checkpoint without training use kdlab eval")
+    )
     """Training epochs."""
-    max_steps: int | None = None
+    max_steps: int | None = field(default=None, metadata=rng(ge=1))
     """Stop after this many optimiser steps (smoke runs); the schedule still spans ``epochs``."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=rng(ge=0, le=2**32 - 1))
     """Seed of initialisation, data order, augmentation and method randomness."""
     device: str = "auto"
     """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
-    threads: int | None = None
+    threads: int | None = field(default=None, metadata=rng(ge=1))
     """CPU threads for torch (None: torch's default)."""
-    eval_every: int = 1
+    eval_every: int = field(default=1, metadata=rng(ge=1))
     """Evaluate on the test set every this many epochs (and always after the last)."""
-    checkpoint_every: int = 1
+    checkpoint_every: int = field(default=1, metadata=rng(ge=1))
     """Write ``checkpoint.pt`` every this many epochs (and on interruption and at the end)."""
     run_dir: str = "runs"
     """Parent directory of run directories."""
@@ -184,7 +201,7 @@ class TrainConfig:
     """``torch.compile`` the trainable step (student + method); falls back to eager with a warning."""
     teacher_cache: bool | Literal["auto"] = False
     """Reuse teacher logits when inputs repeat (data.augment=none or train.replay_epochs > 0): off, on or auto."""
-    replay_epochs: int = 0
+    replay_epochs: int = field(default=0, metadata=rng(ge=0))
     """R > 0: epoch e replays the order and augmentation of epoch e mod R (lets train.teacher_cache reuse logits)."""
     sync_bn: bool = False
     """Under torchrun: BatchNorm statistics over the global batch (``SyncBatchNorm``; CUDA only, a no-op alone)."""
@@ -200,7 +217,7 @@ class TrainConfig:
 class LogConfig:
     """Console and file logging."""
 
-    every_steps: int = 50
+    every_steps: int = field(default=50, metadata=rng(ge=1))
     """Log training terms every this many steps (plain-text mode)."""
     progress: Literal["auto", "bar", "plain", "off"] = "auto"
     """Progress display: a bar with ETA on a terminal, periodic lines otherwise."""
@@ -243,7 +260,7 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
     description: str = ""
     """Free text: what this config reproduces."""
-    target: dict[str, float] = field(default_factory=dict)
+    target: dict[str, float] = field(default_factory=dict, metadata=rng())
     """Published numbers this config should reproduce (e.g. ``top1: 73.33``), for reports."""
     chain: ChainConfig | None = None
     """A teacher-assistant chain; such a config runs with ``kdlab chain CONFIG`` (``kdlab train`` refuses it)."""
@@ -330,6 +347,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{path} must be a boolean (true/false), got {value!r}")
+    if tp in (int, float) and isinstance(value, str) and _NUMBER.match(value.strip()):
+        value = float(value.strip())  # 1e-3, 1E-3, 5e-4: YAML 1.1 reads them as strings
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -345,6 +364,25 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             return value
         raise ConfigError(f"{path} must be a string, got {value!r}")
     raise ConfigError(f"{path}: unsupported annotation {tp!r}")
+
+
+#: A decimal number with an optional exponent (what YAML 1.1 misses: ``1e-3``, ``1E3``, ``.5e-2``).
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def check_ranges(obj: Any, path: str = "") -> None:
+    """Refuse a numeric field of dataclass ``obj`` outside its declared range (not recursive: ``from_dict`` calls
+    it for every dataclass it builds)."""
+    for f in dataclasses.fields(obj):
+        r = field_range(f)
+        if r is None:
+            continue
+        full = f"{path}.{f.name}" if path else f.name
+        bad = violations(getattr(obj, f.name), r, full)
+        if bad:
+            key, value = bad[0]
+            default = f.default if key == full else None
+            raise ConfigError(out_of_range_message(key, value, r, default))
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -372,11 +410,13 @@ def from_dict(cls: type, data: dict, path: str = "") -> Any:
         where = f" in {path}" if path else ""
         raise ConfigError(f"missing required config key(s){where}: {', '.join(missing)}")
     try:
-        return cls(**kwargs)
+        obj = cls(**kwargs)
     except (TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"{path or cls.__name__}: {err}") from None
+    check_ranges(obj, path)
+    return obj
 
 
 def to_dict(cfg: Any) -> Any:
@@ -472,7 +512,43 @@ def build_config(data: dict, overrides: list[str] | None = None) -> RunConfig:
     import copy
 
     data = apply_overrides(copy.deepcopy(data), list(overrides or []))
-    return from_dict(RunConfig, data)
+    cfg = from_dict(RunConfig, data)
+    check_run(cfg)
+    return cfg
+
+
+def check_run(cfg: RunConfig) -> None:
+    """Checks across fields of a run config (each field's own range is checked by :func:`from_dict`)."""
+    o, t = cfg.optim, cfg.train
+    ms = o.milestones
+    for i in range(1, len(ms)):
+        if ms[i] <= ms[i - 1]:
+            raise ConfigError(
+                f"optim.milestones = {ms} must be strictly increasing ({ms[i - 1]} is followed by {ms[i]}). "
+                f"Fix: list the epochs after which the LR decays in order, e.g. optim.milestones=[150, 180, 210]"
+            )
+    if o.schedule == "step" and ms and ms[-1] >= t.epochs:
+        late = [m for m in ms if m >= t.epochs]
+        log.warning(
+            "optim.milestones %s at or after the last epoch (train.epochs=%d): the step schedule never applies them",
+            late,
+            t.epochs,
+        )
+    scale = cfg.data.crop_scale
+    if len(scale) != 2 or scale[0] > scale[1]:
+        raise ConfigError(
+            f"data.crop_scale = {scale} must be two area fractions [min, max] with min <= max. "
+            f"Fix: e.g. data.crop_scale=[0.08, 1.0]"
+        )
+    if len(o.betas) != 2:
+        raise ConfigError(
+            f"optim.betas = {o.betas} must be two numbers [beta1, beta2]. Fix: e.g. optim.betas=[0.9, 0.999]"
+        )
+    if o.schedule == "cosine" and o.min_lr > o.lr:
+        raise ConfigError(
+            f"optim.min_lr = {o.min_lr!r} is above optim.lr = {o.lr!r}: the cosine schedule decays from lr to min_lr. "
+            f"Fix: set optim.min_lr <= optim.lr"
+        )
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
