@@ -269,6 +269,16 @@ def resolve_metrics(configured: Sequence[str], dataset_defaults: Sequence[str] |
     return names if "top1" in names else ("top1", *names)
 
 
+def format_metrics(values: dict) -> str:
+    """``"top1 93.00 auc 0.9812 nll 0.2100"``: an evaluation record's metrics for a progress line (``%`` metrics with
+    2 decimals, the others with 4)."""
+    parts = []
+    for name, value in values.items():
+        if name in METRICS and isinstance(value, float):
+            parts.append(f"{name} {value:.2f}" if name in ("top1", "top5") else f"{name} {value:.4f}")
+    return " ".join(parts)
+
+
 def _model_input(batch) -> object:
     return batch.x
 
@@ -341,6 +351,7 @@ __all__ = [
     "binary_auc",
     "check_metric_names",
     "evaluate",
+    "format_metrics",
     "higher_is_better",
     "metric_names",
     "resolve_metrics",

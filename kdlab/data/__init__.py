@@ -50,8 +50,15 @@ def is_streaming(name: str) -> bool:
 
 def make_loader(splits, cfg, device, seed: int, **kwargs):
     """The loader of a dataset: :class:`~kdlab.data.loader.DeviceLoader` for in-memory :class:`DatasetSplits`,
-    :class:`~kdlab.data.streaming.StreamingLoader` for :class:`StreamingSplits`. ``kwargs`` go to the loader
+    :class:`~kdlab.data.streaming.StreamingLoader` for :class:`StreamingSplits`, :class:`~kdlab.data.tokens.TokenLoader`
+    for token data (:class:`~kdlab.data.tokens.TokenSplits`). ``kwargs`` go to the loader
     (``views``, ``holdout_fraction``, and ``rank``/``world_size`` where the loader shards)."""
+    from kdlab.data.tokens import TokenSplits
+
+    if isinstance(splits, TokenSplits):
+        from kdlab.data.tokens import TokenLoader
+
+        return TokenLoader(splits, cfg, device, seed, **kwargs)
     if isinstance(splits, StreamingSplits):
         from kdlab.data.streaming import StreamingLoader
 

@@ -14,6 +14,7 @@ from kdlab.data import load_dataset, make_loader
 from kdlab.data.base import DatasetSplits, StreamingSplits
 from kdlab.data.loader import DeviceLoader
 from kdlab.data.streaming import StreamingLoader
+from kdlab.data.tokens import model_build_kwargs
 from kdlab.methods import DistillMethod, build_method
 from kdlab.methods.base import BuildContext
 from kdlab.models.base import TapError, probe_taps
@@ -84,14 +85,15 @@ def build_run(cfg: RunConfig, device: torch.device | None = None, load_teacher_w
     splits = load_dataset(cfg.data)
     data = make_loader(splits, cfg.data, device, cfg.train.seed)  # in memory or streamed, by the dataset's kind
     k, in_ch = splits.num_classes, splits.input_size[0]
+    extra = model_build_kwargs(splits, [cfg.model.student, *[t.name for t in cfg.model.teachers]])
 
-    student = models.create(cfg.model.student, num_classes=k, in_channels=in_ch).to(device)
+    student = models.create(cfg.model.student, num_classes=k, in_channels=in_ch, **extra).to(device)
     if cfg.model.student_checkpoint:
         load_model_file(student, cfg.model.student_checkpoint, cfg.model.student)
 
     teachers = []
     for i, tcfg in enumerate(cfg.model.teachers):
-        model = models.create(tcfg.name, num_classes=k, in_channels=in_ch)
+        model = models.create(tcfg.name, num_classes=k, in_channels=in_ch, **extra)
         if tcfg.checkpoint and load_teacher_weights:
             load_model_file(model, tcfg.checkpoint, tcfg.name)
         elif load_teacher_weights:

@@ -30,6 +30,8 @@ import kdlab
 from kdlab import interrupts
 from kdlab.config import ConfigError, RunConfig, dump_config, to_dict
 from kdlab.methods.base import MAIN_STAGE, AuxContext, PrepareContext, Stage
+from kdlab.metrics import DEFAULT_METRICS, format_metrics, resolve_metrics, select_key
+from kdlab.metrics import evaluate as evaluate_metrics
 from kdlab.models.base import count_parameters
 from kdlab.runlock import RunLock
 from kdlab.train import distributed
@@ -104,32 +106,24 @@ def accuracy(logits: Tensor, y: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Te
     return [hit[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
 
 
-@torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: Iterator[Batch], reduce: Callable[[Tensor], Tensor] | None = None
+    model: nn.Module,
+    batches: Iterator[Batch],
+    reduce: Callable[[Tensor], Tensor] | None = None,
+    names: tuple[str, ...] = DEFAULT_METRICS,
 ) -> dict[str, float]:
-    """Top-1/top-5 accuracy (%) and mean cross-entropy of ``model`` over ``batches`` (eval mode).
+    """The registered metrics ``names`` (:mod:`kdlab.metrics`; default top-1/top-5 %), the mean cross-entropy
+    ``loss`` and the sample count ``n`` of ``model`` over ``batches`` (eval mode).
 
-    ``reduce`` sums the ``[4]`` float64 counts (samples, top-1 hits, top-5 hits, summed loss) over processes when each
-    process evaluated its own shard of the split.
+    ``reduce`` sums a tensor over processes when each process evaluated its own shard of the split (rows of
+    sample-level state, e.g. AUC's scores, are gathered from every process then).
     """
-    was = model.training
-    model.eval()
-    n, c1, c5, loss = 0, 0, 0, 0.0
-    for batch in batches:
-        logits = model(batch.x).float()
-        h1, h5 = accuracy(logits, batch.y)
-        c1 += int(h1)
-        c5 += int(h5)
-        loss += float(torch.nn.functional.cross_entropy(logits, batch.y, reduction="sum"))
-        n += batch.size
-    model.train(was)
+    gather = None
     if reduce is not None:
-        n, c1, c5, loss = reduce(torch.tensor([n, c1, c5, loss], dtype=torch.float64)).tolist()
-        n = int(n)
-    if n == 0:
-        raise ValueError("evaluation saw no samples")
-    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n, "n": n}
+        from kdlab.distributed import gather_rows
+
+        gather = lambda t: gather_rows(t)[0]  # noqa: E731
+    return evaluate_metrics(model, batches, names, reduce_sum=reduce, gather_rows=gather)
 
 
 def git_commit() -> str | None:
@@ -152,6 +146,21 @@ def versions() -> dict[str, str]:
         "numpy": np.__version__,
         "kdlab": kdlab.__version__,
     }
+
+
+def run_metrics(cfg: RunConfig, splits: object) -> tuple[str, ...]:
+    """The evaluation metrics of a run (``train.metrics``, else the dataset's defaults) with ``train.select_by``
+    checked against them; a bad name is a :class:`ConfigError` naming the fix."""
+    try:
+        names = resolve_metrics(cfg.train.metrics, getattr(splits, "metrics", None))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.train.select_by not in (*names, "loss"):
+        raise ConfigError(
+            f"train.select_by={cfg.train.select_by!r} is not among the run's metrics {list(names)} (or 'loss'); "
+            f"choose one of them, or add it to train.metrics"
+        )
+    return names
 
 
 def default_run_name(cfg: RunConfig) -> str:
@@ -244,6 +253,7 @@ class Trainer:
             distributed.teardown(self._owns_group)
             raise
         r = self.run
+        self.metric_names = run_metrics(cfg, r.splits)
         self.aux = list(r.method.aux_objectives())
         self.steps_per_epoch = r.data.steps_per_epoch()
         # the method's own stages (if any) run first, then the main stage of `train.epochs`
@@ -662,7 +672,7 @@ class Trainer:
                     record["val"] = self.evaluate("val")
                 display.message(
                     f"epoch {epoch + 1}: loss {record['train'].get('loss', float('nan')):.4f} "
-                    f"test top1 {record['test']['top1']:.2f} top5 {record['test']['top5']:.2f} "
+                    f"test {format_metrics(record['test'])} "
                     f"({record['images_per_s']:.0f} img/s)"
                 )
             self.history.append(record)
@@ -709,13 +719,16 @@ class Trainer:
     def evaluate(self, split: str = "test") -> dict[str, float]:
         """Accuracy of the exported model on ``split`` (several processes: each its shard, counts summed)."""
         if not self.world.distributed:
-            return evaluate(self.run.method.export(self.run.student), self.run.data.eval_batches(split))
+            return evaluate(
+                self.run.method.export(self.run.student), self.run.data.eval_batches(split), names=self.metric_names
+            )
         distributed.broadcast_buffers(self.step_module, skip=self._ddp_ignore)  # rank 0's BN statistics everywhere
         device = self.run.device
         return evaluate(
             self.run.method.export(self.run.student),
             self.run.data.eval_batches(split, shard=True),
-            reduce=lambda t: distributed.reduce_sum(t.to(device)).cpu(),
+            reduce=lambda t: distributed.reduce_sum(t.to(device)).to(t.device),
+            names=self.metric_names,
         )
 
     def _finish(self, progress: Progress) -> dict:
@@ -725,7 +738,8 @@ class Trainer:
         main = progress.stage == MAIN_STAGE
         evals = [h for h in self.history if "test" in h]
         last = evals[-1]["test"] if evals else self.evaluate("test")
-        best = max(evals, key=lambda h: h["test"]["top1"]) if evals else {"epoch": progress.epoch, "test": last}
+        by = select_key(cfg.train.select_by)
+        best = max(evals, key=lambda h: by(h["test"])) if evals else {"epoch": progress.epoch, "test": last}
         export_path = self.export()
         exported = self.run.method.export(self.run.student)
         summary = {
@@ -741,6 +755,8 @@ class Trainer:
             "finished": main and progress.epoch >= cfg.train.epochs,
             "last": {"epoch": evals[-1]["epoch"] if evals else progress.epoch, **last},
             "best": {"epoch": best["epoch"], **best["test"]},
+            "select_by": cfg.train.select_by,
+            "metrics": list(self.metric_names),
             "train_time_s": self.train_time,
             "images_per_s": self.train_images / max(self.train_time, 1e-9),
             "student_parameters": count_parameters(self.run.student),
