@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.config import MethodConfig
+from kdlab.ranges import rng
 from kdlab.types import LossOut, Needs, Progress, StepIO, TapInfo
 
 
@@ -105,7 +106,7 @@ class AuxObjective:
 
     Under several processes (``torchrun``) the trainer calls :meth:`step` on every rank; the objective's own parameters
     are outside DDP, so an objective that trains them from per-rank data calls
-    :func:`kdlab.train.distributed.average_gradients` on them between its ``backward()`` and its optimiser step
+    :func:`kdlab.distributed.average_gradients` on them between its ``backward()`` and its optimiser step
     (a no-op in one process), which keeps them identical across ranks.
     """
 

@@ -79,15 +79,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab import losses
+from kdlab import distributed, losses
 from kdlab.config import ConfigError, MethodConfig
 from kdlab.losses import fusion as fusion_losses
 from kdlab.methods import register_method
 from kdlab.methods.base import MAIN_STAGE, AuxObjective, BuildContext, DistillMethod, PrepareContext, Stage
 from kdlab.methods.dist import DIST
-from kdlab.methods.dkd import DKD, warmup_factor
+from kdlab.methods.dkd import DKD, dkd_warmup_factor
 from kdlab.methods.kd import KD
-from kdlab.train import distributed
+from kdlab.ranges import rng
 from kdlab.types import Batch, LossOut, Needs, StepIO
 
 log = logging.getLogger("kdlab")
@@ -126,7 +126,7 @@ def _dkd_terms(m: DKD, io: StepIO) -> SampleTerms:
     per = losses.dkd(
         s, io.teacher_logits(), io.y, c.alpha, c.beta, c.temperature, standardize=c.standardize, reduction="none"
     )
-    kd = warmup_factor(io.progress.epoch, c.warmup_epochs) * per.mean(dim=0)
+    kd = dkd_warmup_factor(io.progress, c.warmup_epochs) * per.mean(dim=0)
     gt = losses.cross_entropy(s, io.y, c.label_smoothing, reduction="none")
     return SampleTerms(kd, gt, 1.0, c.ce_weight, "dkd")
 
@@ -179,7 +179,7 @@ class SampleFusion(DistillMethod):
         name: str = ""
         inner: MethodConfig = field(default_factory=KD.Config)
         """The wrapped method: ``kd`` (default), ``dkd`` or ``dist`` (any method with a per-sample form)."""
-        histogram_bins: int = 10
+        histogram_bins: int = field(default=10, metadata=rng(ge=1))
         """Bins of the logged ratio histogram over [0, 1] (per step, split by teacher correctness); 0 for none."""
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
@@ -271,9 +271,9 @@ class AnnealedFusion(SampleFusion):
     @dataclass(kw_only=True)
     class Config(SampleFusion.Config):
         name: str = "anl_kd"
-        alpha_start: float = 1.0
+        alpha_start: float = field(default=1.0, metadata=rng(ge=0, le=1))
         """Ratio of the distillation term at the start of training."""
-        alpha_end: float = 0.0
+        alpha_end: float = field(default=0.0, metadata=rng(ge=0, le=1))
         """Ratio at the end of training."""
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
@@ -306,7 +306,7 @@ class MarginFusion(SampleFusion):
     @dataclass(kw_only=True)
     class Config(SampleFusion.Config):
         name: str = "ada_kd"
-        margin_temperature: float = 1.0
+        margin_temperature: float = field(default=1.0, metadata=rng(gt=0))
         """Softmax temperature of the teacher probabilities the margin reads."""
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
@@ -377,19 +377,19 @@ class LearnedFusion(SampleFusion):
 
     @dataclass(kw_only=True)
     class Config(SampleFusion.Config):
-        hidden: list[int] = field(default_factory=lambda: [128])
+        hidden: list[int] = field(default_factory=lambda: [128], metadata=rng(ge=1))
         """Hidden widths of f_omega (ReLU MLP ending in a sigmoid)."""
-        init_ratio: float = 0.5
+        init_ratio: float = field(default=0.5, metadata=rng(gt=0, lt=1))
         """The ratio every sample starts at (f_omega's last layer starts at zero weights and this bias)."""
-        holdout_fraction: float = 0.1
+        holdout_fraction: float = field(default=0.1, metadata=rng(ge=0, lt=1))
         """Share of the training set held out for omega (stratified; used when data.val_fraction is 0)."""
-        meta_every: int = 1
+        meta_every: int = field(default=1, metadata=rng(ge=1))
         """Update omega every this many student steps (k)."""
-        meta_lr: float = 1e-3
+        meta_lr: float = field(default=1e-3, metadata=rng(gt=0))
         """Learning rate of omega's Adam optimiser."""
-        meta_weight_decay: float = 0.0
+        meta_weight_decay: float = field(default=0.0, metadata=rng(ge=0))
         """Weight decay of omega's optimiser."""
-        virtual_lr: float | None = None
+        virtual_lr: float | None = field(default=None, metadata=rng(gt=0))
         """Step size of the virtual student step; None: the main optimiser's current learning rate."""
 
     feature_dim: int = 0
@@ -540,7 +540,7 @@ class ReweightFusion(LearnedFusion):
     @dataclass(kw_only=True)
     class Config(LearnedFusion.Config):
         name: str = "rw_kd"
-        hidden: list[int] = field(default_factory=lambda: [64])
+        hidden: list[int] = field(default_factory=lambda: [64], metadata=rng(ge=1))
         """Hidden widths of the meta-learner."""
 
     def feature_dim_for(self, cfg: MethodConfig, ctx: BuildContext) -> int:
