@@ -1,4 +1,7 @@
-"""Distillation methods: every method registers its class here under its registry name."""
+"""Distillation methods: every method registers its class in :data:`kdlab.registry.METHODS` under its registry name.
+
+Importing this package imports every method module (the registry does so on its first lookup).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,7 @@ import pkgutil
 from collections.abc import Callable
 
 from kdlab.methods.base import AuxObjective, BuildContext, DistillMethod, PrepareContext
-from kdlab.registry import Registry
-
-METHODS: Registry[type[DistillMethod]] = Registry("method")
+from kdlab.registry import METHODS
 
 
 def register_method(name: str, **meta: object) -> Callable[[type[DistillMethod]], type[DistillMethod]]:

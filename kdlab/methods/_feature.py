@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
@@ -19,6 +19,7 @@ from kdlab import losses
 from kdlab.config import MethodConfig
 from kdlab.methods.base import BuildContext, DistillMethod
 from kdlab.models.base import TapError
+from kdlab.ranges import rng
 from kdlab.types import Needs, StepIO
 
 #: Config value of a single-tap field meaning "the last stage map" (``stageN``).
@@ -35,9 +36,9 @@ class PairError(TapError):
 class FeatureConfig(MethodConfig):
     """Fields every feature-level method has: the cross-entropy term next to the feature term."""
 
-    ce_weight: float = 1.0
+    ce_weight: float = field(default=1.0, metadata=rng(ge=0))
     """Weight of the cross-entropy term (RepDistiller's ``-r``, 1 in every CRD-benchmark run)."""
-    label_smoothing: float = 0.0
+    label_smoothing: float = field(default=0.0, metadata=rng(ge=0, lt=1))
     """Label smoothing epsilon of the cross-entropy term."""
 
 

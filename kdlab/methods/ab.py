@@ -48,6 +48,7 @@ from kdlab.methods import register_method
 from kdlab.methods._feature import FeatureConfig, FeatureMethod, stage_taps
 from kdlab.methods.base import BuildContext, Stage
 from kdlab.methods.fitnet import ConvReg
+from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 #: Name of AB's initialisation stage (``io.progress.stage`` while it runs).
@@ -73,16 +74,16 @@ class AB(FeatureMethod):
     @dataclass(kw_only=True)
     class Config(FeatureConfig):
         name: str = "ab"
-        init_epochs: int = 30
+        init_epochs: int = field(default=30, metadata=rng(ge=0))
         """Epochs of the initialisation stage (RepDistiller's ``--init_epochs``); 0 skips it."""
-        init_lr: float | None = None
+        init_lr: float | None = field(default=None, metadata=rng(gt=0))
         """Constant learning rate of the init stage; None: the run's ``optim.lr`` (as the reference)."""
         init_student_mode: Literal["eval", "train"] = "eval"
         """The student's mode in the init stage: ``eval`` as the reference (``model_s.eval()``: BN layers are affine
         maps with their running statistics, which stay put), ``train`` for batch statistics."""
-        ab_weight: float = 1.0
+        ab_weight: float = field(default=1.0, metadata=rng(ge=0))
         """Weight of the AB loss in the init stage (the reference's init loss is unweighted)."""
-        margin: float = 1.0
+        margin: float = field(default=1.0, metadata=rng(ge=0))
         """Margin ``m`` of the alternative L2 loss."""
         student_taps: list[str] = field(default_factory=list)
         """Student maps, paired with ``teacher_taps`` by position; empty: every stage, pre-activation where the

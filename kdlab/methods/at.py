@@ -24,6 +24,7 @@ from kdlab import losses
 from kdlab.methods import register_method
 from kdlab.methods._feature import FeatureConfig, FeatureMethod
 from kdlab.methods.base import BuildContext
+from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -34,9 +35,9 @@ class AT(FeatureMethod):
     @dataclass(kw_only=True)
     class Config(FeatureConfig):
         name: str = "at"
-        at_weight: float = 1000.0
+        at_weight: float = field(default=1000.0, metadata=rng(ge=0))
         """Weight of the attention-transfer term."""
-        p: float = 2.0
+        p: float = field(default=2.0, metadata=rng(gt=0))
         """Power of the attention map ``mean_c f^p``."""
         student_taps: list[str] = field(default_factory=list)
         """Student maps, paired with ``teacher_taps`` by position; empty: every stage (stage1..stageN)."""

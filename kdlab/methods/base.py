@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.config import MethodConfig
-from kdlab.ranges import rng
 from kdlab.types import LossOut, Needs, Progress, StepIO, TapInfo
 
 

@@ -17,7 +17,7 @@ flattened as ``LinearEmbed`` does).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
@@ -25,6 +25,7 @@ from kdlab import losses
 from kdlab.methods import register_method
 from kdlab.methods._feature import FeatureConfig, FeatureMethod
 from kdlab.methods.base import BuildContext
+from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -55,9 +56,9 @@ class CC(FeatureMethod):
     @dataclass(kw_only=True)
     class Config(FeatureConfig):
         name: str = "cc"
-        cc_weight: float = 0.02
+        cc_weight: float = field(default=0.02, metadata=rng(ge=0))
         """Weight of the correlation-congruence term."""
-        embed_dim: int = 128
+        embed_dim: int = field(default=128, metadata=rng(ge=1))
         """Output size of the two linear embeddings (RepDistiller's ``--feat_dim``)."""
         student_tap: str = "pool"
         """Student feature that is embedded (flattened if spatial)."""

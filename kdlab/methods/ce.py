@@ -5,12 +5,13 @@ Objective: ``CE(z_s, y)`` with optional label smoothing. Reads no teacher.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kdlab import losses
 from kdlab.config import MethodConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import DistillMethod
+from kdlab.ranges import rng
 from kdlab.types import LossOut, Needs, StepIO
 
 
@@ -21,7 +22,7 @@ class CE(DistillMethod):
     @dataclass(kw_only=True)
     class Config(MethodConfig):
         name: str = "ce"
-        label_smoothing: float = 0.0
+        label_smoothing: float = field(default=0.0, metadata=rng(ge=0, lt=1))
         """Label smoothing epsilon of the cross-entropy."""
 
     def needs(self) -> Needs:

@@ -44,6 +44,7 @@ from kdlab.config import MethodConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import MAIN_STAGE, AuxObjective, BuildContext, DistillMethod, PrepareContext, Stage
 from kdlab.methods.kd import KD
+from kdlab.ranges import rng
 from kdlab.types import LossOut, Needs, StepIO
 
 
@@ -61,7 +62,7 @@ class Sum(DistillMethod):
         name: str = "sum"
         terms: list[MethodConfig] = field(default_factory=lambda: [KD.Config()])
         """The methods to add up (each a full method config with its own ``name``)."""
-        weights: list[float] = field(default_factory=list)
+        weights: list[float] = field(default_factory=list, metadata=rng(ge=0))
         """One weight per entry of ``terms``; empty: all 1."""
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:

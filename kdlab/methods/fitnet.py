@@ -19,7 +19,7 @@ Deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
@@ -27,6 +27,7 @@ from kdlab import losses
 from kdlab.methods import register_method
 from kdlab.methods._feature import FeatureConfig, FeatureMethod
 from kdlab.methods.base import BuildContext
+from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -84,7 +85,7 @@ class FitNet(FeatureMethod):
     @dataclass(kw_only=True)
     class Config(FeatureConfig):
         name: str = "fitnet"
-        hint_weight: float = 100.0
+        hint_weight: float = field(default=100.0, metadata=rng(ge=0))
         """Weight of the hint (MSE) term."""
         student_tap: str = "stage2"
         """Student tap of the hint (the references' hint layer 2); ``last`` is the last stage map."""

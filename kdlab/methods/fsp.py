@@ -38,6 +38,7 @@ from kdlab import losses
 from kdlab.methods import register_method
 from kdlab.methods._feature import FeatureConfig, FeatureMethod, stage_taps
 from kdlab.methods.base import BuildContext, Stage
+from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 #: Name of FSP's initialisation stage (``io.progress.stage`` while it runs).
@@ -58,14 +59,14 @@ class FSP(FeatureMethod):
     @dataclass(kw_only=True)
     class Config(FeatureConfig):
         name: str = "fsp"
-        init_epochs: int = 30
+        init_epochs: int = field(default=30, metadata=rng(ge=0))
         """Epochs of the initialisation stage (RepDistiller's ``--init_epochs``); 0 skips it."""
-        init_lr: float | None = None
+        init_lr: float | None = field(default=None, metadata=rng(gt=0))
         """Constant learning rate of the init stage; None: the run's ``optim.lr`` (as the reference)."""
         init_student_mode: Literal["eval", "train"] = "eval"
         """The student's mode in the init stage: ``eval`` as the reference (``model_s.eval()``: BN layers are affine
         maps with their running statistics, which stay put), ``train`` for batch statistics."""
-        fsp_weight: float = 1.0
+        fsp_weight: float = field(default=1.0, metadata=rng(ge=0))
         """Weight of the FSP loss in the init stage (the reference's init loss is unweighted)."""
         student_taps: list[str] = field(default_factory=list)
         """Student maps in network order (consecutive ones are paired), paired with ``teacher_taps`` by position;

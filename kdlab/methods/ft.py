@@ -34,7 +34,7 @@ Deviations:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,7 @@ from kdlab import losses
 from kdlab.methods import register_method
 from kdlab.methods._feature import LAST_STAGE, FeatureConfig, FeatureMethod
 from kdlab.methods.base import BuildContext, Stage
+from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 #: Name of FT's initialisation stage (``io.progress.stage`` while it runs).
@@ -64,7 +65,7 @@ class Paraphraser(nn.Module):
 
     Args:
         t_shape: ``(C, H, W)`` of the teacher map.
-        rate: the factor's channel ratio ``r`` (``rC = int(C * r)``).
+        rate: the factor's channel ratio ``r`` (``rC = field(default=int(C * r)``)., metadata=rng(gt=0))
         bn: batch normalisation after each conv.
 
     Shapes:
@@ -143,19 +144,19 @@ class FT(FeatureMethod):
     @dataclass(kw_only=True)
     class Config(FeatureConfig):
         name: str = "ft"
-        ft_weight: float = 200.0
+        ft_weight: float = field(default=200.0, metadata=rng(ge=0))
         """Weight of the factor-transfer term (RepDistiller's ``-b 200``)."""
-        rate: float = 0.5
+        rate: float = field(default=0.5, metadata=rng(gt=0))
         """Channel ratio of the factor (the paraphraser's and translator's ``k``)."""
-        p: float = 2.0
+        p: float = field(default=2.0, metadata=rng(gt=0))
         """Power of the factor's attention map ``mean_c F^p``."""
         student_tap: str = LAST_STAGE
         """Student map fed to the translator; ``last`` is the last stage (the reference's ``feat[-2]``)."""
         teacher_tap: str = LAST_STAGE
         """Teacher map fed to the paraphraser."""
-        init_epochs: int = 30
+        init_epochs: int = field(default=30, metadata=rng(ge=0))
         """Epochs of the paraphraser's initialisation stage (RepDistiller's ``--init_epochs``); 0 skips it."""
-        init_lr: float | None = 0.01
+        init_lr: float | None = field(default=0.01, metadata=rng(gt=0))
         """Constant learning rate of the init stage: the reference's 0.01 for ResNet/WRN students; None: the run's
         ``optim.lr`` (the reference's choice for other students)."""
 

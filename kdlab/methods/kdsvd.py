@@ -38,6 +38,7 @@ from kdlab import losses
 from kdlab.methods import register_method
 from kdlab.methods._feature import FeatureConfig, FeatureMethod
 from kdlab.methods.base import BuildContext
+from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -54,9 +55,9 @@ class KDSVD(FeatureMethod):
     @dataclass(kw_only=True)
     class Config(FeatureConfig):
         name: str = "kdsvd"
-        kdsvd_weight: float = 1.0
+        kdsvd_weight: float = field(default=1.0, metadata=rng(ge=0))
         """Weight of the KDSVD term."""
-        k: int = 1
+        k: int = field(default=1, metadata=rng(ge=1))
         """Number of the teacher's leading singular vectors (the student keeps k + 3 candidates)."""
         layout: Literal["channels", "width"] = "channels"
         """``channels``: maps as [H*W, C] (paper, RepDistiller); ``width``: as [C*H, W] (mdistiller)."""

@@ -20,13 +20,14 @@ Deviations: none.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kdlab import losses
 from kdlab.config import MethodConfig
 from kdlab.losses.logit import mean_teacher_kd
 from kdlab.methods import register_method
 from kdlab.methods.base import DistillMethod
+from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -37,11 +38,11 @@ class MeanTeacherKD(DistillMethod):
     @dataclass(kw_only=True)
     class Config(MethodConfig):
         name: str = "mt_kd"
-        temperature: float = 4.0
+        temperature: float = field(default=4.0, metadata=rng(gt=0))
         """Softmax temperature T."""
-        ce_weight: float = 0.1
+        ce_weight: float = field(default=0.1, metadata=rng(ge=0))
         """Weight of the cross-entropy term."""
-        kd_weight: float = 0.9
+        kd_weight: float = field(default=0.9, metadata=rng(ge=0))
         """Weight of the KD term against the averaged teacher distribution."""
 
     def loss(self, io: StepIO) -> LossOut:

@@ -23,6 +23,7 @@ from kdlab import losses
 from kdlab.methods import register_method
 from kdlab.methods._feature import FeatureConfig, FeatureMethod
 from kdlab.methods.base import BuildContext
+from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -33,7 +34,7 @@ class NST(FeatureMethod):
     @dataclass(kw_only=True)
     class Config(FeatureConfig):
         name: str = "nst"
-        nst_weight: float = 50.0
+        nst_weight: float = field(default=50.0, metadata=rng(ge=0))
         """Weight of the MMD term."""
         student_taps: list[str] = field(default_factory=list)
         """Student maps, paired with ``teacher_taps`` by position; empty: every stage (stage1..stageN)."""

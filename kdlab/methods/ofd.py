@@ -33,7 +33,7 @@ Deviations:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -43,6 +43,7 @@ from kdlab.config import MethodConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import BuildContext, DistillMethod
 from kdlab.models.base import TapError, pre_tap_stage
+from kdlab.ranges import rng
 from kdlab.types import LossOut, Needs, StepIO
 
 
@@ -68,9 +69,9 @@ class OFD(DistillMethod):
     @dataclass(kw_only=True)
     class Config(MethodConfig):
         name: str = "ofd"
-        ofd_weight: float = 0.001
+        ofd_weight: float = field(default=0.001, metadata=rng(ge=0))
         """Weight of the distillation term (mdistiller's ``FEAT_WEIGHT``)."""
-        ce_weight: float = 1.0
+        ce_weight: float = field(default=1.0, metadata=rng(ge=0))
         """Weight of the cross-entropy."""
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:

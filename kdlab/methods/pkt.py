@@ -15,12 +15,13 @@ flattened).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kdlab import losses
 from kdlab.methods import register_method
 from kdlab.methods._feature import FeatureConfig, FeatureMethod
 from kdlab.methods.base import BuildContext
+from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -31,7 +32,7 @@ class PKT(FeatureMethod):
     @dataclass(kw_only=True)
     class Config(FeatureConfig):
         name: str = "pkt"
-        pkt_weight: float = 30000.0
+        pkt_weight: float = field(default=30000.0, metadata=rng(ge=0))
         """Weight of the PKT term."""
         student_tap: str = "pool"
         """Student embedding (flattened if spatial)."""

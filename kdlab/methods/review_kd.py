@@ -42,6 +42,7 @@ from kdlab.config import MethodConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import BuildContext, DistillMethod
 from kdlab.methods.vid import stage_taps
+from kdlab.ranges import rng
 from kdlab.types import LossOut, Needs, StepIO
 
 
@@ -92,15 +93,15 @@ class ReviewKD(DistillMethod):
     @dataclass(kw_only=True)
     class Config(MethodConfig):
         name: str = "review_kd"
-        review_weight: float = 5.0
+        review_weight: float = field(default=5.0, metadata=rng(ge=0))
         """Weight of the HCL term (mdistiller's CIFAR-100 ``REVIEWKD_WEIGHT``; 1 on ImageNet)."""
-        ce_weight: float = 1.0
+        ce_weight: float = field(default=1.0, metadata=rng(ge=0))
         """Weight of the cross-entropy."""
-        warmup_epochs: int = 20
+        warmup_epochs: int = field(default=20, metadata=rng(ge=0))
         """The HCL term is scaled by ``min((epoch + 1) / warmup_epochs, 1)``."""
-        max_mid_channels: int = 512
+        max_mid_channels: int = field(default=512, metadata=rng(ge=1))
         """Upper bound of the ABF width (which is the student's embedding width below it)."""
-        levels: list[int] = field(default_factory=lambda: [4, 2, 1])
+        levels: list[int] = field(default_factory=lambda: [4, 2, 1], metadata=rng(ge=1))
         """HCL pyramid sizes."""
         student_preact: bool = False
         """Use the student's ``stageK.pre`` taps instead of ``stageK``."""

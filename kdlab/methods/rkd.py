@@ -15,12 +15,13 @@ flattened as in the references).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kdlab import losses
 from kdlab.methods import register_method
 from kdlab.methods._feature import FeatureConfig, FeatureMethod
 from kdlab.methods.base import BuildContext
+from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -31,11 +32,11 @@ class RKD(FeatureMethod):
     @dataclass(kw_only=True)
     class Config(FeatureConfig):
         name: str = "rkd"
-        rkd_weight: float = 1.0
+        rkd_weight: float = field(default=1.0, metadata=rng(ge=0))
         """Weight of the whole RKD term."""
-        distance_weight: float = 25.0
+        distance_weight: float = field(default=25.0, metadata=rng(ge=0))
         """Weight of the distance potential inside the RKD term."""
-        angle_weight: float = 50.0
+        angle_weight: float = field(default=50.0, metadata=rng(ge=0))
         """Weight of the angle potential inside the RKD term."""
         student_tap: str = "pool"
         """Student embedding (flattened if spatial)."""

@@ -65,7 +65,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -78,6 +78,7 @@ from kdlab.methods._feature import FeatureConfig, FeatureMethod, PairError, stag
 from kdlab.methods._teacher_head import FrozenHead
 from kdlab.methods.base import BuildContext
 from kdlab.models.base import TapError
+from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 log = logging.getLogger("kdlab")
@@ -231,19 +232,19 @@ class SimKD(FeatureMethod):
     @dataclass(kw_only=True)
     class Config(FeatureConfig):
         name: str = "simkd"
-        simkd_weight: float = 1.0
+        simkd_weight: float = field(default=1.0, metadata=rng(ge=0))
         """Weight of the projector terms (the reference's ``-b 1``)."""
-        ce_weight: float = 0.0
+        ce_weight: float = field(default=0.0, metadata=rng(ge=0))
         """Weight of the cross-entropy on the student's own logits (``-c 0``)."""
-        kd_weight: float = 0.0
+        kd_weight: float = field(default=0.0, metadata=rng(ge=0))
         """Weight of KD on the student's own logits (``-d 0``)."""
-        factor: int = 2
+        factor: int = field(default=2, metadata=rng(ge=1))
         """Projector inner width is teacher channels // factor (2, 4, 8 in the reference's README)."""
         projectors: Literal["last", "multi", "all"] = "last"
         """``last`` (SimKD), ``multi`` (also after ~2/3 of the student's stages), ``all`` (after every stage)."""
         loss: Literal["l2", "kl"] = "l2"
         """``l2``: MSE on the last projector's map; ``kl``: KL of predictions through the reused classifier."""
-        temperature: float = 4.0
+        temperature: float = field(default=4.0, metadata=rng(gt=0))
         """Softmax temperature of ``loss: kl`` and of the KD term."""
         label_gating: bool = False
         """Learn from a sample only if the teacher classifies it correctly (teacher-dependent terms)."""

@@ -13,12 +13,13 @@ Deviations: none (the map is named: ``student_tap``/``teacher_tap``, default ``l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kdlab import losses
 from kdlab.methods import register_method
 from kdlab.methods._feature import LAST_STAGE, FeatureConfig, FeatureMethod
 from kdlab.methods.base import BuildContext
+from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -29,7 +30,7 @@ class SP(FeatureMethod):
     @dataclass(kw_only=True)
     class Config(FeatureConfig):
         name: str = "sp"
-        sp_weight: float = 3000.0
+        sp_weight: float = field(default=3000.0, metadata=rng(ge=0))
         """Weight of the similarity-preserving term."""
         student_tap: str = LAST_STAGE
         """Student map; ``last`` is the last stage (stageN)."""

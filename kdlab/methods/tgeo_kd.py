@@ -36,7 +36,7 @@ Deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -47,6 +47,7 @@ from kdlab.losses import fusion as fusion_losses
 from kdlab.methods import register_method
 from kdlab.methods.base import BuildContext, PrepareContext
 from kdlab.methods.fusion import LearnedFusion, SampleTerms
+from kdlab.ranges import rng
 from kdlab.types import StepIO
 
 
@@ -61,7 +62,7 @@ class TGeoKD(LearnedFusion):
         name: str = "tgeo_kd"
         feature_set: Literal["edges", "intra", "intra_inter"] = "intra_inter"
         """Inputs of f_omega: the edges, the intra-sample triangle, or both triangles (the paper's full model)."""
-        feature_temperature: float = 1.0
+        feature_temperature: float = field(default=1.0, metadata=rng(gt=0))
         """Softmax temperature of the predictions S, T and Tbar in the features."""
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
