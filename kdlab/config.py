@@ -24,7 +24,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from kdlab.ranges import field_range, out_of_range_message, rng, violations
-from kdlab.registry import closest
+from kdlab.registry import METHODS, closest
 from kdlab.tabular_config import TabularConfig
 
 log = logging.getLogger(__name__)
@@ -285,8 +285,7 @@ def _type_name(tp: Any) -> str:
 
 
 def _method_config_class(name: object, path: str) -> type[MethodConfig]:
-    from kdlab.methods import METHODS
-
+    """The ``Config`` class of method ``name`` from the method registry (which imports the method modules)."""
     if not isinstance(name, str):
         raise ConfigError(f"{path}.name must be a method name (a string), got {name!r}")
     try:

@@ -1,8 +1,15 @@
-"""A small generic name -> object registry used for models, methods and datasets."""
+"""A small generic name -> object registry used for models, methods and datasets.
+
+A registry may name the package whose modules register its entries (``Registry("method", package="kdlab.methods")``):
+the first question asked of it (``get``, ``names``, ``in``, ...) imports that package by name. Code that only looks
+entries up (the run config resolving ``method.name``) therefore depends on this module alone, never on the package
+that fills it, and the package depends on this module: the import graph has no cycle.
+"""
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -27,12 +34,26 @@ class Registry(Generic[T]):
 
     Args:
         kind: what the registry holds, used in error messages (``"model"``, ``"method"``).
+        package: dotted name of the package whose import registers the entries; imported on the first lookup.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, package: str | None = None) -> None:
         self.kind = kind
+        self.package = package
+        self._loaded = package is None
         self._items: dict[str, T] = {}
         self._meta: dict[str, dict] = {}
+
+    def _load(self) -> None:
+        """Import :attr:`package` once (its modules call :meth:`add`); lookups during that import see what is there."""
+        if self._loaded:
+            return
+        self._loaded = True
+        try:
+            importlib.import_module(self.package)
+        except BaseException:
+            self._loaded = False
+            raise
 
     def register(self, name: str, **meta: object) -> Callable[[T], T]:
         """Decorator registering an object under ``name`` with optional metadata."""
@@ -52,6 +73,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The object registered as ``name``; an unknown name lists the available ones."""
+        self._load()
         try:
             return self._items[name]
         except KeyError:
@@ -68,13 +90,23 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Registered names, in registration order."""
+        self._load()
         return list(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
+        self._load()
         return iter(self._items)
 
     def __len__(self) -> int:
+        self._load()
         return len(self._items)
+
+
+#: Every distillation method, by registry name: filled by the modules of :mod:`kdlab.methods` (each class registers
+#: with :func:`kdlab.methods.register_method`). The run config resolves ``method.name`` to the method's ``Config``
+#: here, without importing :mod:`kdlab.methods` itself.
+METHODS: Registry[type] = Registry("method", package="kdlab.methods")

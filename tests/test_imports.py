@@ -1,0 +1,192 @@
+"""The import graph of ``kdlab``: no cycle among module-level imports, and the methods never import the trainer.
+
+The graph is read from the source with :mod:`ast` (nothing is imported): every ``import``/``from ... import``
+statement of every module under ``kdlab/``, split into module-level imports (run when the module is imported,
+including class bodies and ``try``/``if`` blocks at module level, but not ``if TYPE_CHECKING:`` blocks) and
+function-level imports (run when the function is called). An edge ``a -> b`` means that importing ``a`` imports ``b``;
+importing ``kdlab.x.y`` also runs the ``__init__`` of ``kdlab.x``, so the edge goes to every package on the way
+that is not already an ancestor of ``a`` (whose ``__init__`` has started before ``a`` itself).
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "kdlab"
+
+
+@dataclass
+class ImportGraph:
+    """``module -> imported kdlab modules``, module-level and function-level edges kept apart."""
+
+    modules: set[str] = field(default_factory=set)
+    module_level: dict[str, set[str]] = field(default_factory=dict)
+    function_level: dict[str, set[str]] = field(default_factory=dict)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(tree: ast.Module, module: str, is_package: bool):
+    """Yield ``(target, function_level)`` for every import statement of a module (targets as written, resolved)."""
+
+    def resolve(node: ast.ImportFrom) -> str:
+        if not node.level:
+            return node.module or ""
+        base = module.split(".")
+        if not is_package:
+            base = base[:-1]
+        base = base[: len(base) - (node.level - 1)]
+        return ".".join(base + ([node.module] if node.module else []))
+
+    def visit(node: ast.AST, in_function: bool):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, in_function
+        elif isinstance(node, ast.ImportFrom):
+            base = resolve(node)
+            for alias in node.names:
+                # `from pkg import name`: `pkg.name` if it is a module, else `pkg` (checked by the caller)
+                yield (f"{base}.{alias.name}", base), in_function
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.orelse:
+                yield from visit(child, in_function)
+        else:
+            inner = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            for child in ast.iter_child_nodes(node):
+                yield from visit(child, inner)
+
+    yield from visit(tree, False)
+
+
+def build_graph() -> ImportGraph:
+    """Parse every module of ``kdlab`` and collect its imports of other ``kdlab`` modules."""
+    graph = ImportGraph()
+    sources = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        name = _module_name(path)
+        graph.modules.add(name)
+        sources[name] = (path, path.name == "__init__.py")
+    for name, (path, is_package) in sources.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        own_ancestors = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+        if is_package:
+            own_ancestors.add(name)
+        for target, in_function in _imports(tree, name, is_package):
+            if isinstance(target, tuple):
+                target = target[0] if target[0] in graph.modules else target[1]
+            if target != "kdlab" and not target.startswith("kdlab."):
+                continue
+            if target not in graph.modules:
+                raise AssertionError(f"{name} imports {target}, which is not a module of kdlab")
+            parts = target.split(".")
+            chain = {".".join(parts[:i]) for i in range(2, len(parts) + 1)}  # kdlab.x, kdlab.x.y, ... (not kdlab)
+            edges = graph.function_level if in_function else graph.module_level
+            edges.setdefault(name, set()).update(t for t in chain - own_ancestors if t != name)
+    return graph
+
+
+def find_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each as a sorted list."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    counter = [0]
+
+    def strongconnect(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                strongconnect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    nodes = set(edges) | {w for ws in edges.values() for w in ws}
+    for v in sorted(nodes):
+        if v not in index:
+            strongconnect(v)
+    return cycles
+
+
+@pytest.fixture(scope="module")
+def graph() -> ImportGraph:
+    return build_graph()
+
+
+def test_graph_sees_known_imports(graph):
+    # The walker finds what is there (so that an empty graph cannot pass the tests below).
+    assert len(graph.modules) > 100
+    assert "kdlab.config" in graph.module_level["kdlab.methods.base"]
+    assert "kdlab.distributed" in graph.module_level["kdlab.methods.crd"]
+    assert "kdlab.distributed" in graph.module_level["kdlab.train.distributed"]
+    assert "kdlab.methods.kd" in graph.module_level["kdlab.methods.fusion"]
+    assert "kdlab.train.trainer" in graph.function_level["kdlab.cli.main"]
+
+
+def test_find_cycles_on_a_known_graph():
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e"}}
+    assert find_cycles(edges) == [["a", "b", "c"]]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_level_import_cycle(graph):
+    cycles = find_cycles(graph.module_level)
+    assert not cycles, "module-level import cycles in kdlab: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def test_config_does_not_import_the_methods(graph):
+    # The run config resolves `method.name` through kdlab.registry.METHODS only (the registry imports the package).
+    assert not {t for t in graph.module_level.get("kdlab.config", ()) if t.startswith("kdlab.methods")}
+    assert not {t for t in graph.function_level.get("kdlab.config", ()) if t.startswith("kdlab.methods")}
+
+
+def test_methods_do_not_import_the_trainer(graph):
+    bad = sorted(
+        f"{m} -> {t}"
+        for edges in (graph.module_level, graph.function_level)
+        for m, targets in edges.items()
+        if m == "kdlab.methods" or m.startswith("kdlab.methods.")
+        for t in targets
+        if t == "kdlab.train" or t.startswith("kdlab.train.")
+    )
+    assert not bad, "kdlab/methods imports kdlab/train (use kdlab.distributed for collectives): " + ", ".join(bad)
+
+
+def test_lower_layers_do_not_import_the_trainer(graph):
+    # The functional losses, the collectives, the registry and the config sit below the trainer and the methods.
+    for low in ("kdlab.losses", "kdlab.distributed", "kdlab.registry", "kdlab.config", "kdlab.types"):
+        for edges in (graph.module_level, graph.function_level):
+            for m, targets in edges.items():
+                if m == low or m.startswith(low + "."):
+                    up = sorted(t for t in targets if t.startswith(("kdlab.train", "kdlab.methods", "kdlab.cli")))
+                    assert not up, f"{m} imports {up}"
