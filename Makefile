@@ -3,16 +3,18 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# torch is installed first so that the package's range requirement (torch>=2.2) is already satisfied.
-# Override for another build, e.g. TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu".
-TORCH_SPEC ?= torch==2.13.0
+# torch and torchvision are installed first, as one pair from the same release (a torchvision built for another
+# torch fails at import: "operator torchvision::nms does not exist"), so that the package's ranges are already
+# satisfied. kdlab/compat.py names the same pair in its error message (a test keeps them equal).
+# Override for another build, e.g. TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cpu".
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.kdlab-installed
 
 .PHONY: demo test test-all test-extras lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_SPEC) || $(PIP) install -q "torch>=2.2"
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PIP) install -q $(TORCH_SPEC) || $(PIP) install -q torch torchvision
 	$(PIP) install -q -e ".[dev]"
 	touch $@
 

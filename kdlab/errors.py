@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kdlab.analysis.common import AnalysisError
+from kdlab.compat import TorchvisionMismatchError
 from kdlab.config import ConfigError
 from kdlab.data.base import DataError
 from kdlab.experiments.store import StoreError
@@ -20,6 +21,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     StoreError,
     AnalysisError,
     CheckpointNotFoundError,
+    TorchvisionMismatchError,
 )
 
 

@@ -43,8 +43,12 @@ def create_timm(name: str, num_classes: int = 1000, in_channels: int = 3, **kwar
     Raises:
         ImportError: timm is not installed (the message says how to install it).
     """
+    from kdlab.compat import TorchvisionMismatchError, import_timm
+
     try:
-        import timm
+        timm = import_timm()
+    except TorchvisionMismatchError:
+        raise
     except ImportError as err:
         raise ImportError(_TIMM_MISSING.format(name=name)) from err
     model = timm.create_model(name, num_classes=num_classes, in_chans=in_channels, **kwargs)
