@@ -20,6 +20,7 @@ Policy (``train.precision``, ``train.teacher_precision``, ``train.channels_last`
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Mapping
@@ -156,7 +157,10 @@ class CompiledStep:
     eager module from then on.
 
     A failure of the compiled call is retried eagerly on the same inputs, so a genuine error of the step (a bad
-    config, a shape mismatch) still surfaces from the eager call with its ordinary message.
+    config, a shape mismatch) still surfaces from the eager call with its ordinary message. Before that retry the
+    module's state (parameters, buffers: BatchNorm statistics, a method's memories and counters), the global RNG
+    states and the method's generators are put back as they were before the failed call, so a side effect of the
+    step (a memory update, a state counter) is applied once, not twice.
 
     Args:
         module: the trainable step (an ``nn.Module``).
@@ -188,13 +192,68 @@ class CompiledStep:
             return self.module(*args, **kwargs)
         if self.status == "compiled":
             return self._compiled(*args, **kwargs)
+        snapshot = _snapshot(self.module)
         try:
             out = self._compiled(*args, **kwargs)
         except Exception as err:  # first call: compilation errors surface here
             self._fallback(err)
+            _restore(self.module, snapshot)  # undo what the failed call did before the eager retry
             return self.module(*args, **kwargs)
         self.status = "compiled"
         return out
+
+
+def _generator_owner(module: nn.Module) -> Any:
+    inner = getattr(module, "module", module)  # DDP wraps the step module
+    method = getattr(inner, "method", None)
+    return method if hasattr(method, "generator_state") and hasattr(method, "set_generator_state") else None
+
+
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+
+
+def _plain_attributes(module: nn.Module) -> list[tuple[nn.Module, dict]]:
+    """Each submodule's own Python attributes (not parameters, buffers or submodules), containers copied one level:
+    e.g. a method's list of pending updates or a step counter."""
+    out = []
+    for m in module.modules():
+        attrs = {}
+        for k, v in vars(m).items():
+            if k in _MODULE_INTERNALS:
+                continue
+            attrs[k] = copy.copy(v) if isinstance(v, (list, dict, set)) else v
+        out.append((m, attrs))
+    return out
+
+
+def _snapshot(module: nn.Module) -> dict:
+    """What a call of the step may change: the module's state dict (copied), its submodules' plain attributes, the
+    global RNGs, the method's generators."""
+    owner = _generator_owner(module)
+    return {
+        "state": {k: v.detach().clone() for k, v in module.state_dict().items()},
+        "attributes": _plain_attributes(module),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "generators": owner.generator_state() if owner is not None else None,
+    }
+
+
+def _restore(module: nn.Module, snap: dict) -> None:
+    with torch.no_grad():
+        for k, v in module.state_dict().items():
+            v.copy_(snap["state"][k])
+    for m, attrs in snap["attributes"]:
+        for k in [k for k in vars(m) if k not in _MODULE_INTERNALS and k not in attrs]:
+            delattr(m, k)  # attributes the failed call created
+        for k, v in attrs.items():
+            object.__setattr__(m, k, v)
+    torch.set_rng_state(snap["torch_rng"])
+    if snap["cuda_rng"] is not None:
+        torch.cuda.set_rng_state_all(snap["cuda_rng"])
+    owner = _generator_owner(module)
+    if owner is not None and snap["generators"] is not None:
+        owner.set_generator_state(snap["generators"])
 
 
 def eval_batches(batches: Iterator[Batch], precision: Precision) -> Iterator[Batch]:

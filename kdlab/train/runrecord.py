@@ -20,8 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from kdlab.config import ConfigError
+from kdlab.models.checkpoints import CheckpointError
 
 log = logging.getLogger("kdlab")
+
+class RunExistsError(CheckpointError, ConfigError):
+    """A new run over a directory that holds one, without ``--resume`` or ``--force`` (bad input: exit code 2)."""
+
 
 #: Config keys (dotted; a trailing ``.*`` covers a whole section) that may differ on ``--resume``.
 RESUME_ALLOWED: tuple[str, ...] = (

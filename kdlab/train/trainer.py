@@ -49,7 +49,7 @@ from kdlab.train.checkpoint import (
 )
 from kdlab.train.display import ProgressDisplay
 from kdlab.train.precision import CompiledStep, Precision, to_float
-from kdlab.train.runrecord import check_resume_config, move_aside, truncate_metrics
+from kdlab.train.runrecord import RunExistsError, check_resume_config, move_aside, truncate_metrics
 from kdlab.train.schedule import learning_rate
 from kdlab.types import Batch, LossOut, Needs, Outputs, Progress, StepIO
 
@@ -197,9 +197,11 @@ class Trainer:
         self._last_checkpoint: Progress | None = None  # what checkpoint.pt holds (None: not written yet)
         self._writing = False  # a checkpoint is being written (a second signal then waits for it)
         self._epoch_accum: dict | None = None  # running sums of a partly trained epoch, restored on resume
+        # every refusal happens before the lock is taken: a refused command writes nothing (not even the lock's pid)
+        self._check_run_dir(resume, force)
         self.lock = self._lock_run_dir()
         try:
-            self._check_run_dir(resume, force)
+            self._check_presence(resume, force)  # again under the lock: another process may have changed the run
             self._init(cfg)
         except BaseException:
             self.lock.release()
@@ -207,11 +209,6 @@ class Trainer:
 
     def _lock_run_dir(self) -> RunLock:
         """The run directory's lock (``kdlab.runlock``): a second trainer of this run stops here."""
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise ConfigError(
-                f"the run directory {str(self.run_dir)!r} is a file; remove it or choose another train.run_dir / "
-                "train.name"
-            )
         try:
             return RunLock(self.run_dir).acquire()
         except OSError as err:
@@ -221,23 +218,31 @@ class Trainer:
             ) from None
 
     def _check_run_dir(self, resume: bool, force: bool) -> None:
-        """Refuse before any work: --resume without a checkpoint or with a config outside the allow-list; a new run
-        over an existing one without --force."""
-        if resume and not self.ckpt_path.is_file():
-            raise CheckpointNotFoundError(
-                f"--resume: no checkpoint at {str(self.ckpt_path)!r}; start the run without --resume"
+        """Refuse before any work: a run directory that is a file; --resume without a checkpoint or with a config
+        outside the allow-list; a new run over an existing one without --force."""
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(
+                f"the run directory {str(self.run_dir)!r} is a file; remove it or choose another train.run_dir / "
+                "train.name"
             )
-        if not resume and not force and self.ckpt_path.is_file():
-            raise CheckpointError(
-                f"{str(self.run_dir)!r} already holds a run; pass --resume to continue it, --force to start over, "
-                "or choose another train.name"
-            )
+        self._check_presence(resume, force)
         if resume:
             state = read_file(self.ckpt_path)
             if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
                 raise CheckpointError(f"{str(self.ckpt_path)!r} is not a kdlab training checkpoint")
             check_resume_config(state["config"], to_dict(self.cfg), self.run_dir, int(state["progress"]["epoch"]))
             self._resume_state = state
+
+    def _check_presence(self, resume: bool, force: bool) -> None:
+        if resume and not self.ckpt_path.is_file():
+            raise CheckpointNotFoundError(
+                f"--resume: no checkpoint at {str(self.ckpt_path)!r}; start the run without --resume"
+            )
+        if not resume and not force and self.ckpt_path.is_file():
+            raise RunExistsError(
+                f"{str(self.run_dir)!r} already holds a run; pass --resume to continue it, --force to start over, "
+                "or choose another train.name"
+            )
 
     def _init(self, cfg: RunConfig) -> None:
         if cfg.train.threads:
@@ -620,7 +625,7 @@ class Trainer:
                     where = "" if main else f" of stage {progress.stage!r}"
                     raise NonFiniteLossError(
                         f"non-finite loss at step {progress.step} (epoch {epoch + 1}{where}): term {bad!r} = "
-                        f"{dict(zip(named, term_values)).get(bad, loss_value)}. {self._checkpoint_note().capitalize()}"
+                        f"{dict(zip(named, term_values)).get(bad, loss_value)}. {_sentence(self._checkpoint_note())}"
                         "; lower optim.lr, check the teacher checkpoint and the inputs, then "
                         + ("resume or restart" if self._last_checkpoint is not None else "restart (--force)")
                     )
@@ -840,6 +845,11 @@ class Trainer:
                 f"{self.world.size}; resume with the same number of processes (e.g. torchrun --nproc_per_node="
                 f"{saved} ... --resume), or start a new run"
             )
+
+
+def _sentence(text: str) -> str:
+    """``text`` with its first letter upper-case (the rest unchanged, unlike ``str.capitalize``)."""
+    return text[:1].upper() + text[1:]
 
 
 class _ForwardTaps(nn.Module):
