@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from kdlab.data.base import DataError
 
 
 def channel_stats(x: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -37,3 +40,18 @@ def resolve(root: str | Path, name: str | Path) -> Path:
     """``name`` as a path: itself when absolute (``~`` expanded), else relative to ``root``."""
     path = Path(name).expanduser()
     return path if path.is_absolute() else Path(root).expanduser() / path
+
+
+def check_labels(y: np.ndarray, num_classes: int, where: str, field: str = "y", fix: str = "") -> None:
+    """Refuse integer labels ``y [N]`` outside ``[0, num_classes)`` with a :class:`DataError` naming ``where`` (the
+    file), ``field`` (the array or key), the first offending label and its position, and ``fix``."""
+    if y.size == 0:
+        return
+    bad = np.flatnonzero((y < 0) | (y >= num_classes))
+    if bad.size:
+        i = int(bad[0])
+        hint = f"; {fix}" if fix else ""
+        raise DataError(
+            f"{where}: {field!r} holds labels outside 0..{num_classes - 1}: {bad.size} of {y.size}, the first "
+            f"{int(y[i])} at position {i}{hint}"
+        )

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from kdlab.data.base import DataError, DatasetSplits, ImageSet, register_dataset
+from kdlab.data.sources._common import check_labels
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,7 @@ def _read_batch(path: Path, layout: CifarLayout) -> tuple[np.ndarray, np.ndarray
             f"{path}: {layout.label_key!r} must be {data.shape[0]} integer labels, got {labels.dtype} {labels.shape}"
         )
     labels = labels.astype(np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= layout.num_classes):
-        raise DataError(f"{path}: labels must lie in 0..{layout.num_classes - 1}, found {labels.min()}..{labels.max()}")
+    check_labels(labels, layout.num_classes, str(path), layout.label_key, "the file is not an intact CIFAR batch")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 

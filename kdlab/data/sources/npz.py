@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from kdlab.data.base import DataError, DatasetSplits, ImageSet, register_dataset
-from kdlab.data.sources._common import channel_stats, resolve
+from kdlab.data.sources._common import channel_stats, check_labels, resolve
 
 _SAVE_HINT = "write it with np.savez(path, x=images_uint8_NHWC, y=labels)"
 
@@ -28,6 +28,17 @@ def _layout_hint(x: np.ndarray) -> str:
     if x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[3] not in (1, 3, 4):
         return "; it looks channels-first [N, C, H, W]: use x.transpose(0, 2, 3, 1)"
     return ""
+
+
+def _channels_first(x: np.ndarray) -> bool:
+    """Whether a 4-D array looks like [N, C, H, W]: 1, 3 or 4 on axis 1 and not a channel count on axis 3."""
+    return x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4) and x.shape[2] > 4
+
+
+def _dtype_fix(x: np.ndarray) -> str:
+    if np.issubdtype(x.dtype, np.floating) and x.size and float(np.nanmax(x)) <= 1.0:
+        return "for floats in [0, 1] save (x * 255).round().astype(np.uint8)"
+    return "save x.clip(0, 255).astype(np.uint8) if the values are 0..255 pixel intensities"
 
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
@@ -54,29 +65,61 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None
             classes = data["classes"] if "classes" in data.files else None
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
             raise DataError(f"npz dataset: {path} could not be read ({err})") from None
-    if x.dtype != np.uint8 or x.ndim != 4:
+    where = f"npz dataset: {path}"
+    if x.ndim != 4:
         raise DataError(
-            f"npz dataset: {path}: 'x' must be uint8 [N, H, W, C] (0..255, channels last), got {x.dtype} "
-            f"{tuple(x.shape)}{_layout_hint(x)}"
+            f"{where}: 'x' must be uint8 [N, H, W, C] (channels last), got {x.ndim} dimensions {tuple(x.shape)}"
+            f"{_layout_hint(x)}; {_SAVE_HINT}"
         )
+    if _channels_first(x):
+        raise DataError(
+            f"{where}: 'x' has shape {tuple(x.shape)}, which is channels-first [N, C, H, W]; kdlab reads "
+            f"[N, H, W, C]: save x.transpose(0, 2, 3, 1)"
+        )
+    if x.dtype != np.uint8:
+        raise DataError(f"{where}: 'x' must be uint8 [N, H, W, C] (0..255), got dtype {x.dtype}; {_dtype_fix(x)}")
     if x.shape[0] == 0 or 0 in x.shape[1:]:
-        raise DataError(f"npz dataset: {path}: 'x' is empty, shape {tuple(x.shape)}")
+        raise DataError(f"{where}: 'x' is empty, shape {tuple(x.shape)}; the file must hold at least one image")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise DataError(
-            f"npz dataset: {path}: 'y' must be [N] with N={x.shape[0]} (one label per image), got {tuple(y.shape)}"
+            f"{where}: 'y' must be [N] with N={x.shape[0]} (one label per image of 'x'), got shape "
+            f"{tuple(y.shape)}; save the labels of exactly the images in 'x'"
         )
     if not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"npz dataset: {path}: 'y' must hold integer labels, got dtype {y.dtype}")
+        raise DataError(
+            f"{where}: 'y' must hold integer labels (class indices 0..K-1), got dtype {y.dtype}; "
+            "save y.astype(np.int64)"
+        )
     if y.min() < 0:
-        raise DataError(f"npz dataset: {path}: labels must be >= 0 (0..K-1), found {y.min()}")
+        i = int(np.argmin(y))
+        raise DataError(f"{where}: labels must be >= 0 (class indices 0..K-1), 'y' holds {int(y[i])} at position {i}")
     names = None
     if classes is not None:
         if classes.ndim != 1 or classes.dtype.kind not in "US":
             raise DataError(f"npz dataset: {path}: 'classes' must be a 1-D array of strings, got {classes.dtype}")
         names = tuple(str(c) for c in classes.tolist())
-        if y.max() >= len(names):
-            raise DataError(f"npz dataset: {path}: label {y.max()} but only {len(names)} names in 'classes'")
+        check_labels(
+            y, len(names), where, "y", f"'classes' names {len(names)} classes, so labels are 0..{len(names) - 1}"
+        )
     return x, y.astype(np.int64), names
+
+
+def _num_classes(parts: list, test_path: Path, ty: np.ndarray) -> int:
+    """K of a dataset without ``classes``: every label 0..K-1 must have a training image, test labels < K."""
+    seen = np.unique(np.concatenate([p[2] for p in parts]))
+    k = int(seen[-1]) + 1
+    if len(seen) < k:
+        gaps = np.setdiff1d(np.arange(k), seen)
+        where = parts[0][0] if len(parts) == 1 else ", ".join(str(p[0]) for p in parts)
+        raise DataError(
+            f"npz dataset: {where}: 'y' has labels up to {k - 1} but {len(gaps)} of the classes 0..{k - 1} have no "
+            f"training image (e.g. {', '.join(str(int(g)) for g in gaps[:5])}); labels must be class indices "
+            f"0..K-1: renumber them (np.unique(y, return_inverse=True)) or add a 'classes' array naming all K classes"
+        )
+    if k < 2:
+        raise DataError(f"npz dataset: {parts[0][0]}: 'y' holds a single class; a classifier needs at least 2")
+    check_labels(ty, k, f"npz dataset: {test_path}", "y", f"the training files have classes 0..{k - 1} only")
+    return k
 
 
 def load_npz(root: str | Path, train_files: list[str], test_file: str | None) -> DatasetSplits:
@@ -114,9 +157,7 @@ def load_npz(root: str | Path, train_files: list[str], test_file: str | None) ->
             raise DataError(f"npz dataset: {path} and {named[0][0]} have different 'classes'")
     x = torch.from_numpy(parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts]))
     y = torch.from_numpy(np.concatenate([p[2] for p in parts]))
-    num_classes = max(int(y.max()), int(ty.max())) + 1
-    if classes is not None:
-        num_classes = max(num_classes, len(classes))
+    num_classes = len(classes) if classes is not None else _num_classes(parts, test_path, ty)
     mean, std = channel_stats(x)
     return DatasetSplits(
         name="npz",
