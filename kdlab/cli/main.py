@@ -63,7 +63,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from kdlab.evaluate import evaluate_file
 
-    result = evaluate_file(args.checkpoint, data_overrides=args.data, device=args.device)
+    result = evaluate_file(
+        args.checkpoint,
+        data_overrides=args.data,
+        device=args.device,
+        model=args.model,
+        input_mean=args.input_mean,
+        input_std=args.input_std,
+        split=args.split,
+    )
+    log.info(
+        "%s (%s, %s) on %s %s: top-1 %.2f %%, top-5 %.2f %%, NLL %.4f, ECE %.4f (%d images)",
+        result["file"],
+        result["model"],
+        result["kind"],
+        result["dataset"],
+        result["split"],
+        result["top1"],
+        result["top5"],
+        result["nll"],
+        result["ece"],
+        result["n"],
+    )
     print(json.dumps(result, indent=2))
     return 0
 
@@ -108,15 +129,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", default=None, help="run directory (default runs/<train.name>)")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint.pt or student.pt on its test set")
-    e.add_argument("checkpoint", help="a run's checkpoint.pt or student.pt")
+    e = sub.add_parser(
+        "eval",
+        help="top-1, top-5, NLL and ECE of a run, its student.pt / checkpoint.pt, or a raw checkpoint of a zoo model",
+        description="Score a model on a data split. FILE is a run directory, its student.pt or checkpoint.pt, or a "
+        "raw checkpoint of a zoo model (a state dict, possibly inside 'state_dict'/'model'/'net', 'module.' "
+        "prefixes allowed), which needs --model and --data name=DATASET.",
+    )
+    e.add_argument("checkpoint", metavar="FILE", help="run directory, student.pt, checkpoint.pt or raw checkpoint")
     e.add_argument(
         "--data",
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="data overrides, e.g. root=/data/cifar test_limit=1000",
+        help="data overrides, e.g. root=/data/cifar test_limit=1000 (a raw checkpoint: name=cifar10 ...)",
     )
+    e.add_argument("--model", default=None, help="raw checkpoint: its architecture (kdlab list models)")
+    e.add_argument(
+        "--input-mean", type=float, nargs="+", default=None, metavar="M", help="raw checkpoint: its per-channel mean"
+    )
+    e.add_argument(
+        "--input-std", type=float, nargs="+", default=None, metavar="S", help="raw checkpoint: its per-channel std"
+    )
+    e.add_argument("--split", default="test", choices=["test", "train"], help="data split to score (default test)")
     e.add_argument("--device", default="auto")
     e.set_defaults(func=cmd_eval)
 
@@ -184,14 +219,16 @@ def _main(argv: Sequence[str] | None) -> int:
         from kdlab.allocator import maybe_reexec
 
         maybe_reexec(opt_out=args.no_tcmalloc)
-    from kdlab.errors import USER_ERRORS, describe
-
     try:
         return args.func(args)
-    except USER_ERRORS as err:
-        print(f"kdlab: error: {describe(err)}", file=sys.stderr)
-        return EXIT_USAGE
     except Exception as err:
+        # imported on failure only: the error classes live in modules that import torch, which `--help`, `list`
+        # and `show` never load (an error of such a class means its module is loaded already)
+        from kdlab.errors import USER_ERRORS, describe
+
+        if isinstance(err, USER_ERRORS):
+            print(f"kdlab: error: {describe(err)}", file=sys.stderr)
+            return EXIT_USAGE
         from kdlab.train.checkpoint import CheckpointError
         from kdlab.train.trainer import NonFiniteLossError, TrainingInterrupted
 

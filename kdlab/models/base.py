@@ -68,12 +68,17 @@ class TapModel(nn.Module):
             ``(logits [B, K], {name: [B, C, H, W] or [B, D]})`` with exactly the requested names.
         """
         wanted = self.check_taps(taps)
-        logits, feats = self._forward(x, wanted)
+        logits, feats = self._forward(self._normalize_input(x), wanted)
         return logits, {k: feats[k] for k in taps}
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, H, W]`` images -> ``[B, K]`` logits."""
-        return self._forward(x, frozenset())[0]
+        return self._forward(self._normalize_input(x), frozenset())[0]
+
+    def _normalize_input(self, x: Tensor) -> Tensor:
+        """The model's own input normalisation, when it differs from the data's (:mod:`kdlab.models.input_norm`)."""
+        norm = self._modules.get("input_norm")
+        return x if norm is None else norm(x)
 
     def bn_before_relu(self, tap: str) -> nn.BatchNorm2d | None:
         """The BatchNorm whose output feeds the ReLU at pre-activation tap ``tap`` (``stageK.pre``), or None.

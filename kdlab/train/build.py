@@ -18,6 +18,7 @@ from kdlab.data.tokens import model_build_kwargs
 from kdlab.methods import DistillMethod, build_method
 from kdlab.methods.base import BuildContext
 from kdlab.models.base import TapError, probe_taps
+from kdlab.models.input_norm import set_input_normalization
 from kdlab.seeding import seed_everything
 from kdlab.train.checkpoint import load_model_file
 from kdlab.train.teacher import FrozenTeacher
@@ -88,6 +89,11 @@ def build_run(cfg: RunConfig, device: torch.device | None = None, load_teacher_w
     extra = model_build_kwargs(splits, [cfg.model.student, *[t.name for t in cfg.model.teachers]])
 
     student = models.create(cfg.model.student, num_classes=k, in_channels=in_ch, **extra).to(device)
+    mc = cfg.model
+    try:
+        set_input_normalization(student, splits.mean, splits.std, mc.student_input_mean, mc.student_input_std)
+    except ValueError as err:
+        raise ConfigError(f"model.student_input_mean/student_input_std: {err}") from None
     if cfg.model.student_checkpoint:
         load_model_file(student, cfg.model.student_checkpoint, cfg.model.student)
 
@@ -98,9 +104,11 @@ def build_run(cfg: RunConfig, device: torch.device | None = None, load_teacher_w
             load_model_file(model, tcfg.checkpoint, tcfg.name)
         elif load_teacher_weights:
             log.warning("model.teachers.%d (%s) has no checkpoint: the teacher is randomly initialised", i, tcfg.name)
-        teachers.append(
-            FrozenTeacher(model, tcfg.name, splits.mean, splits.std, tcfg.input_mean, tcfg.input_std).to(device)
-        )
+        try:
+            teacher = FrozenTeacher(model, tcfg.name, splits.mean, splits.std, tcfg.input_mean, tcfg.input_std)
+        except ValueError as err:
+            raise ConfigError(f"model.teachers.{i}.input_mean/input_std: {err}") from None
+        teachers.append(teacher.to(device))
 
     def make_method(data) -> DistillMethod:
         ctx = build_context(

@@ -7,6 +7,7 @@ from collections.abc import Collection
 import torch
 from torch import Tensor, nn
 
+from kdlab.models.input_norm import InputNorm
 from kdlab.types import Batch, Outputs
 
 
@@ -14,7 +15,8 @@ class FrozenTeacher(nn.Module):
     """A frozen teacher model that returns :class:`Outputs` for the views and taps a method needs.
 
     When the teacher was trained with another input normalisation than the dataset's, its input is re-normalised
-    (``x_t = x * scale + shift`` per channel, from the dataset's and the teacher's mean/std).
+    (:class:`~kdlab.models.input_norm.InputNorm`: ``x_t = x * scale + shift`` per channel, from the dataset's and the
+    teacher's mean/std).
 
     Args:
         model: the teacher (a tap model).
@@ -38,14 +40,8 @@ class FrozenTeacher(nn.Module):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
-        c = len(data_mean)
         self.renormalize = input_mean is not None or input_std is not None
-        t_mean = torch.tensor(input_mean if input_mean is not None else data_mean, dtype=torch.float32)
-        t_std = torch.tensor(input_std if input_std is not None else data_std, dtype=torch.float32)
-        d_mean, d_std = torch.tensor(data_mean), torch.tensor(data_std)
-        # x_raw = x * d_std + d_mean;  x_t = (x_raw - t_mean) / t_std
-        self.register_buffer("scale", (d_std / t_std).view(1, c, 1, 1), persistent=False)
-        self.register_buffer("shift", ((d_mean - t_mean) / t_std).view(1, c, 1, 1), persistent=False)
+        self.input_norm = InputNorm(data_mean, data_std, input_mean, input_std) if self.renormalize else None
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         """Teachers always stay in eval mode."""
@@ -53,8 +49,8 @@ class FrozenTeacher(nn.Module):
 
     @torch.inference_mode()
     def _run(self, x: Tensor, taps: Collection[str]) -> tuple[Tensor, dict[str, Tensor]]:
-        if self.renormalize:
-            x = x * self.scale + self.shift
+        if self.input_norm is not None:
+            x = self.input_norm(x)
         return self.model.forward_taps(x, tuple(taps))
 
     def outputs(self, batch: Batch, views: Collection[str], taps: Collection[str]) -> dict[str, Outputs]:
