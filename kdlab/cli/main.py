@@ -42,6 +42,8 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    # the first line, before the heavy imports (torch, the registries: seconds on a cold start)
+    log.info("kdlab train %s: loading torch and the registries", " ".join([args.config, *args.overrides]))
     from kdlab.config import load_config
     from kdlab.train.trainer import Trainer
 
