@@ -190,3 +190,103 @@ def test_lower_layers_do_not_import_the_trainer(graph):
                 if m == low or m.startswith(low + "."):
                     up = sorted(t for t in targets if t.startswith(("kdlab.train", "kdlab.methods", "kdlab.cli")))
                     assert not up, f"{m} imports {up}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Start-up: `kdlab --help` and `kdlab list` answer without importing torch (a fresh interpreter per command).
+
+_RUN = """
+import json, sys
+from kdlab.cli.main import main
+from kdlab.listing import source_fingerprint
+before = source_fingerprint()
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "torch": "torch" in sys.modules, "same_sources": before == source_fingerprint()}),
+      file=sys.stderr)
+"""
+
+
+def _fresh(args: list[str], cache: Path) -> tuple[dict, str]:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KDLAB_CACHE_DIR": str(cache)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUN, *args], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    return json.loads(proc.stderr.strip().splitlines()[-1]), proc.stdout
+
+
+def test_help_does_not_import_torch(tmp_path):
+    result, out = _fresh(["--help"], tmp_path)
+    assert result["code"] == 0 and "train" in out
+    assert not result["torch"]
+
+
+@pytest.mark.parametrize("what", ["methods", "models", "datasets"])
+def test_list_answers_without_torch_once_the_cache_is_written(tmp_path, what):
+    from kdlab.listing import live_rows
+
+    first, out_cold = _fresh(["list", what], tmp_path)  # cold: imports the registries, writes the cache
+    assert first["code"] == 0 and first["torch"]
+    for _ in range(3):  # other processes may touch kdlab's sources meanwhile; then the cache is rightly stale
+        second, out_warm = _fresh(["list", what], tmp_path)
+        if second["same_sources"] and first["same_sources"]:
+            break
+        first = second
+    assert second["code"] == 0
+    assert not second["torch"], f"kdlab list {what} imported torch although kdlab's sources were unchanged"
+    assert out_warm == out_cold
+    names = [row[0] for row in live_rows(what)]
+    assert names and all(name in out_warm for name in names)
+
+
+def test_list_cache_is_rewritten_when_the_sources_change(tmp_path, monkeypatch):
+    import json
+
+    from kdlab import listing
+
+    monkeypatch.setenv("KDLAB_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "registry-methods.json"
+    path.write_text(json.dumps({"fingerprint": "an older tree", "rows": [["stale", "not a method"]]}))
+    rows = listing.registry_rows("methods")
+    assert rows == listing.live_rows("methods") and ["stale", "not a method"] not in rows
+    assert json.loads(path.read_text())["fingerprint"] == listing.source_fingerprint()
+    path.write_text("{not json")  # a corrupt cache is ignored and replaced
+    assert listing.registry_rows("methods") == rows
+
+
+def test_train_logs_its_first_line_before_importing_torch():
+    import subprocess
+    import sys
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "debug" / "digits_kd.yaml"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "kdlab",
+            "--no-tcmalloc",
+            "train",
+            str(config),
+            "method.temperature=-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]  # the bad temperature is refused after the registries load
+    lines = proc.stderr.splitlines()
+    first = next(i for i, line in enumerate(lines) if "loading torch and the registries" in line)
+    torch_done = next(
+        i for i, line in enumerate(lines) if line.startswith("import time:") and line.split("|")[-1].strip() == "torch"
+    )
+    assert first < torch_done
