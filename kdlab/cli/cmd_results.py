@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 SHOWN = (
     "sweep",
@@ -37,22 +38,33 @@ def _text(value: object) -> str:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from kdlab.experiments.store import ResultsStore, RunDirError, StoreError
+    from kdlab.experiments.store import (
+        ResultsStore,
+        RunDirError,
+        StoreError,
+        check_store_path,
+        read_run_dir,
+        record_from_run,
+    )
 
-    store = ResultsStore(args.store)
     if args.import_dirs:
-        failed = 0
+        check_store_path(Path(args.store), create=True)  # refuse a bad --store before reading anything
+        rows, failed = [], 0
         for d in args.import_dirs:
             try:
-                row = store.record_run_dir(d)
+                rows.append((d, record_from_run(read_run_dir(d))))
             except RunDirError as err:
                 failed += 1
                 print(f"skipped {d}: {err}", file=sys.stderr)
-                continue
+        if rows:  # a store is only created when there is something to record
+            ResultsStore(args.store).record([row for _, row in rows])
+        for d, row in rows:
             print(f"recorded {d}: {row['method']} {row['pair']} seed {row['seed']}: top1 last {row['last_top1']:.2f}")
-        print(f"{len(args.import_dirs) - failed} run(s) recorded in {args.store}, {failed} skipped")
+        print(f"{len(rows)} run(s) recorded in {args.store}, {failed} skipped")
         return 1 if failed else 0
 
+    # a query never creates a store: a typo in --store is an error, not a new empty store
+    store = ResultsStore(args.store, create=False)
     rows = store.query(sweep=args.sweep, where=args.where)
     if args.group_by:
         import json
@@ -86,10 +98,15 @@ def cmd_results(args: argparse.Namespace) -> int:
         import csv
 
         full_header = header if args.group_by else list(rows[0]) if rows else header
-        with open(args.csv, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(full_header)
-            w.writerows(out if args.group_by else [[r[c] for c in full_header] for r in rows])
+        from kdlab.experiments.store import describe_os_error
+
+        try:
+            with open(args.csv, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(full_header)
+                w.writerows(out if args.group_by else [[r[c] for c in full_header] for r in rows])
+        except OSError as err:
+            raise StoreError(f"--csv: cannot write {args.csv!r}: {describe_os_error(err)}") from None
         print(f"wrote {len(out)} row(s) to {args.csv}")
     print(_table(header, [[_text(v) for v in r] for r in out]))
     print(f"{len(out)} row(s)" + (f" from {len(rows)} run(s)" if args.group_by else ""))

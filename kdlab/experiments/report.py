@@ -433,14 +433,14 @@ def report(target: str, out_dir: str | Path | None = None, store_path: str | Pat
         name, description = spec.name, spec.description
     else:
         store = Path(store_path or DEFAULT_STORE)
-        if not store.is_file():
+        if not store.exists():
             raise ConfigError(
                 f"{target!r} is neither a sweep spec file nor a sweep in the results store {str(store)!r} (no such "
                 "file); pass a spec (configs/sweeps/*.yaml) or --store"
             )
-        records, problems = collect_from_store(ResultsStore(store), target)
+        records, problems = collect_from_store(ResultsStore(store, create=False), target)
         if not records:
-            names = sorted({r["sweep"] for r in ResultsStore(store).query() if r["sweep"]})
+            names = sorted({r["sweep"] for r in ResultsStore(store, create=False).query() if r["sweep"]})
             raise ConfigError(
                 f"no finished runs of sweep {target!r} in {str(store)!r}; sweeps there: {', '.join(names) or 'none'}"
             )

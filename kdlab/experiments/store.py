@@ -13,7 +13,9 @@ Only the standard library and PyYAML are imported at module level.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -176,16 +178,33 @@ class ResultsStore:
     """A SQLite results store (see the module docstring).
 
     Args:
-        path: the SQLite file (created with its folder on first use).
+        path: the SQLite file (created with its folder on first use when ``create``).
         timeout: seconds a writer waits for another one's lock before retrying.
+        create: create a missing store; False (read-only commands) makes a missing store a :class:`StoreError`.
+
+    Whatever ``path`` is, it is checked before anything is written (:func:`check_store_path`): a folder, a file that
+    is not SQLite or an SQLite database without kdlab's ``schema`` table is refused without touching it.
     """
 
-    def __init__(self, path: str | Path = DEFAULT_STORE, timeout: float = 30.0) -> None:
+    def __init__(self, path: str | Path = DEFAULT_STORE, timeout: float = 30.0, create: bool = True) -> None:
         self.path = Path(path)
         self.timeout = timeout
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            self._init_schema(con)
+        exists = check_store_path(self.path, create)
+        if not exists:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise StoreError(
+                    f"cannot create the results store {str(self.path)!r}: {describe_os_error(err)}"
+                ) from None
+        try:
+            with self._connect() as con:
+                if create:
+                    self._init_schema(con)
+                else:
+                    self._check_version(con)
+        except sqlite3.OperationalError as err:
+            raise StoreError(write_failure(self.path, err)) from None
 
     def _connect(self) -> _Connection:
         return _Connection(self.path, self.timeout)
@@ -194,7 +213,17 @@ class ResultsStore:
         try:
             self._retry(lambda: con.execute("PRAGMA journal_mode=WAL"))
             self._retry(lambda: self._create(con))
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"results store {str(self.path)!r} is not a usable SQLite file ({err})") from None
+        self._check_version(con)
+
+    def _check_version(self, con: sqlite3.Connection) -> None:
+        try:
             row = con.execute("SELECT version FROM schema").fetchone()
+        except sqlite3.OperationalError:
+            raise
         except sqlite3.DatabaseError as err:
             raise StoreError(f"results store {str(self.path)!r} is not a usable SQLite file ({err})") from None
         if row is None or row[0] != SCHEMA_VERSION:
@@ -252,7 +281,10 @@ class ResultsStore:
                     con.execute("ROLLBACK")
                     raise
 
-        self._retry(write)
+        try:
+            self._retry(write)
+        except sqlite3.OperationalError as err:
+            raise StoreError(write_failure(self.path, err)) from None
         return len(values)
 
     def record_run_dir(self, run_dir: str | Path) -> dict[str, Any]:
@@ -298,6 +330,121 @@ class ResultsStore:
         """Number of rows."""
         with self._connect() as con:
             return con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+
+
+#: The first 16 bytes of every SQLite 3 database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def describe_os_error(err: OSError) -> str:
+    """An OS error in true words (what is wrong with which path), for messages about files kdlab was given."""
+    where = f" ({err.filename})" if err.filename else ""
+    words = {
+        errno.ENOENT: "a folder on the path does not exist",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.EISDIR: "it is a folder, not a file",
+        errno.ENOSPC: "no space left on the device",
+        errno.EROFS: "the file system is read-only",
+        errno.EDQUOT: "disk quota exceeded",
+    }
+    return f"{words.get(err.errno, err.strerror or str(err))}{where}"
+
+
+def write_failure(path: Path, err: sqlite3.OperationalError) -> str:
+    """The message of a failed write to the store ``path`` (disk full, read-only file or folder, ...)."""
+    text = str(err)
+    if "full" in text:
+        why = "no space left on the device (SQLite: database or disk is full); free space and run the command again"
+    elif "readonly" in text or "read-only" in text:
+        why = "the file or its folder is read-only; make it writable or point --store at another file"
+    elif "unable to open" in text:
+        why = "SQLite cannot open it for writing (check the folder's permissions)"
+    else:
+        why = f"SQLite: {text}"
+    return f"cannot write the results store {str(path)!r}: {why}; the store is unchanged (the write was rolled back)"
+
+
+def check_store_path(path: Path, create: bool) -> bool:
+    """Check what ``path`` is before the store opens it; returns whether it exists.
+
+    Raises :class:`StoreError` (nothing written) when ``path`` is a folder, cannot be read, is not an SQLite file,
+    is an SQLite database of something else (no ``schema`` table), or is missing and ``create`` is False.
+    """
+    name = str(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if not create:
+            raise StoreError(
+                f"results store {name!r} does not exist; check the path (a store is created by `kdlab sweep` or "
+                "`kdlab results --import RUN_DIR`)"
+            ) from None
+        _check_creatable(path)
+        return False
+    except OSError as err:
+        raise StoreError(f"cannot open the results store {name!r}: {describe_os_error(err)}") from None
+    if path.is_dir():
+        raise StoreError(
+            f"results store {name!r} is a folder; --store takes a file, e.g. {str(path / 'results.sqlite')!r}"
+        )
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as err:
+        raise StoreError(f"cannot read the results store {name!r}: {describe_os_error(err)}") from None
+    if st.st_size == 0:
+        if create:
+            return True  # a store another process is creating right now (SQLite writes its header later)
+        raise StoreError(f"results store {name!r} is an empty file, not a kdlab results store")
+    if head != SQLITE_HEADER:
+        raise StoreError(
+            f"results store {name!r} is not a usable SQLite file (it does not start with the SQLite header); it is "
+            "not a kdlab results store: point --store at one or at a new file name"
+        )
+    try:
+        tables = _tables(path)
+    except StoreError:
+        if not create:
+            raise
+        return True  # possibly another process creating the store right now: the locked initialisation decides
+    if "schema" not in tables and (tables or not create):  # no tables at all: a store being created elsewhere
+        raise StoreError(
+            f"results store {name!r} is an SQLite database but not a kdlab results store (tables: "
+            f"{', '.join(sorted(tables)) or 'none'}; no 'schema' table); it was left untouched: point --store at a "
+            "kdlab results store or at a new file name"
+        )
+    return True
+
+
+def _check_creatable(path: Path) -> None:
+    """A missing store can be created: its nearest existing ancestor is a folder kdlab may write in."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise StoreError(f"cannot create the results store {str(path)!r}: {str(parent)!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(
+            f"cannot create the results store {str(path)!r}: no permission to write in the folder {str(parent)!r}"
+        )
+
+
+def _tables(path: Path) -> set[str]:
+    """Table names of an existing SQLite file, read without writing anything (immutable unless a WAL is pending)."""
+    from urllib.parse import quote
+
+    wal = path.with_name(path.name + "-wal")
+    mode = "mode=ro" if wal.exists() else "immutable=1"
+    try:
+        con = sqlite3.connect(f"file:{quote(str(path.absolute()))}?{mode}", uri=True)
+        try:
+            return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as err:
+        raise StoreError(f"results store {str(path)!r} is not a usable SQLite file ({err})") from None
 
 
 def _typed(value: str) -> Any:
