@@ -69,11 +69,11 @@ def run_subprocess(
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def snapshot(path: str | os.PathLike) -> dict[str, str]:
+def snapshot(path: str | os.PathLike, ignore: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
     """``{relative path: "sha256 mode mtime_ns"}`` of every file under ``path`` (or of ``path`` itself if a file).
 
     Directories appear with their mode only, so a created or removed sub-directory also changes the snapshot.
-    A missing ``path`` gives ``{}``.
+    A missing ``path`` gives ``{}``. Files whose name is in ``ignore`` (e.g. ``{".lock"}``) are left out.
     """
     root = Path(path)
     if not root.exists():
@@ -82,6 +82,8 @@ def snapshot(path: str | os.PathLike) -> dict[str, str]:
         return {".": _fingerprint(root)}
     result: dict[str, str] = {}
     for p in sorted(root.rglob("*")):
+        if p.name in ignore:
+            continue
         rel = p.relative_to(root).as_posix()
         if p.is_dir():
             result[rel + "/"] = f"dir {p.stat().st_mode:o}"
