@@ -133,7 +133,7 @@ class TableCodec:
                 unseen += oov
             out[:, j] = offset + local
         if unseen:
-            log.info("%s: %d categorical value(s) out of the training vocabulary -> the field's OOV id", where, unseen)
+            log.debug("%s: %d categorical value(s) out of the training vocabulary -> the field's OOV id", where, unseen)
         return out
 
 

@@ -224,8 +224,6 @@ class TokenLoader(BatchPlan):
             yield Batch(x=self.inputs(data, idx), y=data.y[idx].to(self.device), index=idx.to(self.device))
 
 
-
-
 def _takes_tokens(model_name: str) -> bool:
     from kdlab.models import MODELS, model_names
 
@@ -255,4 +253,19 @@ def model_build_kwargs(splits: object, model_names: list[str]) -> dict[str, int]
     return splits.model_kwargs if tokens else {}
 
 
-__all__ = ["TOKEN_METRICS", "TokenLoader", "TokenSet", "TokenSplits", "model_build_kwargs"]
+def token_refusal(err: ValueError, splits: object, method: str) -> ValueError:
+    """The error of a method that could not be built: unchanged for image data; for token data a
+    :class:`~kdlab.models.base.TapError` that also says why (a sequence model has no image feature maps)."""
+    from kdlab.models.base import TapError
+
+    if not isinstance(splits, TokenSplits) or not (isinstance(err, TapError) or "stage" in str(err)):
+        return err
+    return TapError(
+        f"{err}. Method {method!r} needs image feature maps (stage1..stageN, stageK.pre), but the models of the token "
+        f"dataset {splits.name!r} are sequence models (BERT: taps embed, layer1..layerN [B, L, H] and pool [B, H]); "
+        "use a logit-based or fusion method (ce, kd, dkd, dist, tekap, anl_kd, ada_kd, wls_kd, rw_kd, tgeo_kd) or "
+        "one that reads only 'pool' (crd, rkd, pkt, cc, srrl)"
+    )
+
+
+__all__ = ["TOKEN_METRICS", "TokenLoader", "TokenSet", "TokenSplits", "model_build_kwargs", "token_refusal"]

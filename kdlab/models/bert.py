@@ -108,7 +108,10 @@ class BertClassifier(TapModel):
 
     def _forward(self, x: Tensor | Mapping[str, Tensor], taps: frozenset[str]) -> tuple[Tensor, dict[str, Tensor]]:
         layers = taps - {"pool"}
-        out = self.bert(**_token_inputs(x), output_hidden_states=bool(layers), return_dict=True)
+        inputs = _token_inputs(x)
+        if inputs["input_ids"].device.type == "meta":  # shapes only (transformers' mask code reads values)
+            return self._meta_forward(inputs["input_ids"], taps)
+        out = self.bert(**inputs, output_hidden_states=bool(layers), return_dict=True)
         pool = out.pooler_output
         feats: dict[str, Tensor] = {}
         if layers:
@@ -118,6 +121,12 @@ class BertClassifier(TapModel):
         if "pool" in taps:
             feats["pool"] = pool
         return self.classifier(self.dropout(pool)), feats
+
+    def _meta_forward(self, ids: Tensor, taps: frozenset[str]) -> tuple[Tensor, dict[str, Tensor]]:
+        b, length = ids.shape
+        h = self.bert.config.hidden_size
+        feats = {t: ids.new_empty((b, h) if t == "pool" else (b, length, h), dtype=torch.float32) for t in taps}
+        return ids.new_empty((b, self.classifier.out_features), dtype=torch.float32), feats
 
     def forward_taps(
         self, x: Tensor | Mapping[str, Tensor], taps: Collection[str] = ()

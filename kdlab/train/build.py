@@ -14,7 +14,7 @@ from kdlab.data import load_dataset, make_loader
 from kdlab.data.base import DatasetSplits, StreamingSplits
 from kdlab.data.loader import DeviceLoader
 from kdlab.data.streaming import StreamingLoader
-from kdlab.data.tokens import model_build_kwargs
+from kdlab.data.tokens import model_build_kwargs, token_refusal
 from kdlab.methods import DistillMethod, build_method
 from kdlab.methods.base import BuildContext
 from kdlab.models.base import TapError, probe_taps
@@ -124,7 +124,10 @@ def build_run(cfg: RunConfig, device: torch.device | None = None, load_teacher_w
         return build_method(cfg.method, ctx).to(device)
 
     rng = _rng_state(device)
-    method = make_method(data)
+    try:
+        method = make_method(data)
+    except ValueError as err:  # TapError, PairError: a token model has no image maps; say so
+        raise token_refusal(err, splits, cfg.method.name) from None
     holdout = method.needs().holdout_fraction
     if holdout > 0 and not cfg.data.val_fraction:
         # The method trains on a held-out split (e.g. a bilevel outer loop) and the config sets none: hold out the
