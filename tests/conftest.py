@@ -13,6 +13,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """kdlab's on-disk cache (teachers' measured accuracy) goes to a session temporary directory, never to the
+    user's ~/.cache; subprocesses inherit it through the environment."""
+    import os
+
+    old = os.environ.get("KDLAB_CACHE_DIR")
+    os.environ["KDLAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("kdlab_cache"))
+    yield
+    if old is None:
+        os.environ.pop("KDLAB_CACHE_DIR", None)
+    else:
+        os.environ["KDLAB_CACHE_DIR"] = old
+
+
 @pytest.fixture(autouse=True)
 def _torch_defaults():
     """Seed and keep torch single-threaded per test (the CI machine has 2 cores), restore dtype afterwards."""

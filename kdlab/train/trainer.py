@@ -48,6 +48,7 @@ from kdlab.train.checkpoint import (
     remove_stale_temporaries,
 )
 from kdlab.train.display import ProgressDisplay
+from kdlab.train.header import log_header
 from kdlab.train.precision import CompiledStep, Precision, to_float
 from kdlab.train.runrecord import RunExistsError, check_resume_config, move_aside, truncate_metrics
 from kdlab.train.schedule import learning_rate
@@ -520,6 +521,7 @@ class Trainer:
         old_handlers = {s: signal.signal(s, self._on_signal) for s in interrupts.SIGNALS}
         try:
             progress = self._open_run_dir()
+            self.header = log_header(self)  # what the run does, teachers' test accuracy (kdlab/train/header.py)
             r.method.prepare(self._prepare_context())
             if self._stop_signal is None:
                 self._stop_signal = interrupts.requested()  # a request noted while the run was being built
@@ -773,6 +775,7 @@ class Trainer:
             "versions": versions(),
             "git_commit": git_commit(),
             "config_hash": config_hash(to_dict(cfg)),  # `kdlab results --import` checks it against config.yaml
+            "header": self.header,
         }
         if self.world.main:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", "summary")
