@@ -1,0 +1,143 @@
+"""The learned fusion policies' hypergradient (:class:`kdlab.methods.fusion.HypergradientStep`): the forward-mode
+form equals the double-backward one-step-unrolled hypergradient it replaced, for every inner form and both policies.
+
+The reference below is that earlier implementation, written out: differentiate the training loss with
+``create_graph``, take the virtual SGD step, and back-propagate the held-out cross-entropy through the step to omega.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdlab import models
+from kdlab.config import build_config
+from kdlab.losses import fusion as fusion_losses
+from kdlab.methods import build_method
+from kdlab.methods.base import AuxContext, BuildContext
+from kdlab.train.trainer import functional_student_outputs
+from kdlab.types import Batch, Outputs, Progress, StepIO
+
+K = 5
+
+
+def _ctx(method, student, batch, teacher_logits, lr, progress):
+    needs = method.needs()
+
+    def outputs(b, params=None):
+        return functional_student_outputs(student, params, b, needs)
+
+    return AuxContext(
+        student=student,
+        method=method,
+        progress=progress,
+        lr=lr,
+        batch=batch,
+        teacher_outputs=None,
+        student_outputs=outputs,
+        heldout_batches=None,
+        teachers=({"x": Outputs(teacher_logits)},),
+    )
+
+
+def double_backward_hypergradient(method, ctx, heldout):
+    """``d CE(f(x_val; theta - lr * grad L_train(theta, omega)), y_val) / d omega`` through ``create_graph``."""
+    student = ctx.student
+    named = dict(student.named_parameters())
+    theta = {n: p.detach().requires_grad_(True) for n, p in named.items()}
+
+    def buffers():
+        return {n: b.clone() for n, b in student.named_buffers()}
+
+    omega = list(method.ratio_net.parameters())
+    out = ctx.student_outputs(ctx.batch, {**theta, **buffers()})
+    io = StepIO(out, ctx.teachers, ctx.batch, ctx.progress)
+    terms = method.sample_terms(io)
+    kd_w, gt_w = method.weights(io, terms, method.ratio(io, terms))
+    inner = fusion_losses.fused_loss(terms.kd, terms.gt, kd_w, gt_w)
+    grads = torch.autograd.grad(inner, list(theta.values()), create_graph=True, allow_unused=True)
+    updated = {n: p if g is None else p - ctx.lr * g for (n, p), g in zip(theta.items(), grads)}
+    logits = ctx.student_outputs(heldout, {**updated, **buffers()})["x"].logits
+    outer = F.cross_entropy(logits, heldout.y)
+    hyper = torch.autograd.grad(outer, omega, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(omega, hyper)], outer.detach()
+
+
+INNERS = {
+    "kd": {"name": "kd", "temperature": 4.0},
+    "dkd": {"name": "dkd", "warmup_epochs": 0},
+    "dist": {"name": "dist"},
+}
+
+
+@pytest.mark.parametrize("policy", ["tgeo_kd", "rw_kd"])
+@pytest.mark.parametrize("inner", sorted(INNERS))
+def test_forward_mode_hypergradient_equals_the_double_backward_one(policy, inner):
+    torch.set_default_dtype(torch.float64)  # restored by conftest
+    torch.manual_seed(0)
+    student = models.create("convnet_xs", num_classes=K, in_channels=3).train()  # BatchNorm in training mode
+    cfg = build_config({"method": {"name": policy, "hidden": [6], "inner": INNERS[inner]}}).method
+    method = build_method(cfg, BuildContext(num_classes=K))
+    with torch.no_grad():
+        for p in method.ratio_net.parameters():  # a random omega, so that every coordinate has a gradient
+            p.normal_(0.0, 0.5)
+        if hasattr(method, "t_class_mean"):
+            method.t_class_mean.copy_(torch.softmax(torch.randn(K, K), -1))
+    x, y, t = torch.randn(12, 3, 8, 8), torch.randint(0, K, (12,)), torch.randn(12, K) * 3
+    xv, yv = torch.randn(12, 3, 8, 8), torch.randint(0, K, (12,))
+    batch, heldout = Batch(x, y, torch.arange(12)), Batch(xv, yv, torch.arange(12))
+    ctx = _ctx(method, student, batch, t, 0.5, Progress(step=3, steps_per_epoch=10, total_epochs=2))
+    before = {n: b.clone() for n, b in student.state_dict().items()}
+
+    grads, outer = method.meta.hypergradient(ctx, heldout)
+    ref_grads, ref_outer = double_backward_hypergradient(method, ctx, heldout)
+
+    assert outer.item() == pytest.approx(ref_outer.item(), rel=1e-12)
+    assert len(grads) == len(ref_grads) == len(list(method.ratio_net.parameters()))
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == torch.float64 and g.shape == r.shape
+        torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-9)
+    assert max(r.abs().max().item() for r in ref_grads) > 1e-4  # a non-trivial gradient was compared
+    # neither form touches the student (parameters or BatchNorm statistics)
+    assert all(torch.equal(v, student.state_dict()[n]) for n, v in before.items())
+
+
+def test_forward_mode_hypergradient_with_a_virtual_lr_and_frozen_parameters():
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(1)
+    student = models.create("convnet_xs", num_classes=K, in_channels=3).train()
+    first = next(student.parameters())
+    first.requires_grad_(False)  # a frozen parameter is a constant of both forms
+    cfg = build_config({"method": {"name": "tgeo_kd", "hidden": [4], "virtual_lr": 0.2}}).method
+    method = build_method(cfg, BuildContext(num_classes=K))
+    with torch.no_grad():
+        for p in method.ratio_net.parameters():
+            p.normal_(0.0, 0.5)
+    x, y, t = torch.randn(8, 3, 8, 8), torch.randint(0, K, (8,)), torch.randn(8, K) * 3
+    batch, heldout = Batch(x, y, torch.arange(8)), Batch(torch.randn(6, 3, 8, 8), torch.randint(0, K, (6,)), None)
+    ctx = _ctx(method, student, batch, t, 123.0, Progress())  # ctx.lr is ignored: virtual_lr wins
+    grads, _ = method.meta.hypergradient(ctx, heldout)
+    ctx_ref = _ctx(method, student, batch, t, 0.2, Progress())
+    named = dict(student.named_parameters())
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    assert len(trainable) == len(named) - 1
+
+    # the reference with the frozen parameter held constant: remove it from theta
+    def ref():
+        theta = {n: p.detach().requires_grad_(True) for n, p in named.items() if n in trainable}
+        frozen = {n: p.detach() for n, p in named.items() if n not in trainable}
+        bufs = {n: b.clone() for n, b in student.named_buffers()}
+        out = ctx_ref.student_outputs(batch, {**theta, **frozen, **bufs})
+        io = StepIO(out, ctx_ref.teachers, batch, ctx_ref.progress)
+        terms = method.sample_terms(io)
+        kd_w, gt_w = method.weights(io, terms, method.ratio(io, terms))
+        inner = fusion_losses.fused_loss(terms.kd, terms.gt, kd_w, gt_w)
+        gs = torch.autograd.grad(inner, list(theta.values()), create_graph=True)
+        new = {n: p - 0.2 * g for (n, p), g in zip(theta.items(), gs)}
+        bufs = {n: b.clone() for n, b in student.named_buffers()}
+        logits = ctx_ref.student_outputs(heldout, {**new, **frozen, **bufs})["x"].logits
+        return torch.autograd.grad(F.cross_entropy(logits, heldout.y), list(method.ratio_net.parameters()))
+
+    for g, r in zip(grads, ref()):
+        torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-9)
