@@ -137,6 +137,7 @@ def build_run(cfg: RunConfig, device: torch.device | None = None, load_teacher_w
         _set_rng_state(device, rng)
         method = make_method(data)
     needs = check_method(cfg, method, student, [t.model for t in teachers])
+    check_heldout(cfg, needs, data, k)
     data.views = needs.views
     return Run(cfg, device, splits, data, student, teachers, method, needs)
 
@@ -195,6 +196,26 @@ def check_method(cfg: RunConfig, method: DistillMethod, student: nn.Module, teac
     needs = method.needs()
     _check(cfg, method, needs, student, teachers)
     return needs
+
+
+def check_heldout(cfg: RunConfig, needs: Needs, data: object, num_classes: int) -> None:
+    """A method that trains on a held-out split (``Needs.holdout_fraction > 0``) needs one with at least one sample
+    per class: an empty split would leave its outer loop waiting forever for a batch, a smaller one cannot show it
+    every class. Raises :class:`BuildError` naming the sizes and the fix."""
+    if needs.holdout_fraction <= 0:
+        return
+    val = getattr(data, "val", None)
+    size = 0 if val is None else int(val.y.shape[0])
+    if size >= num_classes:
+        return
+    fraction = cfg.data.val_fraction or needs.holdout_fraction
+    key = "data.val_fraction" if cfg.data.val_fraction else f"method {cfg.method.name!r}'s holdout_fraction"
+    raise BuildError(
+        f"method {cfg.method.name!r} trains on a held-out split, but {key}={fraction:g} of the "
+        f"{size + data.num_train} training samples holds out {size} sample(s), fewer than the {num_classes} classes "
+        "(a class with a single training sample is never held out); use more training data "
+        "(data.train_per_class) or a larger fraction (method.holdout_fraction or data.val_fraction)"
+    )
 
 
 def _check(cfg: RunConfig, method: DistillMethod, needs: Needs, student: nn.Module, teachers: list[nn.Module]) -> None:
