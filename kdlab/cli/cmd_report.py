@@ -22,7 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="paper-style table (mean ± std over seeds vs the published numbers) and plots of a sweep",
         description="Report a sweep: a spec file is read from its run directories, a sweep name from the store.",
     )
-    p.add_argument("target", help="a sweep spec (configs/sweeps/*.yaml) or a sweep name in the results store")
+    p.add_argument(
+        "target",
+        help="a sweep spec (configs/sweeps/*.yaml), a sweep name in the results store, or 'imported' (the runs "
+        "recorded with kdlab results --import outside a sweep)",
+    )
     p.add_argument("--out", default=None, help="output directory (default runs/reports/<sweep name>)")
     p.add_argument("--store", default=None, help="results store for a sweep name (default runs/results.sqlite)")
     p.set_defaults(func=cmd_report)

@@ -61,6 +61,8 @@ def cmd_results(args: argparse.Namespace) -> int:
         for d, row in rows:
             print(f"recorded {d}: {row['method']} {row['pair']} seed {row['seed']}: top1 last {row['last_top1']:.2f}")
         print(f"{len(rows)} run(s) recorded in {args.store}, {failed} skipped")
+        if any(row["sweep"] is None for _, row in rows):
+            print(f"report the runs recorded outside a sweep with: kdlab report imported --store {args.store}")
         return 1 if failed else 0
 
     # a query never creates a store: a typo in --store is an error, not a new empty store

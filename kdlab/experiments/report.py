@@ -40,6 +40,8 @@ class Cell:
     last_top5: list[float] = field(default_factory=list)
     last_epoch: list[int] = field(default_factory=list)
     curves: list[list[tuple[int, float]]] = field(default_factory=list)
+    teacher_top1: list[float] = field(default_factory=list)
+    """Test top-1 of the pair's (first) teacher as each run measured it at its start (the header)."""
 
     @property
     def n(self) -> int:
@@ -121,11 +123,19 @@ def collect_from_spec(spec) -> tuple[list[dict], list[str], list[Cell]]:
     return records, problems, list(cells.values())
 
 
+#: The sweep name under which ``kdlab report`` finds the runs recorded outside any sweep (``kdlab results --import``).
+IMPORTED = "imported"
+
+
 def collect_from_store(store, sweep: str) -> tuple[list[dict], list[str]]:
     """The store's finished rows of ``sweep`` with their curves; a run directory gone since is a problem (its
-    numbers still count, without a curve)."""
+    numbers still count, without a curve). ``sweep`` :data:`IMPORTED` also takes the rows without a sweep (runs
+    brought in with ``kdlab results --import``; each labelled by its method and pair)."""
     records, problems = [], []
-    for row in store.query(sweep=sweep):
+    rows = store.query(sweep=sweep)
+    if sweep == IMPORTED:
+        rows = [r for r in store.query() if r.get("sweep") in (None, IMPORTED)]
+    for row in rows:
         if not row.get("finished"):
             problems.append(f"{row['row_label']} | {row['pair']} | s{row['seed']}: not finished; left out")
             continue
@@ -159,6 +169,8 @@ def summarize(records: Iterable[dict], cells: list[Cell] | None = None) -> list[
         cell.last_epoch.append(int(r["last_epoch"]))
         if r.get("last_top5") is not None:
             cell.last_top5.append(float(r["last_top5"]))
+        if r.get("teacher_top1") is not None:
+            cell.teacher_top1.append(float(r["teacher_top1"]))
         curve = r.get("curve")
         if curve is None and r.get("run_dir"):
             curve = read_curve(r["run_dir"])
@@ -215,6 +227,7 @@ def markdown(cells: list[Cell], title: str, description: str = "", problems: lis
                 text += f" · paper {c.target:.2f}" + (f" ({_signed(c.diff)})" if c.diff is not None else "")
             parts.append(text)
         lines.append(f"| {r} | " + " | ".join(parts) + " |")
+    lines += teacher_row(cells, cols)
     lines += [
         "",
         "## Per cell",
@@ -242,6 +255,21 @@ def markdown(cells: list[Cell], title: str, description: str = "", problems: lis
         if len(problems) > 50:
             lines.append(f"- ... and {len(problems) - 50} more")
     return "\n".join(lines) + "\n"
+
+
+def teacher_row(cells: list[Cell], cols: list[str]) -> list[str]:
+    """The table's "teacher" row: each pair's teacher top-1 as measured at the runs' start (one number when the runs
+    agree, as they do for one checkpoint), or nothing when no run measured a teacher."""
+    by_pair: dict[str, list[float]] = {}
+    for c in cells:
+        by_pair.setdefault(c.pair, []).extend(c.teacher_top1)
+    if not any(by_pair.values()):
+        return []
+    parts = []
+    for col in cols:
+        values = by_pair.get(col) or []
+        parts.append("" if not values else f"{values[0]:.2f}" if len(set(values)) == 1 else fmt(values))
+    return ["| teacher (measured) | " + " | ".join(parts) + " |"]
 
 
 def _tex(text: str) -> str:
@@ -440,7 +468,7 @@ def report(target: str, out_dir: str | Path | None = None, store_path: str | Pat
             )
         records, problems = collect_from_store(ResultsStore(store, create=False), target)
         if not records:
-            names = sorted({r["sweep"] for r in ResultsStore(store, create=False).query() if r["sweep"]})
+            names = sorted({r["sweep"] or IMPORTED for r in ResultsStore(store, create=False).query()})
             raise ConfigError(
                 f"no finished runs of sweep {target!r} in {str(store)!r}; sweeps there: {', '.join(names) or 'none'}"
             )

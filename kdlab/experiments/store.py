@@ -24,7 +24,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Columns each schema version added; an older store gains them when a writer opens it (readers accept it as is).
+ADDED_COLUMNS = {2: ("teacher_top1", "teacher_top5", "teachers_test")}
 DEFAULT_STORE = "runs/results.sqlite"
 
 # (name, SQL type, description): the columns of the ``runs`` table, in display order.
@@ -41,6 +43,9 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("student", "TEXT", "student model name"),
     ("dataset", "TEXT", "dataset name"),
     ("target_top1", "REAL", "published top-1 of the row"),
+    ("teacher_top1", "REAL", "test top-1 of the (first) teacher, measured at the run's start (%)"),
+    ("teacher_top5", "REAL", "test top-5 of the (first) teacher (%)"),
+    ("teachers_test", "TEXT", "every teacher's measured test accuracy as JSON [{name, top1, top5}]"),
     ("last_top1", "REAL", "test top-1 after the last epoch (%)"),
     ("last_top5", "REAL", "test top-5 after the last epoch (%)"),
     ("last_epoch", "INTEGER", "epoch of the last evaluation"),
@@ -146,7 +151,7 @@ def record_from_run(files: RunFiles) -> dict[str, Any]:
         "run_dir": str(files.run_dir.resolve()),
         "config_hash": files.config_hash,
         "sweep": ident.get("sweep"),
-        "row_label": ident.get("label", files.run_dir.name),
+        "row_label": ident.get("label") or run_label(cfg),
         "pair": ident.get("pair", pair_name(cfg)),
         "grid": json.dumps(ident.get("grid", {}), sort_keys=True),
         "seed": s.get("seed"),
@@ -155,6 +160,7 @@ def record_from_run(files: RunFiles) -> dict[str, Any]:
         "student": s.get("student"),
         "dataset": s.get("dataset"),
         "target_top1": target,
+        **_teacher_columns(s),
         "last_top1": s["last"].get("top1"),
         "last_top5": s["last"].get("top5"),
         "last_epoch": s["last"].get("epoch"),
@@ -171,6 +177,36 @@ def record_from_run(files: RunFiles) -> dict[str, Any]:
         "versions": json.dumps(versions, sort_keys=True),
         "git_commit": s.get("git_commit"),
         "finished": int(bool(s.get("finished"))),
+    }
+
+
+def run_label(config: dict) -> str:
+    """The row label of a run outside a sweep, from its config: the method, with the method fields that differ
+    from their defaults (``kd``, ``kd (temperature=2.0)``); the pair is the report's column."""
+    from kdlab.config import ConfigError, build_config
+    from kdlab.train.header import method_changes
+
+    name = (config.get("method") or {}).get("name", "?")
+    try:
+        changed = method_changes(build_config(config).method)
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return name
+    return f"{name} ({', '.join(f'{k}={v}' for k, v in changed.items())})" if changed else name
+
+
+def _teacher_columns(summary: dict) -> dict[str, Any]:
+    """``teacher_top1``/``teacher_top5`` (the first teacher) and ``teachers_test`` from the run header."""
+    teachers = (summary.get("header") or {}).get("teachers") or []
+    tested = [
+        {"name": t.get("name"), "top1": t["test"].get("top1"), "top5": t["test"].get("top5")}
+        for t in teachers
+        if isinstance(t, dict) and isinstance(t.get("test"), dict)
+    ]
+    first = teachers[0].get("test") if teachers and isinstance(teachers[0], dict) else None
+    return {
+        "teacher_top1": first.get("top1") if isinstance(first, dict) else None,
+        "teacher_top5": first.get("top5") if isinstance(first, dict) else None,
+        "teachers_test": json.dumps(tested) if tested else None,
     }
 
 
@@ -217,21 +253,41 @@ class ResultsStore:
             raise
         except sqlite3.DatabaseError as err:
             raise StoreError(f"results store {str(self.path)!r} is not a usable SQLite file ({err})") from None
-        self._check_version(con)
+        self._check_version(con, upgrade=True)
 
-    def _check_version(self, con: sqlite3.Connection) -> None:
+    def _check_version(self, con: sqlite3.Connection, upgrade: bool = False) -> None:
         try:
             row = con.execute("SELECT version FROM schema").fetchone()
         except sqlite3.OperationalError:
             raise
         except sqlite3.DatabaseError as err:
             raise StoreError(f"results store {str(self.path)!r} is not a usable SQLite file ({err})") from None
+        if row is not None and isinstance(row[0], int) and 1 <= row[0] < SCHEMA_VERSION:
+            if upgrade:  # an older kdlab's store: add the newer columns (old rows have them NULL)
+                self._retry(lambda: self._upgrade(con, row[0]))
+            return
         if row is None or row[0] != SCHEMA_VERSION:
             found = None if row is None else row[0]
             raise StoreError(
                 f"results store {str(self.path)!r} has schema version {found}, this kdlab uses version "
                 f"{SCHEMA_VERSION}; point --store at a new file (and re-record runs with `kdlab results --import`)"
             )
+
+    def _upgrade(self, con: sqlite3.Connection, found: int) -> None:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            have = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
+            kinds = {name: kind for name, kind, _ in COLUMNS}
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                for name in ADDED_COLUMNS.get(version, ()):
+                    if name not in have:
+                        con.execute(f"ALTER TABLE runs ADD COLUMN {name} {kinds[name]}")
+            con.execute("UPDATE schema SET version = ?", (SCHEMA_VERSION,))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
 
     def _create(self, con: sqlite3.Connection) -> None:
         con.execute("BEGIN IMMEDIATE")
@@ -244,7 +300,8 @@ class ResultsStore:
             con.execute("CREATE INDEX IF NOT EXISTS runs_sweep ON runs (sweep, row_label, pair)")
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            if con.in_transaction:
+                con.execute("ROLLBACK")
             raise
 
     def _retry(self, fn, attempts: int = 20):
@@ -278,7 +335,8 @@ class ResultsStore:
                     con.executemany(sql, values)
                     con.execute("COMMIT")
                 except BaseException:
-                    con.execute("ROLLBACK")
+                    if con.in_transaction:  # SQLite already rolled back after some errors (disk full)
+                        con.execute("ROLLBACK")
                     raise
 
         try:
