@@ -143,6 +143,10 @@ def read_file(path: str | Path, what: str = "checkpoint") -> Any:
     state, which need the full unpickler, so those are retried with ``weights_only=False``.
     """
     p = Path(path)
+    if p.is_dir():
+        raise CheckpointNotFoundError(
+            f"{what} {str(p)!r} is a folder; pass a file in it, e.g. {str(p / 'checkpoint.pt')!r}"
+        )
     if not p.is_file():
         raise CheckpointNotFoundError(
             f"{what} {str(p)!r} does not exist; check the path (a kdlab run writes runs/<name>/)"
@@ -152,7 +156,7 @@ def read_file(path: str | Path, what: str = "checkpoint") -> Any:
             return torch.load(p, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             return torch.load(p, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError, IndexError) as err:
         raise CheckpointError(
             f"{what} {str(p)!r} is truncated or corrupt ({type(err).__name__}: {err}). kdlab will not start from "
             "scratch silently: restore the file, or delete it to start a new run"
