@@ -221,6 +221,8 @@ class LogConfig:
     """Log training terms every this many steps (plain-text mode)."""
     progress: Literal["auto", "bar", "plain", "off"] = "auto"
     """Progress display: a bar with ETA on a terminal, periodic lines otherwise."""
+    tensorboard: bool = False
+    """Also write every scalar of ``metrics.jsonl`` as TensorBoard events in ``<run_dir>/tensorboard``."""
 
 
 @dataclass(kw_only=True)

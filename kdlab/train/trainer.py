@@ -52,6 +52,7 @@ from kdlab.train.header import log_header
 from kdlab.train.precision import CompiledStep, Precision, to_float
 from kdlab.train.runrecord import RunExistsError, check_resume_config, move_aside, truncate_metrics
 from kdlab.train.schedule import learning_rate
+from kdlab.train.tensorboard import open_tensorboard
 from kdlab.types import Batch, LossOut, Needs, Outputs, Progress, StepIO
 
 log = logging.getLogger("kdlab")
@@ -522,6 +523,7 @@ class Trainer:
         try:
             progress = self._open_run_dir()
             self.header = log_header(self)  # what the run does, teachers' test accuracy (kdlab/train/header.py)
+            self.tensorboard = open_tensorboard(self)  # log.tensorboard: metrics.jsonl's scalars as events
             r.method.prepare(self._prepare_context())
             if self._stop_signal is None:
                 self._stop_signal = interrupts.requested()  # a request noted while the run was being built
@@ -686,6 +688,7 @@ class Trainer:
             self._epoch_accum = None
             if self.world.main:
                 append_line(metrics_file, json.dumps(record))
+                self.tensorboard.write(record, self.global_step)
             if last or stage_done or (epoch + 1) % cfg.train.checkpoint_every == 0 or self._stopping():
                 self.save_checkpoint(progress)
             if self._stopping() and not last:
@@ -747,6 +750,7 @@ class Trainer:
         last = evals[-1]["test"] if evals else self.evaluate("test")
         by = select_key(cfg.train.select_by)
         best = max(evals, key=lambda h: by(h["test"])) if evals else {"epoch": progress.epoch, "test": last}
+        self.tensorboard.close()
         export_path = self.export()
         exported = self.run.method.export(self.run.student)
         summary = {
