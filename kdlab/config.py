@@ -371,15 +371,15 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
-def check_ranges(obj: Any, path: str = "") -> None:
-    """Refuse a numeric field of dataclass ``obj`` outside its declared range (not recursive: ``from_dict`` calls
-    it for every dataclass it builds)."""
+def check_ranges(obj: Any, path: str = "", values: dict[str, Any] | None = None) -> None:
+    """Refuse a numeric field of dataclass ``obj`` (an instance or, with ``values``, the class) outside its declared
+    range; ``values`` checks only those fields. Not recursive: ``from_dict`` calls it for every dataclass it builds."""
     for f in dataclasses.fields(obj):
         r = field_range(f)
-        if r is None:
+        if r is None or (values is not None and f.name not in values):
             continue
         full = f"{path}.{f.name}" if path else f.name
-        bad = violations(getattr(obj, f.name), r, full)
+        bad = violations(values[f.name] if values is not None else getattr(obj, f.name), r, full)
         if bad:
             key, value = bad[0]
             default = f.default if key == full else None
@@ -410,6 +410,7 @@ def from_dict(cls: type, data: dict, path: str = "") -> Any:
     if missing:
         where = f" in {path}" if path else ""
         raise ConfigError(f"missing required config key(s){where}: {', '.join(missing)}")
+    check_ranges(cls, path, kwargs)  # before the constructor, whose own checks would word it differently
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as err:
@@ -458,6 +459,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         for i, k in enumerate(keys[:-1]):
             node = _descend(node, k, keys[: i + 1], list_next=keys[i + 1].isdigit())
         last = keys[-1]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"override {text!r}: {'.'.join(keys[:-1])} is a value ({node!r}), not a section")
         if isinstance(node, list):
             idx = _index(node, last, keys, allow_append=True)
             if idx == len(node):

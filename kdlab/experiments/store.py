@@ -407,6 +407,10 @@ def describe_os_error(err: OSError) -> str:
         errno.EROFS: "the file system is read-only",
         errno.EDQUOT: "disk quota exceeded",
     }
+    if err.errno == errno.ENOTDIR and err.filename:
+        blocker = next((p for p in Path(err.filename).parents if p.is_file()), None)
+        if blocker is not None:
+            return f"{str(blocker)!r} is a file, not a folder"
     return f"{words.get(err.errno, err.strerror or str(err))}{where}"
 
 
