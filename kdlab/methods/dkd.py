@@ -3,7 +3,8 @@
 Objective: ``ce_weight * CE(z_s, y) + w(e) * (alpha * TCKD + beta * NCKD)`` with, at temperature T,
 ``TCKD = T^2 KL(b_t || b_s)`` on the binary target / non-target split ``b = [p_y, 1 - p_y]`` and
 ``NCKD = T^2 KL(p~_t || p~_s)`` on the distribution among the non-target classes (:func:`kdlab.losses.dkd`);
-``w(e) = min((e + 1) / warmup_epochs, 1)`` for the 0-based epoch index ``e``, constant within an epoch.
+``w(e) = min((e + 1) / E, 1)`` for the 0-based epoch index ``e``, constant within an epoch, with the warm-up length
+``E = warmup_epochs`` when set, else 1/12 of the run (the reference's 20 of 240 epochs; :mod:`kdlab.schedule`).
 
 Reference: megvii-research/mdistiller@a08d46f ``mdistiller/distillers/DKD.py`` (``dkd_loss`` and the
 ``min(epoch / WARMUP, 1)`` factor with its 1-based epoch) and ``mdistiller/engine/cfg.py`` (defaults CE 1,
@@ -16,24 +17,31 @@ Deviations:
 - The warm-up reads kdlab's 0-based epoch index, so ``(e + 1) / warmup_epochs`` reproduces the reference's
   ``epoch / WARMUP`` with its 1-based epoch (index 0 -> 0.05, index 19 -> 1.0 for 20 epochs).
 - ``warmup_epochs: 0`` disables the warm-up (factor 1), where the reference would divide by zero.
+- The default warm-up is a fraction of the run (:mod:`kdlab.schedule`'s rule: 20 / 240 of ``train.epochs``), not a
+  fixed 20 epochs: a 240-epoch run gets the reference's 20, a 20-epoch run 1.67 (factor 0.6, then 1), where a fixed
+  20 epochs would keep the DKD term below full weight for the whole run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kdlab import losses
 from kdlab.config import MethodConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import DistillMethod
-from kdlab.types import LossOut, StepIO
+from kdlab.ranges import rng
+from kdlab.schedule import reference_fraction, scaled_epochs, warmup_factor
+from kdlab.types import LossOut, Progress, StepIO
+
+#: DKD's default warm-up as a share of the run: the reference's 20 of 240 epochs.
+WARMUP_FRACTION = reference_fraction(20)
 
 
-def warmup_factor(epoch: int, warmup_epochs: int) -> float:
-    """DKD's loss ramp ``min((epoch + 1) / warmup_epochs, 1)`` for a 0-based ``epoch`` (1 when no warm-up)."""
-    if warmup_epochs <= 0:
-        return 1.0
-    return min((epoch + 1) / warmup_epochs, 1.0)
+def dkd_warmup_factor(progress: Progress, warmup_epochs: float | None) -> float:
+    """DKD's loss ramp at ``progress``: ``min((epoch + 1) / E, 1)`` with ``E = warmup_epochs``, or 1/12 of the run
+    when it is None (:mod:`kdlab.schedule`)."""
+    return warmup_factor(progress.epoch, scaled_epochs(warmup_epochs, WARMUP_FRACTION, progress.total_epochs))
 
 
 @register_method("dkd", description="Decoupled KD: CE + warm-up * (alpha TCKD + beta NCKD)")
@@ -45,19 +53,20 @@ class DKD(DistillMethod):
     @dataclass(kw_only=True)
     class Config(MethodConfig):
         name: str = "dkd"
-        ce_weight: float = 1.0
+        ce_weight: float = field(default=1.0, metadata=rng(ge=0))
         """Weight of the cross-entropy term."""
-        alpha: float = 1.0
+        alpha: float = field(default=1.0, metadata=rng(ge=0))
         """Weight of TCKD (target-class KD)."""
-        beta: float = 8.0
+        beta: float = field(default=8.0, metadata=rng(ge=0))
         """Weight of NCKD (non-target-class KD); the recipes override it per pair."""
-        temperature: float = 4.0
+        temperature: float = field(default=4.0, metadata=rng(gt=0))
         """Softmax temperature T (1 on ImageNet)."""
-        warmup_epochs: int = 20
-        """The DKD term ramps linearly to full weight over this many epochs (1 on ImageNet, 0 for none)."""
+        warmup_epochs: int | None = field(default=None, metadata=rng(ge=0, note="0: no ramp"))
+        """The DKD term ramps linearly to full weight over this many epochs (1 on ImageNet, 0 for none); None: 1/12 of
+        ``train.epochs`` (the reference's 20 of 240; :mod:`kdlab.schedule`)."""
         standardize: bool = False
         """Logit standardisation of both logit sets before the temperature."""
-        label_smoothing: float = 0.0
+        label_smoothing: float = field(default=0.0, metadata=rng(ge=0, lt=1))
         """Label smoothing epsilon of the cross-entropy term."""
 
     def loss(self, io: StepIO) -> LossOut:
@@ -66,7 +75,7 @@ class DKD(DistillMethod):
         per_teacher = losses.dkd(
             s, io.teacher_logits(), io.y, cfg.alpha, cfg.beta, cfg.temperature, standardize=cfg.standardize
         )
-        factor = warmup_factor(io.progress.epoch, cfg.warmup_epochs)
+        factor = dkd_warmup_factor(io.progress, cfg.warmup_epochs)
         return LossOut(
             {
                 "ce": cfg.ce_weight * losses.cross_entropy(s, io.y, cfg.label_smoothing),
