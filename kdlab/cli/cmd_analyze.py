@@ -15,6 +15,7 @@ _HELP = {
     "discrepancy": "student-teacher discrepancy by teacher correctness, and per-sample alpha (TGeo-KD)",
     "transfer": "linear probe of the frozen student's features on another dataset",
     "per_class": "per-class accuracy by many/medium/few-shot training frequency",
+    "fusion": "the fusion ratio over training (mean, spread, teacher right/wrong, per class, ratio-net inputs)",
 }
 
 
@@ -49,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``kdlab analyze`` and its analyses."""
     a = sub.add_parser(
         "analyze",
-        help="analyses of a trained run: robustness, calibration, discrepancy, transfer, per_class",
+        help="analyses of a trained run: robustness, calibration, discrepancy, transfer, per_class, fusion",
         description=__doc__,
     )
     inner = a.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
@@ -96,6 +97,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--many", type=int, default=100, help="many-shot: more than this many training images")
     pc.add_argument("--few", type=int, default=20, help="few-shot: fewer than this many training images")
 
+    f = inner.add_parser("fusion", help=_HELP["fusion"], description=_HELP["fusion"])
+    f.add_argument("run", help="a run directory of a fusion run (its metrics.jsonl is read; no model is rebuilt)")
+    f.add_argument("--out", default=None, help="output directory (default RUN/analysis)")
+
     a.set_defaults(func=cmd_analyze)
 
 
@@ -107,6 +112,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     from kdlab.analysis import AnalysisError, open_run, write_result
 
+    if args.analysis == "fusion":  # reads the run's logged metrics only
+        return _fusion(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.limit is not None and args.limit < 1:
@@ -153,6 +160,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         result = per_class(opened, args.many, args.few, **common)
     out = Path(args.out) if args.out else opened.run_dir / "analysis"
     paths = write_result(result, out)
+    print(result.markdown(), end="")
+    print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _fusion(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kdlab.analysis import write_result
+    from kdlab.analysis.fusion import fusion
+
+    result = fusion(args.run)
+    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    paths = write_result(result, Path(args.out) if args.out else run_dir / "analysis")
     print(result.markdown(), end="")
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -44,8 +44,12 @@ Logged metrics (per step, averaged per epoch by the trainer): ``alpha.mean``, ``
 quantiles), ``alpha.teacher_wrong`` (share of the batch the teacher gets wrong), ``alpha.mass_right`` /
 ``alpha.mass_wrong`` (``mean_i alpha_i * [teacher right / wrong]``; the epoch's mean ``alpha`` of each group is
 ``mass / share``), and with ``histogram_bins > 0`` ``alpha.hist.right.<b>`` / ``alpha.hist.wrong.<b>``: the share of
-the batch in bin ``b`` of ``[0, 1]`` (``wls_kd`` logs its weight ``w_i``). The learned policies add
-``meta.heldout_ce`` and ``meta.hypergrad_norm`` on the steps where ``omega`` moves.
+the batch in bin ``b`` of ``[0, 1]`` (``wls_kd`` logs its weight ``w_i``); ``alpha.std`` (batch spread) and, up to
+:data:`CLASS_STATS_MAX` classes, ``alpha.class_mass.<c>`` / ``alpha.class_share.<c>`` (the epoch's mean ratio of class
+``c`` is ``mass / share``). The learned policies add ``meta.heldout_ce`` and ``meta.hypergrad_norm`` on the steps
+where ``omega`` moves, and ``feature.<name>.mean/.std``: the batch mean and spread of the per-sample L2 norm of each
+input block of ``f_omega`` (TGeo-KD's ``e_sg`` .. ``tbar``, RW-KD's ``gt_loss`` and ``kd_loss``).
+``kdlab analyze fusion RUN`` (:mod:`kdlab.analysis.fusion`) tabulates and plots all of them per epoch.
 
 Reference: the formulas of the papers above; TGeo-KD's public code (Chengming0501/TGeo-KD@5a69cbe ``src/``,
 ``HIL/baseline_*.py``) for ADA's margin and ANL's linear schedule; open-mmlab/mmrazor
@@ -142,8 +146,15 @@ def _dist_terms(m: DIST, io: StepIO) -> SampleTerms:
 SAMPLE_FORMS: dict[type, Callable[[Any, StepIO], SampleTerms]] = {KD: _kd_terms, DKD: _dkd_terms, DIST: _dist_terms}
 
 
-def _ratio_metrics(ratio: Tensor, io: StepIO, bins: int, prefix: str = "alpha") -> dict[str, Tensor]:
-    """Batch statistics of a ``[B]`` ratio, split by whether the teacher (mean of the teachers) is right."""
+#: Per-class ratio statistics (``alpha.class_mass.<c>``, ``alpha.class_share.<c>``) are logged up to this many classes.
+CLASS_STATS_MAX = 32
+
+
+def _ratio_metrics(
+    ratio: Tensor, io: StepIO, bins: int, prefix: str = "alpha", num_classes: int = 0
+) -> dict[str, Tensor]:
+    """Batch statistics of a ``[B]`` ratio, split by whether the teacher (mean of the teachers) is right, and by
+    class when ``0 < num_classes <= CLASS_STATS_MAX``."""
     r = ratio.detach().float()
     t_probs = io.teacher_logits().detach().float().softmax(-1).mean(0)  # [M, B, K] -> [B, K]
     wrong = (t_probs.argmax(-1) != io.y).float()
@@ -156,7 +167,14 @@ def _ratio_metrics(ratio: Tensor, io: StepIO, bins: int, prefix: str = "alpha") 
         f"{prefix}.teacher_wrong": wrong.mean(),
         f"{prefix}.mass_right": (r * (1.0 - wrong)).mean(),
         f"{prefix}.mass_wrong": (r * wrong).mean(),
+        f"{prefix}.std": r.std(unbiased=False),
     }
+    if 0 < num_classes <= CLASS_STATS_MAX:  # the epoch's mean ratio of class c is class_mass.c / class_share.c
+        onehot = F.one_hot(io.y.long(), num_classes).float()  # [B, K]
+        mass, share = (onehot * r[:, None]).mean(0), onehot.mean(0)
+        for c in range(num_classes):
+            out[f"{prefix}.class_mass.{c}"] = mass[c]
+            out[f"{prefix}.class_share.{c}"] = share[c]
     if bins > 0:
         b = (r.clamp(0.0, 1.0) * bins).long().clamp_max(bins - 1)
         onehot = F.one_hot(b, bins).float()  # [B, bins]
@@ -254,7 +272,12 @@ class SampleFusion(DistillMethod):
         ratio = self.ratio(io, terms).detach()
         kd_w, gt_w = self.weights(io, terms, ratio)
         out = {terms.gt_name: (gt_w * terms.gt).mean(), terms.kd_name: (kd_w * terms.kd).mean()}
-        return LossOut(out, _ratio_metrics(ratio, io, self.cfg.histogram_bins))
+        metrics = _ratio_metrics(ratio, io, self.cfg.histogram_bins, num_classes=self.num_classes)
+        return LossOut(out, {**metrics, **self.diagnostics(io, terms)})
+
+    def diagnostics(self, io: StepIO, terms: SampleTerms) -> dict[str, Tensor]:
+        """More logged scalars of the policy on this batch (none by default; learned policies log their inputs)."""
+        return {}
 
 
 def _check_unit(name: str, value: float, open_interval: bool = False) -> None:
@@ -295,7 +318,8 @@ class AnnealedFusion(SampleFusion):
             if cfg.alpha_start == terms.kd_weight / (terms.kd_weight + terms.gt_weight):
                 out = self.inner.loss(io)
                 ratio = terms.kd.new_full(terms.kd.shape, cfg.alpha_start)
-                return LossOut(out.terms, {**out.metrics, **_ratio_metrics(ratio, io, cfg.histogram_bins)})
+                metrics = _ratio_metrics(ratio, io, cfg.histogram_bins, num_classes=self.num_classes)
+                return LossOut(out.terms, {**out.metrics, **metrics})
         return super().loss(io)
 
 
@@ -414,6 +438,24 @@ class LearnedFusion(SampleFusion):
     def features(self, io: StepIO, terms: SampleTerms) -> Tensor:
         """``[B, D]`` inputs of f_omega (detached from the student)."""
         raise NotImplementedError
+
+    def feature_names(self) -> tuple[str, ...]:
+        """Names of the equal-width blocks :meth:`features` concatenates (e.g. TGeo-KD's ``e_sg`` .. ``tbar``)."""
+        raise NotImplementedError
+
+    def diagnostics(self, io: StepIO, terms: SampleTerms) -> dict[str, Tensor]:
+        """``feature.<name>.mean`` / ``.std``: batch mean and spread of each input block's L2 norm per sample (for a
+        one-wide block, its absolute value)."""
+        with torch.no_grad():
+            feats = self.features(io, terms).float()
+            names = self.feature_names()
+            norms = feats.view(feats.shape[0], len(names), -1).norm(dim=-1)  # [B, blocks]
+            mean, std = norms.mean(0), norms.std(0, unbiased=False)
+        out = {}
+        for i, name in enumerate(names):
+            out[f"feature.{name}.mean"] = mean[i]
+            out[f"feature.{name}.std"] = std[i]
+        return out
 
     def ratio(self, io: StepIO, terms: SampleTerms) -> Tensor:
         features = self.features(io, terms)
@@ -577,3 +619,6 @@ class ReweightFusion(LearnedFusion):
 
     def features(self, io: StepIO, terms: SampleTerms) -> Tensor:
         return torch.stack([terms.gt.detach(), terms.kd.detach()], dim=-1)
+
+    def feature_names(self) -> tuple[str, ...]:
+        return ("gt_loss", "kd_loss")

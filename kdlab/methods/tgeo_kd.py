@@ -102,6 +102,9 @@ class TGeoKD(LearnedFusion):
             mean = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1.0)[:, None], torch.full_like(sums, 1 / k))
             self.t_class_mean.copy_(mean.to(self.t_class_mean.dtype))
 
+    def feature_names(self) -> tuple[str, ...]:
+        return fusion_losses.FEATURE_SETS[self.cfg.feature_set]
+
     def features(self, io: StepIO, terms: SampleTerms) -> Tensor:
         temp = self.cfg.feature_temperature
         s_probs = (io.s.logits.detach() / temp).softmax(-1)
