@@ -17,10 +17,13 @@ load as is.
 Taps (32x32 input, ``shufflenetv2``): ``stem`` 24x32x32, ``stage1`` 116x16x16, ``stage2`` 232x8x8, ``stage3``
 464x4x4 (all before the head convolution), ``stageK.pre``, ``pool`` 1024.
 
+``stageK.pre`` is the reference's ``preact`` (``feats["preact_feats"]`` in mdistiller, ``is_preact=True`` in
+RepDistiller): the last unit's concatenation ``[kept half, bn3 output]`` with the final ReLU left out and *before*
+the channel shuffle. So it is not ``stageK`` without its ReLU channel by channel: ``stageK ==
+channel_shuffle(relu(stageK.pre), 2)`` (the kept half is already non-negative). Methods reading ``stageK.pre``
+(OFD's student features, for example) see the reference's tensor in the reference's channel order.
+
 Deviations:
-    - ``stageK.pre`` is the last unit's output with its final ReLU left out, taken *after* the channel shuffle,
-      so that ``relu(stageK.pre) == stageK``. The reference's ``preact`` list takes it before the shuffle, which
-      is the same tensor with its channels in a fixed different order (equivalent for learned 1x1 connectors).
     - Global average pooling is adaptive (the reference's ``avg_pool2d(out, 4)`` is the same at 32x32 input).
 """
 
@@ -71,8 +74,9 @@ class DownUnit(nn.Module):
 class BasicUnit(nn.Module):
     """Channel split; the second half goes through 1x1, depthwise 3x3, 1x1 (BN each); concatenate; shuffle.
 
-    ``forward(x, preact)`` returns ``(out, pre)``: ``out [B, C, H, W]`` and, when ``preact``, the same tensor
-    with the final ReLU left out (else ``None``).
+    ``forward(x, preact)`` returns ``(out, pre)``: ``out [B, C, H, W]`` and, when ``preact``, the concatenation
+    before the final ReLU and before the shuffle, as the reference's ``preact`` (else ``None``):
+    ``out == channel_shuffle(relu(pre), 2)``.
 
     Args:
         channels: input and output channels ``C`` (even).
@@ -94,15 +98,16 @@ class BasicUnit(nn.Module):
         h = torch.relu(self.bn1(self.conv1(work)))
         h = self.bn3(self.conv3(self.bn2(self.conv2(h))))
         out = channel_shuffle(torch.cat([keep, torch.relu(h)], dim=1), 2)
-        pre = channel_shuffle(torch.cat([keep, h], dim=1), 2) if preact else None
+        pre = torch.cat([keep, h], dim=1) if preact else None  # the reference's preact: before the shuffle
         return out, pre
 
 
 class ShuffleNetV2(ClassifierAlias, TapModel):
     """CIFAR ShuffleNet V2: ``[B, C, 32, 32] -> [B, K]``.
 
-    Taps: ``stem`` ``[B, 24, 32, 32]``; ``stageK`` and ``stageK.pre`` ``[B, widths[K-1], 32 / 2**K, ...]``;
-    ``pool`` ``[B, head_channels]``.
+    Taps: ``stem`` ``[B, 24, 32, 32]``; ``stageK`` and ``stageK.pre`` ``[B, widths[K-1], 32 / 2**K, ...]``
+    (``stageK.pre`` before the last channel shuffle, as the reference; see the module docstring); ``pool``
+    ``[B, head_channels]``.
 
     Args:
         num_classes: output classes ``K``.
