@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import platform
 import random
 import signal
@@ -210,7 +211,10 @@ class Trainer:
             raise
 
     def _lock_run_dir(self) -> RunLock:
-        """The run directory's lock (``kdlab.runlock``): a second trainer of this run stops here."""
+        """The run directory's lock (``kdlab.runlock``): a second trainer of this run stops here. Under ``torchrun``
+        the process of rank 0 holds it for all ranks (the others never write the run's files)."""
+        if os.environ.get("RANK", "0") not in ("", "0"):
+            return RunLock(self.run_dir)  # not acquired: releasing it is a no-op
         try:
             return RunLock(self.run_dir).acquire()
         except OSError as err:
