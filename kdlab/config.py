@@ -23,6 +23,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from kdlab.paths import why_unusable
 from kdlab.ranges import field_range, out_of_range_message, rng, violations
 from kdlab.registry import METHODS, closest
 from kdlab.tabular_config import TabularConfig
@@ -501,7 +502,9 @@ def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; a missing or malformed file is a :class:`ConfigError`."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist (configs ship under configs/, e.g. configs/debug/)")
+        raise ConfigError(
+            f"config file {str(p)!r} {why_unusable(p)} (configs ship under configs/, e.g. configs/debug/)"
+        )
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as err:

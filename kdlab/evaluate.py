@@ -38,6 +38,7 @@ from kdlab.models.checkpoints import (
     known_checkpoint,
     load_state_dict_flexible,
 )
+from kdlab.paths import why_unusable
 from kdlab.train.build import Run, build_run, resolve_device
 from kdlab.train.checkpoint import CHECKPOINT_FORMAT, EXPORT_FORMAT, read_file
 from kdlab.types import Batch
@@ -158,7 +159,7 @@ def resolve_model_file(path: str | Path) -> Path:
             "raw checkpoint with --model NAME --data name=DATASET"
         )
     if not p.is_file():
-        raise CheckpointNotFoundError(f"checkpoint {str(p)!r} does not exist; check the path")
+        raise CheckpointNotFoundError(f"checkpoint {str(p)!r} {why_unusable(p)}; check the path")
     return p
 
 

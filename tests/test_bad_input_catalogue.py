@@ -122,6 +122,7 @@ def _write_npz_files(d: Path) -> None:
         np.savez(d / f"{name}.npz", **arrays)
     (d / "not_zip.npz").write_bytes(b"this is not a zip archive")
     np.save(d / "single.npy", x)
+    (d / "sub").mkdir()
 
 
 def _check(fx: Fixture, tmp: Path, argv: list[str], code: int, needles: list[str], ignore=frozenset()) -> str:
@@ -304,7 +305,12 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("override bad YAML", _train("optim.milestones=[1, 2"), ["not valid YAML"]),
     # config files
     ("config missing", ["train", "{root}/nope.yaml"], ["'{root}/nope.yaml' does not exist"]),
-    ("config is a folder", ["train", "{runs}"], ["'{runs}'"]),
+    ("config is a folder", ["train", "{runs}"], ["'{runs}' is a folder, not a file"]),
+    (
+        "config under a file",
+        ["train", "{root}/a_file/c.yaml"],
+        ["c.yaml' cannot be reached: '{root}/a_file' on its path is a file"],
+    ),
     ("config bad YAML", ["train", "{root}/not_yaml.yaml"], ["not_yaml.yaml' is not valid YAML"]),
     ("config is a list", ["train", "{root}/list.yaml"], ["list.yaml' must hold a mapping"]),
     ("show bad value", ["show", "{cfg}", "optim.momentum=1"], ["optim.momentum = 1.0", "in [0, 1)"]),
@@ -317,7 +323,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("list bogus", ["list", "bogus"], ["invalid choice: 'bogus'"]),
     ("demo seeds abc", ["demo", "--seeds", "abc"], ["invalid int value: 'abc'"]),
     ("eval missing checkpoint", ["eval", "{root}/nope.pt"], ["nope.pt"]),
-    ("eval a folder", ["eval", "{runs}"], ["{runs}"]),
+    ("eval a folder", ["eval", "{runs}"], ["'{runs}' holds no student.pt or checkpoint.pt"]),
+    ("eval under a file", ["eval", "{root}/a_file/checkpoint.pt"], ["on its path is a file"]),
     ("sweep missing spec", ["sweep", "{root}/nope.yaml"], ["nope.yaml"]),
     ("report missing target", ["report", "nosuchsweep", "--store", "{store}"], ["nosuchsweep"]),
     # run directories
@@ -401,8 +408,9 @@ DATA_CASES = [
     ("classes short", "short_classes.npz", "good.npz", ["short_classes.npz", "'y'", "outside 0..2", "'classes'"]),
     ("not a zip", "not_zip.npz", "good.npz", ["not_zip.npz", "not a readable .npz file"]),
     ("single array", "single.npy", "good.npz", ["single.npy", "single array"]),
-    ("missing train file", "nope.npz", "good.npz", ["nope.npz", "not found"]),
-    ("missing test file", "good.npz", "nope.npz", ["nope.npz", "not found"]),
+    ("missing train file", "nope.npz", "good.npz", ["nope.npz", "does not exist"]),
+    ("missing test file", "good.npz", "nope.npz", ["nope.npz", "does not exist"]),
+    ("train file is a folder", "sub", "good.npz", ["sub is a folder, not a file"]),
 ]
 
 

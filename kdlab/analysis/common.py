@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kdlab.paths import why_unusable
+
 log = logging.getLogger("kdlab")
 
 
@@ -122,7 +124,7 @@ def resolve_run_file(path: str | Path) -> tuple[Path, Path]:
         )
     if p.is_file():
         return p, p.parent
-    raise AnalysisError(f"{str(p)!r} does not exist; give a kdlab run directory or its checkpoint.pt / student.pt")
+    raise AnalysisError(f"{str(p)!r} {why_unusable(p)}; give a kdlab run directory or its checkpoint.pt / student.pt")
 
 
 def open_run(

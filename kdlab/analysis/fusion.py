@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kdlab.analysis.common import AnalysisError, AnalysisResult
+from kdlab.paths import why_unusable
 
 _CLASS = re.compile(r"^alpha\.class_mass\.(\d+)$")
 _FEATURE = re.compile(r"^feature\.(.+)\.(mean|std)$")
@@ -30,7 +31,9 @@ def read_epochs(run_dir: Path) -> list[dict[str, Any]]:
     """The main stage's per-epoch training metrics of ``run_dir/metrics.jsonl`` that hold a logged ratio."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise AnalysisError(f"{path} does not exist: give a run directory of a fusion run (tgeo_kd, rw_kd, anl_kd...)")
+        raise AnalysisError(
+            f"{path} {why_unusable(path)}: give a run directory of a fusion run (tgeo_kd, rw_kd, anl_kd...)"
+        )
     rows = []
     for line in path.read_text().splitlines():
         try:

@@ -29,6 +29,7 @@ import torch
 
 from kdlab.data.base import DataError
 from kdlab.data.tokens import TokenSet
+from kdlab.paths import why_unusable
 
 log = logging.getLogger("kdlab")
 
@@ -154,7 +155,7 @@ def read_csv(path: Path) -> Table:
     """Read a CSV file with a header row (delimiter sniffed among ``,`` ``;`` tab); every row must have the header's
     column count."""
     if not path.is_file():
-        raise DataError(f"tabular data: {path} does not exist")
+        raise DataError(f"tabular data: {path} {why_unusable(path)}")
     with open(path, newline="", encoding="utf-8") as f:
         sample = f.read(65536)
         f.seek(0)

@@ -25,6 +25,7 @@ from kdlab.models.checkpoints import (
     CheckpointNotFoundError,
     load_state_dict_flexible,
 )
+from kdlab.paths import why_unusable
 
 CHECKPOINT_FORMAT = "kdlab.checkpoint/1"
 EXPORT_FORMAT = "kdlab.export/1"
@@ -149,7 +150,7 @@ def read_file(path: str | Path, what: str = "checkpoint") -> Any:
         )
     if not p.is_file():
         raise CheckpointNotFoundError(
-            f"{what} {str(p)!r} does not exist; check the path (a kdlab run writes runs/<name>/)"
+            f"{what} {str(p)!r} {why_unusable(p)}; check the path (a kdlab run writes runs/<name>/)"
         )
     try:
         try:

@@ -47,6 +47,7 @@ import torch
 from kdlab.data.base import DataError, register_dataset
 from kdlab.data.tabular import FieldCodec, TableCodec
 from kdlab.data.tokens import TokenSet, TokenSplits
+from kdlab.paths import why_unusable
 
 log = logging.getLogger("kdlab")
 
@@ -202,8 +203,8 @@ def cached(cfg) -> tuple[Path, dict]:
     source = Path(cfg.root).expanduser() / "train.txt"
     if not source.is_file():
         raise DataError(
-            f"criteo: {source} does not exist; put the Criteo Display Advertising Challenge train.txt (tab-separated: "
-            "label, I1..I13, C1..C26) in data.root"
+            f"criteo: {source} {why_unusable(source)}; put the Criteo Display Advertising Challenge train.txt "
+            "(tab-separated: label, I1..I13, C1..C26) in data.root"
         )
     if source.stat().st_size == 0:
         raise DataError(f"criteo: {source} is empty")

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from kdlab.data.base import DataError, FileSet, StreamingSplits, register_dataset
+from kdlab.paths import why_unusable
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ def load_image_folder(root: str | Path, name: str, crop_size: int, eval_splits: 
     if not root.is_dir():
         raise DataError(f"{name}: data.root={root} is not a folder; {LAYOUT}")
     if not (root / "train").is_dir():
-        raise DataError(f"{name}: {root / 'train'} does not exist; {LAYOUT}")
+        raise DataError(f"{name}: {root / 'train'} {why_unusable(root / 'train', 'folder')}; {LAYOUT}")
     classes, train_paths, train_y = scan_class_folders(root, "train", what=name)
     split = next((s for s in eval_splits if (root / s).is_dir()), None)
     if split is None:

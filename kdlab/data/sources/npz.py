@@ -18,6 +18,7 @@ import torch
 
 from kdlab.data.base import DataError, DatasetSplits, ImageSet, register_dataset
 from kdlab.data.sources._common import channel_stats, check_labels, resolve
+from kdlab.paths import why_unusable
 
 _SAVE_HINT = "write it with np.savez(path, x=images_uint8_NHWC, y=labels)"
 
@@ -48,7 +49,7 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None
         ``x [N, H, W, C]`` uint8, ``y [N]`` int64, and the class names if the file has ``classes``.
     """
     if not path.is_file():
-        raise DataError(f"npz dataset: {path} does not exist")
+        raise DataError(f"npz dataset: {path} {why_unusable(path)}")
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
@@ -136,9 +137,9 @@ def load_npz(root: str | Path, train_files: list[str], test_file: str | None) ->
     if not test_file:
         raise DataError(f"npz dataset: set data.test_file to an .npz file {where}")
     paths = [resolve(root, name) for name in train_files]
-    missing = [str(p) for p in [*paths, resolve(root, test_file)] if not p.is_file()]
+    missing = [f"{p} {why_unusable(p)}" for p in [*paths, resolve(root, test_file)] if not p.is_file()]
     if missing:
-        raise DataError(f"npz dataset: file(s) not found: {', '.join(missing)} {where}")
+        raise DataError(f"npz dataset: {'; '.join(missing)} {where}")
     parts = [(path, *read_npz(path)) for path in paths]
     test_path = resolve(root, test_file)
     tx, ty, test_names = read_npz(test_path)

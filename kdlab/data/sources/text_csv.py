@@ -23,13 +23,14 @@ from kdlab.data.sources._common import resolve
 from kdlab.data.split import stratified_split
 from kdlab.data.tabular import label_ids, read_csv, sorted_classes
 from kdlab.data.tokens import TokenSet, TokenSplits
+from kdlab.paths import why_unusable
 
 
 def read_records(path: Path, columns: list[str]) -> dict[str, list[str]]:
     """The named columns of a CSV (header row) or JSONL file, as strings; a missing column or an empty file is a
     DataError naming the file."""
     if not path.is_file():
-        raise DataError(f"text_csv: {path} does not exist")
+        raise DataError(f"text_csv: {path} {why_unusable(path)}")
     if path.suffix.lower() in (".jsonl", ".json"):
         rows = []
         with open(path, encoding="utf-8") as f:
@@ -66,7 +67,9 @@ def load_tokenizer(folder: str | None):
         raise DataError("text_csv: set data.tabular.tokenizer to a local Hugging Face tokenizer folder")
     path = Path(folder).expanduser()
     if not path.is_dir():
-        raise DataError(f"text_csv: tokenizer folder {str(path)!r} does not exist (nothing is downloaded)")
+        raise DataError(
+            f"text_csv: tokenizer folder {str(path)!r} {why_unusable(path, 'folder')} (nothing is downloaded)"
+        )
     from transformers import AutoTokenizer
 
     try:

@@ -37,6 +37,7 @@ import torch
 
 from kdlab.data.base import DataError, DatasetSplits, ImageSet, register_dataset
 from kdlab.data.sources._common import channel_stats
+from kdlab.paths import why_unusable
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +72,16 @@ def list_files(folder: Path) -> tuple[list[str], list[tuple[str, int]], list[tup
     for wnid in wnids:
         images = folder / "train" / wnid / "images"
         if not images.is_dir():
-            raise DataError(f"tiny_imagenet: {images} does not exist (class {wnid} of wnids.txt); {LAYOUT}")
+            raise DataError(
+                f"tiny_imagenet: {images} {why_unusable(images, 'folder')} (class {wnid} of wnids.txt); {LAYOUT}"
+            )
         files = sorted(f for f in os.listdir(images) if f.lower().endswith((".jpeg", ".jpg", ".png")))
         if not files:
             raise DataError(f"tiny_imagenet: {images} holds no images; {LAYOUT}")
         train += [(f"train/{wnid}/images/{f}", index[wnid]) for f in files]
     annotations = folder / "val" / "val_annotations.txt"
     if not annotations.is_file():
-        raise DataError(f"tiny_imagenet: {annotations} does not exist; {LAYOUT}")
+        raise DataError(f"tiny_imagenet: {annotations} {why_unusable(annotations)}; {LAYOUT}")
     val = []
     for number, line in enumerate(annotations.read_text().splitlines(), 1):
         parts = line.split("\t") if "\t" in line else line.split()
