@@ -531,18 +531,18 @@ def check_run(cfg: RunConfig) -> None:
     for i in range(1, len(ms)):
         if ms[i] <= ms[i - 1]:
             raise ConfigError(
-                f"optim.milestones = {ms} must be strictly increasing ({ms[i - 1]} is followed by {ms[i]}). "
+                f"optim.milestones must be strictly increasing, got {ms} ({ms[i - 1]} is followed by {ms[i]}). "
                 f"Fix: list the epochs after which the LR decays in order, e.g. optim.milestones=[150, 180, 210]"
             )
     scale = cfg.data.crop_scale
     if len(scale) != 2 or scale[0] > scale[1]:
         raise ConfigError(
-            f"data.crop_scale = {scale} must be two area fractions [min, max] with min <= max. "
+            f"data.crop_scale must be two area fractions [min, max] with min <= max, got {scale}. "
             f"Fix: e.g. data.crop_scale=[0.08, 1.0]"
         )
     if len(o.betas) != 2:
         raise ConfigError(
-            f"optim.betas = {o.betas} must be two numbers [beta1, beta2]. Fix: e.g. optim.betas=[0.9, 0.999]"
+            f"optim.betas must be two numbers [beta1, beta2], got {o.betas}. Fix: e.g. optim.betas=[0.9, 0.999]"
         )
     if o.schedule == "cosine" and o.min_lr > o.lr:
         raise ConfigError(

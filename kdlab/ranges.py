@@ -116,9 +116,10 @@ def violations(value: Any, r: Range, path: str) -> list[tuple[str, Any]]:
 def out_of_range_message(path: str, value: Any, r: Range, default: Any = None) -> str:
     """The error of a value outside its range: key, value, range, what the range means and the fix."""
     if isinstance(value, float) and not math.isfinite(value):
-        what = f"{path} = {value!r} is not a finite number: it must be {r.describe()}"
+        finite = "a finite number" + ("" if r.describe() == "a finite number" else f" {r.describe()}")
+        what = f"{path} must be {finite}, got {value!r}"
     else:
-        what = f"{path} = {value!r} is out of range: it must be {r.describe()}"
+        what = f"{path} must be {r.describe()}, got {value!r}"
     if r.note:
         what += f" ({r.note})"
     example = ""

@@ -215,8 +215,7 @@ SCHEMA_CASES = _all_schema_cases()
 @pytest.mark.parametrize(("overrides", "key"), SCHEMA_CASES)
 def test_value_outside_a_declared_range_is_refused(fx, tmp_path, overrides, key):
     text = _check(fx, tmp_path, ["train", "{cfg}", *overrides], 2, [key])
-    assert "out of range" in text or "not a finite number" in text, text
-    assert "Fix: set" in text, text
+    assert f"{key} must be " in text and ", got " in text and "Fix: set" in text, text
 
 
 def test_schema_cases_cover_every_section_and_method():
@@ -239,43 +238,59 @@ def _train(*overrides: str) -> list[str]:
 
 CASES: list[tuple[str, list[str], list[str]]] = [
     # the values the issue names (they ended in "finished" or in a traceback)
-    ("batch_size=-8", _train("data.batch_size=-8"), ["data.batch_size = -8", ">= 1"]),
-    ("epochs=-2", _train("train.epochs=-2"), ["train.epochs = -2", ">= 1"]),
-    ("epochs=0 says eval", _train("train.epochs=0"), ["train.epochs = 0", "kdlab eval"]),
-    ("lr<0", _train("optim.lr=-0.1"), ["optim.lr = -0.1", "> 0"]),
-    ("lr<0 sci", _train("optim.lr=-1e-3"), ["optim.lr = -0.001", "> 0"]),
-    ("lr<0 in a YAML file", ["train", "{root}/sci.yaml"], ["optim.lr = -0.001"]),
-    ("lr=0", _train("optim.lr=0"), ["optim.lr = 0.0", "> 0"]),
-    ("batch_size=0", _train("data.batch_size=0"), ["data.batch_size = 0"]),
-    ("eval_every=0", _train("train.eval_every=0"), ["train.eval_every = 0"]),
-    ("checkpoint_every=0", _train("train.checkpoint_every=0"), ["train.checkpoint_every = 0"]),
-    ("lr=nan", _train("optim.lr=.nan"), ["optim.lr = nan", "not a finite number"]),
-    ("lr=inf", _train("optim.lr=.inf"), ["optim.lr = inf", "not a finite number"]),
-    ("lr=1e999", _train("optim.lr=1e999"), ["optim.lr = inf"]),
-    ("weight_decay=-5e-4", _train("optim.weight_decay=-5e-4"), ["optim.weight_decay = -0.0005"]),
-    ("val_fraction=1", _train("data.val_fraction=1"), ["data.val_fraction = 1.0", "in [0, 1)"]),
-    ("num_classes=1", _train("data.num_classes=1"), ["data.num_classes = 1", "at least 2 classes"]),
-    ("seed=-1", _train("train.seed=-1"), ["train.seed = -1"]),
-    ("seed too big", _train("train.seed=99999999999"), ["train.seed = 99999999999"]),
-    ("temperature=0", _train("method.name=kd", "method.temperature=0"), ["method.temperature = 0.0", "> 0"]),
-    ("kd_weight<0", _train("method.name=kd", "method.kd_weight=-1e-1"), ["method.kd_weight = -0.1"]),
+    ("batch_size=-8", _train("data.batch_size=-8"), ["data.batch_size must be", "got -8", ">= 1"]),
+    ("epochs=-2", _train("train.epochs=-2"), ["train.epochs must be", "got -2", ">= 1"]),
+    ("epochs=0 says eval", _train("train.epochs=0"), ["train.epochs must be", "got 0", "kdlab eval"]),
+    ("lr<0", _train("optim.lr=-0.1"), ["optim.lr must be", "got -0.1", "> 0"]),
+    ("lr<0 sci", _train("optim.lr=-1e-3"), ["optim.lr must be", "got -0.001", "> 0"]),
+    ("lr<0 in a YAML file", ["train", "{root}/sci.yaml"], ["optim.lr must be", "got -0.001"]),
+    ("lr=0", _train("optim.lr=0"), ["optim.lr must be", "got 0.0", "> 0"]),
+    ("batch_size=0", _train("data.batch_size=0"), ["data.batch_size must be", "got 0"]),
+    ("eval_every=0", _train("train.eval_every=0"), ["train.eval_every must be", "got 0"]),
+    ("checkpoint_every=0", _train("train.checkpoint_every=0"), ["train.checkpoint_every must be", "got 0"]),
+    ("lr=nan", _train("optim.lr=.nan"), ["optim.lr must be", "got nan", "a finite number"]),
+    ("lr=inf", _train("optim.lr=.inf"), ["optim.lr must be", "got inf", "a finite number"]),
+    ("lr=1e999", _train("optim.lr=1e999"), ["optim.lr must be", "got inf"]),
+    ("weight_decay=-5e-4", _train("optim.weight_decay=-5e-4"), ["optim.weight_decay must be", "got -0.0005"]),
+    ("val_fraction=1", _train("data.val_fraction=1"), ["data.val_fraction must be", "got 1.0", "in [0, 1)"]),
+    ("num_classes=1", _train("data.num_classes=1"), ["data.num_classes must be", "got 1", "at least 2 classes"]),
+    ("seed=-1", _train("train.seed=-1"), ["train.seed must be", "got -1"]),
+    ("seed too big", _train("train.seed=99999999999"), ["train.seed must be", "got 99999999999"]),
+    (
+        "temperature=0",
+        _train("method.name=kd", "method.temperature=0"),
+        ["method.temperature must be", "got 0.0", "> 0"],
+    ),
+    ("kd_weight<0", _train("method.name=kd", "method.kd_weight=-1e-1"), ["method.kd_weight must be", "got -0.1"]),
     (
         "tekap inner T",
         _train("method.name=tekap", "method.inner.name=kd", "method.inner.temperature=-4"),
         ["method.inner.temperature"],
     ),
-    ("sum term weight", _train("method.name=sum", "method.weights=[1, -1]"), ["method.weights.1 = -1.0"]),
-    ("milestones decreasing", _train("optim.milestones=[3, 2]"), ["optim.milestones = [3, 2]", "increasing"]),
-    ("milestones repeated", _train("optim.milestones=[2, 2]"), ["optim.milestones = [2, 2]", "increasing"]),
-    ("milestone 0", _train("optim.milestones=[0, 2]"), ["optim.milestones.0 = 0"]),
-    ("crop_scale reversed", _train("data.crop_scale=[0.9, 0.1]"), ["data.crop_scale = [0.9, 0.1]", "min <= max"]),
-    ("crop_scale one value", _train("data.crop_scale=[0.5]"), ["data.crop_scale = [0.5]"]),
-    ("betas one value", _train("optim.betas=[0.9]"), ["optim.betas = [0.9]"]),
+    ("sum term weight", _train("method.name=sum", "method.weights=[1, -1]"), ["method.weights.1 must be", "got -1.0"]),
+    (
+        "milestones decreasing",
+        _train("optim.milestones=[3, 2]"),
+        ["optim.milestones must be", "got [3, 2]", "increasing"],
+    ),
+    (
+        "milestones repeated",
+        _train("optim.milestones=[2, 2]"),
+        ["optim.milestones must be", "got [2, 2]", "increasing"],
+    ),
+    ("milestone 0", _train("optim.milestones=[0, 2]"), ["optim.milestones.0 must be", "got 0"]),
+    (
+        "crop_scale reversed",
+        _train("data.crop_scale=[0.9, 0.1]"),
+        ["data.crop_scale must be", "got [0.9, 0.1]", "min <= max"],
+    ),
+    ("crop_scale one value", _train("data.crop_scale=[0.5]"), ["data.crop_scale must be", "got [0.5]"]),
+    ("betas one value", _train("optim.betas=[0.9]"), ["optim.betas must be", "got [0.9]"]),
     ("cosine min_lr > lr", _train("optim.schedule=cosine", "optim.min_lr=1", "optim.lr=0.1"), ["optim.min_lr"]),
     (
         "input_std 0",
         _train("model.teachers.0.name=convnet_s", "model.teachers.0.input_std=[0.2, 0, 0.2]"),
-        ["model.teachers.0.input_std.1 = 0.0"],
+        ["model.teachers.0.input_std.1 must be", "got 0.0"],
     ),
     # wrong types
     ("epochs=abc", _train("train.epochs=abc"), ["train.epochs must be an integer, got 'abc'"]),
@@ -313,7 +328,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ),
     ("config bad YAML", ["train", "{root}/not_yaml.yaml"], ["not_yaml.yaml' is not valid YAML"]),
     ("config is a list", ["train", "{root}/list.yaml"], ["list.yaml' must hold a mapping"]),
-    ("show bad value", ["show", "{cfg}", "optim.momentum=1"], ["optim.momentum = 1.0", "in [0, 1)"]),
+    ("show bad value", ["show", "{cfg}", "optim.momentum=1"], ["optim.momentum must be", "got 1.0", "in [0, 1)"]),
     ("show missing config", ["show", "{root}/nope.yaml"], ["nope.yaml' does not exist"]),
     # CLI arguments
     ("no command", [], ["COMMAND"]),
@@ -332,8 +347,12 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("run_dir under a file", _train("train.run_dir={root}/a_file/sub"), ["a_file"]),
     ("--run-dir is a file", ["train", "{cfg}", "--run-dir", "{root}/a_file"], ["'{root}/a_file' is a file"]),
     ("existing run without --force", _train(), ["already holds a run", "--resume"]),
-    ("resume with a bad value", ["train", "{cfg}", "data.batch_size=0", "--resume"], ["data.batch_size = 0"]),
-    ("force with a bad value", ["train", "{cfg}", "optim.lr=-1", "--force"], ["optim.lr = -1.0"]),
+    (
+        "resume with a bad value",
+        ["train", "{cfg}", "data.batch_size=0", "--resume"],
+        ["data.batch_size must be", "got 0"],
+    ),
+    ("force with a bad value", ["train", "{cfg}", "optim.lr=-1", "--force"], ["optim.lr must be", "got -1.0"]),
     ("resume without a checkpoint", ["train", "{cfg}", "train.name=never", "--resume"], ["no checkpoint", "never"]),
     # results stores: refused without writing a byte
     ("store missing (query)", ["results", "--store", "{tmp}/typo.sqlite"], ["typo.sqlite' does not exist"]),
@@ -450,7 +469,7 @@ def test_scientific_notation_in_a_yaml_file(fx, tmp_path):
 # The console script's path: a child process, no traceback on stderr
 
 SUBPROCESS_CASES = [
-    (_train("data.batch_size=-8"), "data.batch_size = -8"),
+    (_train("data.batch_size=-8"), "data.batch_size must be >= 1, got -8"),
     (["results", "--store", "{root}/other.sqlite"], "not a kdlab results store"),
     (_train(*NPZ, "data.train_files=[nchw.npz]", "data.test_file=good.npz", "train.run_dir={tmp}/runs"), "nchw.npz"),
     (["list", "bogus"], "invalid choice"),

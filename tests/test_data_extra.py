@@ -236,4 +236,4 @@ def test_cli_long_tailed_run_and_bad_ratio(tmp_path):
     config = (tmp_path / "lt" / "config.yaml").read_text()
     assert "imbalance_ratio: 4.0" in config and "imbalance_profile: exp" in config
     bad = kdlab(*args, "data.imbalance_ratio=0.5", "train.name=bad", check=False)
-    assert bad.returncode == 2 and "data.imbalance_ratio = 0.5 is out of range: it must be >= 1" in bad.stderr + bad.stdout
+    assert bad.returncode == 2 and "data.imbalance_ratio must be >= 1, got 0.5" in bad.stderr + bad.stdout

@@ -347,10 +347,10 @@ def test_interrupted_multi_projector_run_resumes_bitwise(tmp_path):
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"factor": 0}, "method.factor must be a positive integer"),
+        ({"factor": 0}, "method.factor must be >= 1, got 0"),
         ({"projectors": "every"}, "method.projectors must be one of 'last', 'multi', 'all'"),
         ({"loss": "l1"}, "method.loss must be one of 'l2', 'kl'"),
-        ({"temperature": 0}, "method.temperature must be positive"),
+        ({"temperature": 0}, "method.temperature must be > 0, got 0.0"),
         ({"simkd_weight": -1}, "method.simkd_weight must be >= 0"),
     ],
 )

@@ -467,7 +467,7 @@ def test_resume_restores_omega_its_optimiser_and_the_split(tmp_path, teacher_ckp
         ({"name": "rw_kd", "meta_every": 0}, r"method\.meta_every must be >= 1"),
         ({"name": "rw_kd", "holdout_fraction": 0.0}, r"method\.holdout_fraction must be in \(0, 1\)"),
         ({"name": "anl_kd", "alpha_end": 1.5}, r"method\.alpha_end must be in \[0, 1\]"),
-        ({"name": "tgeo_kd", "hidden": [0]}, r"method\.hidden must list positive widths"),
+        ({"name": "tgeo_kd", "hidden": [0]}, r"method\.hidden\.0 must be >= 1, got 0"),
     ],
 )
 def test_bad_settings_name_the_key(fields, message):

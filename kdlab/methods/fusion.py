@@ -80,6 +80,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwad
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -405,7 +406,7 @@ class LearnedFusion(SampleFusion):
         """Hidden widths of f_omega (ReLU MLP ending in a sigmoid)."""
         init_ratio: float = field(default=0.5, metadata=rng(gt=0, lt=1))
         """The ratio every sample starts at (f_omega's last layer starts at zero weights and this bias)."""
-        holdout_fraction: float = field(default=0.1, metadata=rng(ge=0, lt=1))
+        holdout_fraction: float = field(default=0.1, metadata=rng(gt=0, lt=1))
         """Share of the training set held out for omega (stratified; used when data.val_fraction is 0)."""
         meta_every: int = field(default=1, metadata=rng(ge=1))
         """Update omega every this many student steps (k)."""
@@ -468,6 +469,11 @@ class LearnedFusion(SampleFusion):
         return (*self.inner.aux_objectives(), self.meta)
 
 
+def _tangent(dual: Any) -> Tensor:
+    """The forward-mode derivative of an unpacked dual tensor (zeros when it does not depend on the tangents)."""
+    return torch.zeros_like(dual.primal) if dual.tangent is None else dual.tangent
+
+
 def _heldout_chunks(batches: Iterator[Batch], size: int) -> Iterator[tuple[bool, Batch]]:
     """Cut the held-out split's batches into mini-batches of ``size``; yields ``(starts a new pass, batch)``."""
     for batch in batches:
@@ -487,7 +493,7 @@ class HypergradientStep(AuxObjective):
     The training loss is linear in the weights ``a_i``, ``b_i`` (and they do not depend on ``theta``: the policy reads
     the student detached), so with ``v = grad_theta' CE(f(x_val; theta'), y_val)`` the chain rule gives, exactly,
     ``d CE_val / d a_i = -eta / B <v, grad_theta K_i(theta)>`` (likewise ``b_i`` with ``G_i``). The inner products of
-    all ``B`` samples are one forward-mode derivative of ``[K_i(theta)]_i`` along ``v`` (``torch.func.jvp``), so the
+    all ``B`` samples are one forward-mode derivative of ``[K_i(theta)]_i`` along ``v`` (dual numbers), so the
     step costs three passes of the student (training batch forward and backward; held-out batch forward and
     backward; one forward-mode pass of the training batch) and no second-order backward. The teachers' outputs of
     the training batch are the main step's (``ctx.teachers``). The result equals the double-backward hypergradient
@@ -558,15 +564,12 @@ class HypergradientStep(AuxObjective):
             outer = F.cross_entropy(logits, heldout.y)
             v = torch.autograd.grad(outer, updated, allow_unused=True)
         del io, terms, inner, grads, logits
-        # 3. <v, grad_theta K_i> and <v, grad_theta G_i> for every sample: one forward-mode pass along v
-        tangents = tuple(torch.zeros_like(p) if t is None else t.detach() for p, t in zip(theta, v))
-
-        def per_sample(*params: Tensor) -> tuple[Tensor, Tensor]:
-            _, t = train_terms(*params)
-            return t.kd, t.gt
-
-        primals = tuple(p.detach() for p in theta)
-        _, (d_kd, d_gt) = torch.func.jvp(per_sample, primals, tangents)
+        # 3. <v, grad_theta K_i> and <v, grad_theta G_i> for every sample: one forward-mode pass along v (dual
+        # numbers; no_grad keeps autograd from recording the pass, forward-mode derivatives still flow)
+        with torch.no_grad(), fwad.dual_level():
+            duals = [p.detach() if t is None else fwad.make_dual(p.detach(), t) for p, t in zip(theta, v)]
+            _, along = train_terms(*duals)
+            d_kd, d_gt = (_tangent(fwad.unpack_dual(term)) for term in (along.kd, along.gt))
         # 4. d outer / d kd_w_i = -lr * d inner / d kd_w_i with K_i replaced by its derivative along v (linearity)
         with torch.enable_grad():
             along_v = fusion_losses.fused_loss(d_kd.detach(), d_gt.detach(), kd_w, gt_w)
