@@ -21,6 +21,7 @@ from kdlab.models.base import TapError, probe_taps
 from kdlab.models.input_norm import set_input_normalization
 from kdlab.seeding import seed_everything
 from kdlab.train.checkpoint import load_model_file
+from kdlab.train.pairs import explain_pair_error
 from kdlab.train.teacher import FrozenTeacher
 from kdlab.types import Needs
 
@@ -127,7 +128,8 @@ def build_run(cfg: RunConfig, device: torch.device | None = None, load_teacher_w
     try:
         method = make_method(data)
     except ValueError as err:  # TapError, PairError: a token model has no image maps; say so
-        raise token_refusal(err, splits, cfg.method.name) from None
+        err = token_refusal(err, splits, cfg.method.name)
+        raise explain_pair_error(err, cfg, k, getattr(splits, "input_size", None)) from None  # + pairs that work
     holdout = method.needs().holdout_fraction
     if holdout > 0 and not cfg.data.val_fraction:
         # The method trains on a held-out split (e.g. a bilevel outer loop) and the config sets none: hold out the
