@@ -83,9 +83,9 @@ VARIANTS: dict[str, tuple[dict, object]] = {
 DEFAULT_METHODS = "ce,kd,tekap(kd),dist,dkd,mlkd,crd,simkd,tgeo_kd,anl_kd,ada_kd,wls_kd,rw_kd"
 DEFAULT_CONTROLS = "kd[holdout],tgeo_kd[pool],tgeo_kd[init=inner]"
 #: Order in which the runs are made (all seeds of one label before the next), so that a partial table answers the
-#: issue's questions first: the baseline, kd, tgeo_kd and its held-out control, then the other seed methods.
+#: issue's questions first: the baseline, kd, the seed methods the issue found below the student, the controls.
 RUN_ORDER = (
-    "ce,kd,tgeo_kd,kd[holdout],dkd,simkd,crd,dist,tekap(kd),anl_kd,ada_kd,wls_kd,rw_kd,mlkd,tgeo_kd[init=inner],"
+    "ce,kd,tgeo_kd,simkd,dkd,kd[holdout],tgeo_kd[init=inner],crd,dist,tekap(kd),anl_kd,ada_kd,wls_kd,rw_kd,mlkd,"
     "tgeo_kd[pool]"
 ).split(",")
 #: control -> (what it is compared with, paired by seed)
