@@ -99,14 +99,14 @@ def score(model: nn.Module, batches: Iterator[Batch], num_bins: int = ECE_BINS) 
 def split_batches(splits, data_cfg, split: str, device: torch.device) -> Iterator[Batch]:
     """Un-augmented, normalised batches of one split (``"test"`` or ``"train"``) in dataset order.
 
-    In-memory datasets are normalised batch by batch from their uint8 images (nothing else is moved to the device);
-    streamed datasets use their loader's evaluation pipeline.
+    In-memory image datasets are normalised batch by batch from their uint8 images (nothing else is moved to the
+    device); streamed and token datasets use their loader's evaluation batches.
     """
-    from kdlab.data.base import StreamingSplits
+    from kdlab.data.base import DatasetSplits
 
     if split not in ("test", "train"):
         raise ConfigError(f"--split {split!r}: choose test or train")
-    if isinstance(splits, StreamingSplits):
+    if not isinstance(splits, DatasetSplits):  # streamed images, token data: their loader's evaluation batches
         from kdlab.data import make_loader
 
         yield from make_loader(splits, data_cfg, device, 0).eval_batches(split)
@@ -175,12 +175,14 @@ def _run_config(obj: dict, data_overrides: Sequence[str], keep_teacher_files: bo
 def _deployable(cfg: RunConfig, obj: dict, fmt: str, splits, device: torch.device) -> nn.Module:
     """The run's deployable model with the file's weights (the method only when its export is not the student)."""
     from kdlab import models
+    from kdlab.data.tokens import model_build_kwargs
     from kdlab.methods import METHODS, DistillMethod, build_method
     from kdlab.models.input_norm import set_input_normalization
     from kdlab.train.build import build_context
 
     k, input_size = splits.num_classes, splits.input_size
-    student = models.create(cfg.model.student, num_classes=k, in_channels=input_size[0]).to(device)
+    extra = model_build_kwargs(splits, [cfg.model.student, *(t.name for t in cfg.model.teachers)])
+    student = models.create(cfg.model.student, num_classes=k, in_channels=input_size[0], **extra).to(device)
     mc = cfg.model
     set_input_normalization(student, splits.mean, splits.std, mc.student_input_mean, mc.student_input_std)
     if METHODS.get(cfg.method.name).export is DistillMethod.export:  # the deployable model is the student
@@ -189,7 +191,8 @@ def _deployable(cfg: RunConfig, obj: dict, fmt: str, splits, device: torch.devic
         return student
     # the method changes the deployable model (e.g. SimKD's projector + teacher classifier): build it from the
     # teachers' architectures (their weights are in the file), on the training split size the run had
-    teachers = [models.create(t.name, num_classes=k, in_channels=input_size[0]).to(device) for t in mc.teachers]
+    c = input_size[0]
+    teachers = [models.create(t.name, num_classes=k, in_channels=c, **extra).to(device) for t in mc.teachers]
     train_y = splits.train.y
     ctx = build_context(student, teachers, k, input_size, device, cfg.train.seed, len(train_y), train_y.to(device))
     method = build_method(cfg.method, ctx).to(device)
@@ -272,9 +275,12 @@ def load_model_for_eval(
     if input_mean is None and input_std is None and known is not None and known.model == model:
         input_mean, input_std = known.input_mean, known.input_std
         log.info("input normalisation of the known checkpoint: mean %s std %s", input_mean, input_std)
+    from kdlab.data.tokens import model_build_kwargs
+
     cfg = build_config({}, [f"data.{o}" for o in data_overrides])
     splits = load_dataset(cfg.data)
-    net = models.create(model, num_classes=splits.num_classes, in_channels=splits.input_size[0]).to(dev)
+    extra = model_build_kwargs(splits, [model])
+    net = models.create(model, num_classes=splits.num_classes, in_channels=splits.input_size[0], **extra).to(dev)
     try:
         set_input_normalization(net, splits.mean, splits.std, input_mean, input_std)
     except ValueError as err:
