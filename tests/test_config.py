@@ -93,10 +93,11 @@ def test_missing_required_teacher_name():
 SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "sweeps" not in p.relative_to(REPO / "configs").parts)
 
 
-NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "digits": 10, "imagenet": 1000, "criteo": 2, "tabular_csv": 2}
+NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "digits": 10, "imagenet": 1000}
+NUM_CLASSES.update({"criteo": 2, "tabular_csv": 2, "breast_cancer": 2})
 INPUT = {"cifar100": (3, 32, 32), "cifar10": (3, 32, 32), "digits": (1, 8, 8), "imagenet": (3, 224, 224)}
 # token data: (L,) = [CLS] + one token per field (Criteo: 39 fields; HAI: about 80 sensor/actuator columns)
-INPUT.update({"criteo": (40,), "tabular_csv": (80,)})
+INPUT.update({"criteo": (40,), "tabular_csv": (80,), "breast_cancer": (31,)})
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(REPO / "configs")) for p in SHIPPED])

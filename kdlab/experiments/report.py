@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdlab.experiments.stats import markdown_sections
 from kdlab.experiments.store import RunDirError, read_run_dir, record_from_run
 
 
@@ -40,6 +41,10 @@ class Cell:
     last_top5: list[float] = field(default_factory=list)
     last_epoch: list[int] = field(default_factory=list)
     curves: list[list[tuple[int, float]]] = field(default_factory=list)
+    values: dict[str, dict[int, float]] = field(default_factory=dict)
+    """Every evaluated test metric after the last epoch, by seed (``{"auc": {0: 0.91, 1: 0.93}}``; top-1 too)."""
+    students: set[str] = field(default_factory=set)
+    """Student model(s) of the cell's runs (the paired t-test compares rows that train the same student)."""
     teacher_top1: list[float] = field(default_factory=list)
     """Test top-1 of the pair's (first) teacher as each run measured it at its start (the header)."""
 
@@ -163,6 +168,11 @@ def summarize(records: Iterable[dict], cells: list[Cell] | None = None) -> list[
         if cell.target is None:
             cell.target = r.get("target_top1")
         cell.seeds.append(r["seed"])
+        cell.students.add(str(r.get("student")))
+        last = {"top1": r["last_top1"], **(json.loads(r.get("metrics") or "{}").get("last") or {})}
+        for name, value in last.items():
+            if value is not None and name != "loss":
+                cell.values.setdefault(name, {})[int(r["seed"])] = float(value)
         cell.last_top1.append(float(r["last_top1"]))
         cell.best_top1.append(float(r["best_top1"]))
         cell.best_epoch.append(int(r["best_epoch"]))
@@ -249,6 +259,7 @@ def markdown(cells: list[Cell], title: str, description: str = "", problems: lis
         "optimistic number (selection on the test set), reported because papers often print it; the last epoch is "
         "the honest one.",
     ]
+    lines += markdown_sections(cells, fmt)  # every metric, and the paired t-tests (kdlab.experiments.stats)
     if problems:
         lines += ["", "## Problems (runs left out)", ""]
         lines += [f"- {p}" for p in problems[:50]]

@@ -24,9 +24,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Columns each schema version added; an older store gains them when a writer opens it (readers accept it as is).
-ADDED_COLUMNS = {2: ("teacher_top1", "teacher_top5", "teachers_test")}
+ADDED_COLUMNS = {
+    2: ("teacher_top1", "teacher_top5", "teachers_test"),
+    3: ("last_auc", "last_nll", "last_ece", "metrics", "select_by"),
+}
 DEFAULT_STORE = "runs/results.sqlite"
 
 # (name, SQL type, description): the columns of the ``runs`` table, in display order.
@@ -62,6 +65,11 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("versions", "TEXT", "versions as JSON"),
     ("git_commit", "TEXT", "git commit of the kdlab source"),
     ("finished", "INTEGER", "1 when the run reached train.epochs"),
+    ("last_auc", "REAL", "test ROC AUC after the last epoch (0..1), when evaluated"),
+    ("last_nll", "REAL", "test NLL after the last epoch, when evaluated"),
+    ("last_ece", "REAL", "test ECE after the last epoch (0..1), when evaluated"),
+    ("metrics", "TEXT", "every evaluated test metric as JSON {last: {name: value}, best: {name: value}}"),
+    ("select_by", "TEXT", "train.select_by: the metric that chose the best epoch"),
     ("recorded_at", "TEXT", "UTC time of recording"),
 )
 COLUMN_NAMES = tuple(c[0] for c in COLUMNS)
@@ -177,6 +185,7 @@ def record_from_run(files: RunFiles) -> dict[str, Any]:
         "versions": json.dumps(versions, sort_keys=True),
         "git_commit": s.get("git_commit"),
         "finished": int(bool(s.get("finished"))),
+        **_metric_columns(s),
     }
 
 
@@ -192,6 +201,20 @@ def run_label(config: dict) -> str:
     except (ConfigError, KeyError, TypeError, ValueError):
         return name
     return f"{name} ({', '.join(f'{k}={v}' for k, v in changed.items())})" if changed else name
+
+
+def _metric_columns(summary: dict) -> dict[str, Any]:
+    """``last_auc``/``last_nll``/``last_ece`` and the JSON of every evaluated metric (``kdlab.metrics``)."""
+    skip = ("epoch", "n")
+    last = {k: v for k, v in summary["last"].items() if k not in skip and isinstance(v, (int, float))}
+    best = {k: v for k, v in summary["best"].items() if k not in skip and isinstance(v, (int, float))}
+    return {
+        "last_auc": last.get("auc"),
+        "last_nll": last.get("nll"),
+        "last_ece": last.get("ece"),
+        "metrics": json.dumps({"last": last, "best": best}, sort_keys=True),
+        "select_by": summary.get("select_by", "top1"),
+    }
 
 
 def _teacher_columns(summary: dict) -> dict[str, Any]:
