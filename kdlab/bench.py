@@ -21,6 +21,7 @@ alternating, to measure its effect.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -107,7 +108,12 @@ def bench_config(
     num_classes: int = 100,
 ) -> RunConfig:
     """The config of a benchmark run: synthetic data of ``steps`` full batches per epoch, no evaluation until the
-    end, no checkpoints until the end, random teacher weights (the weights do not change the cost)."""
+    end, no checkpoints until the end, random teacher weights (the weights do not change the cost).
+
+    A method that trains on a held-out split (TGeo-KD, RW-KD, or a method wrapping one) gets a training set sized for
+    it (:func:`heldout_sizing`): at least ``steps`` full batches after the split, and a held-out split of whole
+    batches with at least one sample per class.
+    """
     raw = {
         "model": {"student": student, "teachers": [{"name": teacher}]},
         "data": {
@@ -135,7 +141,48 @@ def bench_config(
         },
         "log": {"progress": "off"},
     }
-    return build_config(raw)
+    cfg = build_config(raw)
+    if needs_heldout(cfg.method):
+        cfg.data.train_size, cfg.data.val_fraction = heldout_sizing(batch_size, steps, num_classes)
+    return cfg
+
+
+def needs_heldout(method: object) -> bool:
+    """Whether a method config, or a method config it wraps (``inner``, ``methods``), asks for a held-out split
+    (a ``holdout_fraction`` > 0)."""
+    if not dataclasses.is_dataclass(method):
+        return False
+    if (getattr(method, "holdout_fraction", 0) or 0) > 0:
+        return True
+    for f in dataclasses.fields(method):
+        value = getattr(method, f.name)
+        if any(needs_heldout(v) for v in (value if isinstance(value, (list, tuple)) else [value])):
+            return True
+    return False
+
+
+def heldout_sizing(batch_size: int, steps: int, num_classes: int) -> tuple[int, float]:
+    """``(train_size, val_fraction)`` of a synthetic training set (labels ``i mod K``) whose stratified split leaves
+    at least ``steps`` full batches to train on and holds out at least one sample per class, in whole batches where
+    possible (the outer loop of a held-out method then always reads full mini-batches).
+
+    The split keeps at least one sample of every class for training, so with ``K > batch_size * steps`` an epoch
+    has more than ``steps`` steps (the benchmarks time steps, not epochs).
+    """
+    from kdlab.data.split import stratified_split
+
+    val = -(-max(num_classes, batch_size) // batch_size) * batch_size
+    n = max(batch_size * steps, num_classes) + val
+    for _ in range(100):
+        train_idx, val_idx = stratified_split(torch.arange(n) % num_classes, val / n, 0)
+        if len(train_idx) // batch_size >= steps and len(val_idx) >= num_classes:
+            return n, val / n
+        if len(train_idx) // batch_size < steps:
+            n += batch_size * steps - len(train_idx)
+        if len(val_idx) < num_classes:
+            val += num_classes - len(val_idx)
+            n += num_classes - len(val_idx)
+    raise ConfigError(f"bench: no synthetic training set fits batch {batch_size}, {steps} steps, {num_classes} classes")
 
 
 def _times(fn: Callable[[], None], repeats: int) -> list[float]:
