@@ -21,6 +21,7 @@ import dataclasses
 import math
 import os
 import sqlite3
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,7 +152,7 @@ def _yaml_number(v: float, is_int: bool) -> str:
 def _numeric_kind(tp) -> tuple[bool, bool, bool] | None:
     """(is_int, is_list, is_dict) of an int/float field (optional and list/dict of numbers included), else None."""
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, __import__("types").UnionType):
+    if origin in (typing.Union, types.UnionType):
         kinds = [_numeric_kind(a) for a in typing.get_args(tp) if a is not type(None)]
         return next((k for k in kinds if k), None)
     if origin is list:
@@ -187,21 +188,19 @@ def schema_cases(cls: type, prefix: str, setup: tuple[str, ...] = ()) -> list[tu
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
-        nested = [default] if isinstance(default, MethodConfig) else []
+        nested = [default] if dataclasses.is_dataclass(default) and not isinstance(default, type) else []
         if isinstance(default, list) and default and all(isinstance(d, MethodConfig) for d in default):
             nested, key = default[:1], f"{key}.0"
-        for inner in nested:  # wrapper methods: the inner method's fields, addressed through the wrapper
-            cases += schema_cases(type(inner), key, (*setup, f"{key}.name={inner.name}"))
+        for inner in nested:  # sub-sections (data.tabular) and the inner methods of wrappers (tekap, sum, fusion)
+            select = (f"{key}.name={inner.name}",) if isinstance(inner, MethodConfig) else ()
+            cases += schema_cases(type(inner), key, (*setup, *select))
     return cases
 
 
 def _all_schema_cases() -> list:
     from kdlab.config import TeacherConfig
 
-    cases = []
-    for section in ("model", "data", "optim", "train", "log"):
-        cases += schema_cases(typing.get_type_hints(RunConfig)[section], section)
-    cases += schema_cases(RunConfig, "")  # top-level fields (target)
+    cases = schema_cases(RunConfig, "")  # every section, its sub-sections and the top-level fields (target)
     cases += schema_cases(TeacherConfig, "model.teachers.0", ("model.teachers.0.name=convnet_s",))
     for name in METHODS.names():
         config = METHODS.get(name).Config
@@ -220,7 +219,7 @@ def test_value_outside_a_declared_range_is_refused(fx, tmp_path, overrides, key)
 
 def test_schema_cases_cover_every_section_and_method():
     ids = {p.id for p in SCHEMA_CASES}
-    for section in ("model.teachers.0.", "data.", "optim.", "train.", "log.", "target."):
+    for section in ("model.teachers.0.", "data.", "data.tabular.", "optim.", "train.", "log.", "target."):
         assert any(i.startswith(section) for i in ids), section
     for name in METHODS.names():  # every method with a numeric field (all but a few) has cases
         numeric = any(_numeric_kind(t) for t in typing.get_type_hints(METHODS.get(name).Config).values())
