@@ -1,56 +1,107 @@
-"""`kdlab demo` through the real CLI, on a short schedule: every registered method appears in the report, the runs
-go through the sweep machinery into the results store, and a second demo skips every finished run."""
+"""`kdlab demo`: the progress contract (a header per phase, teacher progress with an ETA, a line with an ETA after each
+student run) on a shortened in-process demo; the report marks methods identical to another; through the real CLI
+(slow, CI) the default set and `--all` on a short schedule, a second demo skipping every finished run."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
+import math
 import statistics
+from types import SimpleNamespace
 
+import pytest
 from test_cli import kdlab
 
+from kdlab.demo import DEMO_METHODS, DemoSettings, StudentProgress, run_demo, same_as
 from kdlab.experiments.store import ResultsStore
 from kdlab.methods import METHODS
 
 
-def test_demo_quick_writes_report_table_and_plot(tmp_path):
+def test_shortened_demo_reports_progress_and_marks_identical_methods(tmp_path, caplog):
     out = tmp_path / "demo"
-    # every registered method twice: minutes when the CI machine's two cores are shared
-    proc = kdlab("demo", "--quick", "--seeds", "2", "--out", str(out), timeout=1200)
-    report = (out / "report.md").read_text()
-    assert "| ce (student alone) |" in report and "| kd |" in report
-    assert (out / "accuracy.png").stat().st_size > 1000
+    settings = DemoSettings.quick()
+    settings.methods = (("ce", "ce"), ("kd", "kd"), ("sum", "sum"))  # sum of its default (kd) is kd
+    lines: list[tuple[float, str]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append((record.created, record.getMessage()))
+
+    handler = Keep(level=logging.INFO)
+    logger = logging.getLogger("kdlab")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        report = run_demo(out, seeds=2, workers=1, settings=settings)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    text = [m for _, m in lines]
+
+    # one header per phase, in order, each saying what it does
+    heads = [next(i for i, m in enumerate(text) if f"kdlab demo [{k}/3]" in m) for k in (1, 2, 3)]
+    assert heads == sorted(heads)
+    assert "teacher" in text[heads[0]] and "students" in text[heads[1]] and "report" in text[heads[2]]
+    # the teacher's training shows progress with an ETA while it runs (3 epochs x 41 steps, a line every 20 steps)
+    teacher_steps = [m for m in text[heads[0] : heads[1]] if m.startswith("step ") and "eta" in m]
+    assert len(teacher_steps) >= 6, text[heads[0] : heads[1]]
+    # a line with an ETA after every student run: never more than one run without a line
+    student = [m for m in text[heads[1] : heads[2]] if m.startswith("[")]
+    assert len(student) == 6 and all("eta" in m for m in student)
+    assert [m.split("]")[0] for m in student] == [f"[{i}/6" for i in range(1, 7)]
+    # nothing silent for longer than one run (plus its set-up): the gaps between lines, measured
+    times = [t for t, _ in lines]
+    walls = [json.loads(p.read_text())["wall_time_s"] for p in (out / "runs").rglob("sweep.json")]
+    assert max(b - a for a, b in itertools.pairwise(times)) < 2 * max(walls) + 15
+
     results = json.loads((out / "results.json").read_text())
-    # every registered method either ran on both seeds or is listed with the reason it cannot run
-    for method in METHODS.names():
-        assert len(results["results"].get(method, [])) == 2 or method in results["skipped"], method
-    assert "| method |" in proc.stdout
+    assert results["same_as"] == {"sum": "kd"}
+    assert results["results"]["sum"] == results["results"]["kd"]
+    md = report.read_text()
+    assert "| sum | = kd (with one method (its default) sum is that method) | | |" in md
+    assert "| sum |" not in (out / "report" / "report.md").read_text()  # the sweep report leaves the twin out
+    assert (out / "accuracy.png").stat().st_size > 1000 and (out / "report" / "curves.png").stat().st_size > 1000
 
-    # the runs are in the results store: the teacher, and each method that ran, once per seed, with the same numbers
-    store = ResultsStore(out / "results.sqlite")
-    (teacher,) = store.query(sweep="demo_teacher")
-    assert teacher["method"] == "ce" and teacher["student"] == "convnet_m" and teacher["finished"] == 1
-    assert f"test top-1 {teacher['last_top1']:.2f} %" in report
-    rows = store.query(sweep="demo_digits")
-    for method, values in results["results"].items():
-        stored = sorted((r["seed"], r["last_top1"]) for r in rows if r["row_label"] == method)
-        assert stored == list(enumerate(values)), method
-    kd = results["results"]["kd"]
-    assert f"| kd | {statistics.mean(kd):.2f} ± {statistics.stdev(kd):.2f} |" in report
-    # the generic sweep report sits beside it
-    sweep_report = (out / "report" / "report.md").read_text()
-    assert "(n=2)" in sweep_report and "| kd |" in sweep_report
-    assert (out / "report" / "report.tex").is_file() and (out / "report" / "curves.png").stat().st_size > 1000
 
-    # a second demo with the same settings trains nothing: every run is skipped, the numbers are unchanged
-    summaries = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("summary.json")}
-    kdlab("demo", "--quick", "--seeds", "2", "--out", str(out), timeout=600)
-    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("summary.json")} == summaries
-    assert json.loads((out / "results.json").read_text())["results"] == results["results"]
+def test_student_progress_eta_counts_trained_runs_only():
+    now = [0.0]
+    got: list[str] = []
+    progress = StudentProgress(emit=got.append, clock=lambda: now[0])
+
+    def outcome(status, label, seed, top1=50.0):
+        run = SimpleNamespace(label=label, seed=seed)
+        return SimpleNamespace(status=status, run=run, row={"last_top1": top1}, message="")
+
+    progress(outcome("skipped", "ce", 0), 1, 4)  # a finished run from an earlier demo: no time, no ETA yet
+    assert got[-1] == "[1/4] ce seed 0: test top-1 50.00 (already done) | 0:00 elapsed, eta 0:00"
+    now[0] = 10.0
+    progress(outcome("done", "kd", 0, 61.25), 2, 4)  # 10 s per trained run, 2 runs left
+    assert got[-1] == "[2/4] kd seed 0: test top-1 61.25 | 0:10 elapsed, eta 0:20"
+    now[0] = 30.0
+    failed = SimpleNamespace(status="failed", run=SimpleNamespace(label="x", seed=1), row=None, message="boom")
+    progress(failed, 3, 4)
+    assert got[-1] == "[3/4] x seed 1: failed: boom | 0:30 elapsed, eta 0:15"
+
+
+def test_same_as_finds_rows_identical_at_every_seed():
+    results = {"ce": [70.0, 71.0], "kd": [72.0, 73.0], "sum": [72.0, 73.0], "dkd": [72.0, 74.0], "ce2": [70.0, 71.0]}
+    assert same_as(results) == {"sum": "kd", "ce2": "ce"}
+    assert same_as({"kd": [72.0], "sum": [72.0]}) == {}  # one seed is not evidence
+
+
+def test_default_demo_set_and_schedules():
+    labels = [label for label, _ in DEMO_METHODS]
+    assert labels[0] == "ce" and {"kd", "dkd", "dist", "crd", "fitnet", "simkd", "tekap_kd", "tgeo_kd"} <= set(labels)
+    assert all(method in METHODS.names() for _, method in DEMO_METHODS)
+    full = DemoSettings.full()
+    assert full.methods is None and [m for _, m in full.rows()] == ["ce"] + [m for m in METHODS.names() if m != "ce"]
+    assert DemoSettings.fast().rows() == list(DEMO_METHODS)
 
 
 def test_paired_difference_and_verdict():
-    import math
-
     from kdlab.demo import paired
 
     diff, se, sig = paired([72.0, 75.0, 74.0], [70.0, 71.0, 70.0])
@@ -60,3 +111,56 @@ def test_paired_difference_and_verdict():
     diff, se, sig = paired([70.0, 75.0, 68.0], [70.0, 71.0, 70.0])
     assert not sig  # +0.67 with se 1.76: within the spread
     assert paired([71.0], [70.0])[2] is False  # one seed: no verdict
+
+
+def _check_cli_demo(out, proc, labels: list[str], seeds: int) -> dict:
+    report = (out / "report.md").read_text()
+    assert "| ce (student alone) |" in report and "| kd |" in report
+    assert (out / "accuracy.png").stat().st_size > 1000
+    results = json.loads((out / "results.json").read_text())
+    # every row either ran on every seed or is listed with the reason it cannot run
+    for label in labels:
+        assert len(results["results"].get(label, [])) == seeds or label in results["skipped"], label
+    assert "| method |" in proc.stdout
+    # the runs are in the results store: the teacher, and each row that ran, once per seed, with the same numbers
+    store = ResultsStore(out / "results.sqlite")
+    (teacher,) = store.query(sweep="demo_teacher")
+    assert teacher["method"] == "ce" and teacher["student"] == "convnet_m" and teacher["finished"] == 1
+    assert f"test top-1 {teacher['last_top1']:.2f} %" in report
+    rows = store.query(sweep="demo_digits")
+    for label, values in results["results"].items():
+        stored = sorted((r["seed"], r["last_top1"]) for r in rows if r["row_label"] == label)
+        assert stored == list(enumerate(values)), label
+    kd = results["results"]["kd"]
+    assert f"| kd | {statistics.mean(kd):.2f} ± {statistics.stdev(kd):.2f} |" in report
+    sweep_report = (out / "report" / "report.md").read_text()
+    assert f"(n={seeds})" in sweep_report and "| kd |" in sweep_report
+    assert (out / "report" / "report.tex").is_file() and (out / "report" / "curves.png").stat().st_size > 1000
+    for twin in results["same_as"]:
+        assert f"| {twin} | = " in report
+    return results
+
+
+@pytest.mark.slow
+def test_cli_demo_quick_default_set_then_rerun_skips_everything(tmp_path):
+    out = tmp_path / "demo"
+    proc = kdlab("demo", "--quick", "--seeds", "2", "--out", str(out), timeout=1200)
+    assert "kdlab demo [2/3] students: 9 methods x 2 seeds" in proc.stderr
+    results = _check_cli_demo(out, proc, [label for label, _ in DEMO_METHODS], 2)
+    # a second demo with the same settings trains nothing: every run is skipped, the numbers are unchanged
+    summaries = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("summary.json")}
+    again = kdlab("demo", "--quick", "--seeds", "2", "--out", str(out), timeout=600)
+    assert "(already done)" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("summary.json")} == summaries
+    assert json.loads((out / "results.json").read_text())["results"] == results["results"]
+
+
+@pytest.mark.slow
+def test_cli_demo_all_runs_every_registered_method(tmp_path):
+    out = tmp_path / "demo"
+    proc = kdlab("demo", "--quick", "--all", "--seeds", "2", "--out", str(out), timeout=2400)
+    results = _check_cli_demo(out, proc, METHODS.names(), 2)
+    # with one teacher, sum / mt_kd / dgkd train exactly as kd: marked, not shown as unexplained identical rows
+    for name in ("sum", "mt_kd", "dgkd"):
+        if name in results["results"]:
+            assert results["same_as"].get(name) == "kd", name

@@ -161,3 +161,90 @@ def test_fmt_without_spread(value):
     from kdlab.experiments.report import fmt
 
     assert fmt(value) == ("–" if not value else "70.00")
+
+
+# ---- charts and rows (issue #16): honest axes, readable curves, published columns only where a target exists ----
+
+
+def _cells(labels: list[str], pairs: list[str], target: float | None = None):
+    from kdlab.experiments.report import Cell
+
+    cells = []
+    for j, pair in enumerate(pairs):
+        for i, label in enumerate(labels):
+            top1 = [80.0 + i + j, 82.0 + i + j, 81.0 + i + j]
+            curves = [[(1, 40.0 + i), (2, 60.0 + i), (3, v)] for v in top1]
+            cells.append(Cell(label, pair, {}, target, [0, 1, 2], top1, top1, [3, 3, 3], [95.0] * 3, [3] * 3, curves))
+    return cells
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the report's plot functions close (instead of only their PNG files)."""
+    import kdlab.experiments.report as rep
+
+    kept = []
+    real = rep._plt
+
+    def plt_keeping():
+        plt = real()
+
+        class Keep:
+            def __getattr__(self, name):
+                return getattr(plt, name)
+
+            def close(self, fig):
+                kept.append(fig)
+
+        return Keep()
+
+    monkeypatch.setattr(rep, "_plt", plt_keeping)
+    yield kept
+    import matplotlib.pyplot as plt
+
+    for fig in kept:
+        plt.close(fig)
+
+
+def test_grouped_bars_start_at_zero(tmp_path, figures):
+    from kdlab.experiments.report import plot_bars
+
+    assert plot_bars(_cells(["ce", "kd"], ["a→b", "c→d"]), tmp_path / "bars.png", baseline="ce")
+    (ax,) = figures[0].axes
+    assert ax.get_ylim()[0] == 0.0  # bars encode length: a truncated axis would exaggerate differences
+
+
+def test_one_pair_chart_is_dots_with_error_bars_and_the_baseline(tmp_path, figures):
+    from kdlab.experiments.report import mean, plot_bars
+
+    cells = _cells(["ce", "kd", "dkd"], ["a→b"])
+    assert plot_bars(cells, tmp_path / "bars.png", baseline="ce")
+    (ax,) = figures[0].axes
+    assert not ax.patches  # no bars on a truncated axis
+    assert len(ax.containers) == 3 and all(c.has_xerr for c in ax.containers)  # a dot with an error bar per row
+    (line,) = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert line.get_xdata()[0] == mean(cells[0].last_top1)  # the student alone as the reference line
+    at = dict(zip(ax.get_yticks(), (t.get_text() for t in ax.get_yticklabels())))
+    assert [at[y] for y in sorted(at, reverse=True)] == ["ce", "kd", "dkd"]  # first row on top
+
+
+def test_curves_are_small_multiples_with_the_baseline_in_every_panel(tmp_path, figures):
+    from kdlab.experiments.report import plot_curves
+
+    labels = ["ce", "kd", "dkd", "dist", "crd"]
+    assert plot_curves(_cells(labels, ["a→b"]), tmp_path / "curves.png", baseline="ce")
+    axes = figures[0].axes
+    shown = [ax for ax in axes if ax.axison]
+    assert len(axes) == 8 and len(shown) == 5  # a 2 x 4 grid, the last three panels empty
+    assert [ax.get_title().split(" (")[0] for ax in shown] == labels
+    for ax in shown[1:]:  # the student alone (grey) beside each method's thin seed lines and thick mean
+        assert any(ln.get_color() == "#999999" for ln in ax.lines) and len(ax.lines) == 1 + 3 + 1
+
+
+def test_published_columns_only_where_a_target_exists():
+    from kdlab.experiments.report import markdown
+
+    without = markdown(_cells(["ce", "kd"], ["a→b"]), "t")
+    assert "| paper |" not in without and "published" not in without
+    with_target = markdown(_cells(["ce", "kd"], ["a→b"], target=80.0), "t")
+    assert "| paper | diff |" in with_target and "published number" in with_target

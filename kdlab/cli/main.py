@@ -108,7 +108,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from kdlab.demo import run_demo
 
-    run_demo(out_dir=args.out, seeds=args.seeds, quick=args.quick)
+    log.info("kdlab demo: loading torch and the registries")
+    report = run_demo(
+        out_dir=args.out, seeds=args.seeds, quick=args.quick, workers=args.workers, all_methods=args.all
+    )
+    print(report.read_text())
     return 0
 
 
@@ -167,10 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     s.set_defaults(func=cmd_show)
 
-    d = sub.add_parser("demo", help="teacher + every method on the bundled digits data, 3 seeds, with a report")
+    d = sub.add_parser("demo", help="a teacher + representative KD methods on the bundled digits data, 3 seeds")
     d.add_argument("--out", default="runs/demo", help="output directory")
     d.add_argument("--seeds", type=int, default=3)
     d.add_argument("--quick", action="store_true", help="a much shorter schedule (smoke test)")
+    d.add_argument("--all", action="store_true", help="every registered method, longer schedule (minutes)")
+    d.add_argument("--workers", type=int, default=None, help="student runs at once (default: CPU cores, at most 2)")
     d.set_defaults(func=cmd_demo)
 
     import kdlab.cli as package

@@ -218,9 +218,10 @@ def markdown(cells: list[Cell], title: str, description: str = "", problems: lis
     lines = [f"# {title}", ""]
     if description:
         lines += [description, ""]
+    published = any(c.target is not None for c in cells)  # the published columns appear only where a target exists
     lines += [
-        "Test top-1 (%) after the last epoch, mean ± std over seeds (sample std), with the number of seeds n; "
-        "beside it the published number and the difference (ours - published).",
+        "Test top-1 (%) after the last epoch, mean ± std over seeds (sample std), with the number of seeds n"
+        + ("; beside it the published number and the difference (ours - published)." if published else "."),
         "",
         "| row | " + " | ".join(cols) + " |",
         "|---|" + "---|" * len(cols),
@@ -242,8 +243,9 @@ def markdown(cells: list[Cell], title: str, description: str = "", problems: lis
         "",
         "## Per cell",
         "",
-        "| row | pair | grid | n | last top-1 | best top-1 | best epoch | last epoch | last top-5 | paper | diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| row | pair | grid | n | last top-1 | best top-1 | best epoch | last epoch | last top-5 |"
+        + (" paper | diff |" if published else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if published else ""),
     ]
     for c in cells:
         be = f"{mean(c.best_epoch):.1f}" if c.best_epoch else "–"
@@ -251,7 +253,7 @@ def markdown(cells: list[Cell], title: str, description: str = "", problems: lis
         paper = "" if c.target is None else f"{c.target:.2f}"
         lines.append(
             f"| {c.label} | {c.pair} | {c.grid_text} | {c.n} | {fmt(c.last_top1)} | {fmt(c.best_top1)} | {be} | "
-            f"{le} | {fmt(c.last_top5)} | {paper} | {_signed(c.diff)} |"
+            f"{le} | {fmt(c.last_top5)} |" + (f" {paper} | {_signed(c.diff)} |" if published else "")
         )
     lines += [
         "",
@@ -340,22 +342,44 @@ def mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]
     return [(e, statistics.fmean(v)) for e, v in sorted(by_epoch.items())]
 
 
-def plot_curves(cells: list[Cell], path: str | Path, title: str = "") -> bool:
-    """Test top-1 over epochs, one line per cell (mean over seeds); False when no cell has a curve."""
+def plot_curves(cells: list[Cell], path: str | Path, title: str = "", baseline: str | None = None) -> bool:
+    """Test top-1 over epochs as small multiples: one panel per cell (mean over seeds, thin lines per seed), the
+    ``baseline`` row's mean curve (same pair) in grey in every panel, shared axes; False when no cell has a curve."""
     with_curves = [c for c in cells if c.curves]
     if not with_curves:
         return False
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for c in with_curves:
+    n = len(with_curves)
+    ncols = min(4, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(2.6 * ncols + 0.6, 2.1 * nrows + 0.8), sharex=True, sharey=True, squeeze=False
+    )
+    base = {c.pair: c for c in with_curves if baseline is not None and c.label == baseline}
+    several_pairs = len({x.pair for x in cells}) > 1
+    for k, c in enumerate(with_curves):
+        ax = axes[k // ncols][k % ncols]
+        ref = base.get(c.pair)
+        if ref is not None and ref is not c:
+            bx, by = zip(*mean_curve(ref.curves))
+            ax.plot(bx, by, color="#999999", lw=1.2, label=f"{baseline} (mean)")
+        for curve in c.curves:
+            if len(c.curves) > 1 and curve:
+                ax.plot(*zip(*curve), color="#3b75af", lw=0.6, alpha=0.35)
         xs, ys = zip(*mean_curve(c.curves))
-        name = c.row_name if len({x.pair for x in cells}) == 1 else f"{c.row_name} | {c.pair}"
-        ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=f"{name} (n={len(c.curves)})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title(title or "test accuracy over epochs")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6 if len(with_curves) > 8 else 8, ncol=2 if len(with_curves) > 12 else 1)
+        ax.plot(xs, ys, color="#3b75af" if c is not ref else "#555555", lw=1.8, marker="." if len(xs) < 30 else None)
+        name = f"{c.row_name} | {c.pair}" if several_pairs else c.row_name
+        ax.set_title(f"{name} (n={len(c.curves)})", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for k in range(n, nrows * ncols):
+        axes[k // ncols][k % ncols].axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch", fontsize=8)
+    for row in axes:
+        row[0].set_ylabel("test top-1 (%)", fontsize=8)
+    note = f"; grey: {baseline}" if base else ""
+    fig.suptitle((title or "test accuracy over epochs") + f" (thick: mean over seeds{note})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -396,7 +420,7 @@ def plot_bars(cells: list[Cell], path: str | Path, title: str = "", baseline: st
             ax.scatter(tx, ty, marker="_", s=200, color="black", zorder=3)
     ax.set_xticks(range(len(cols)))
     ax.set_xticklabels(cols, rotation=20 if len(cols) > 3 else 0, ha="right" if len(cols) > 3 else "center")
-    ax.set_ylim(max(0.0, lo - 5), min(100.0, hi + 2))
+    ax.set_ylim(0.0, min(100.0, hi + 2) if hi > 0 else 100.0)  # bars encode length: the axis starts at 0
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(title or "last-epoch test top-1 (black: published)")
     if len(rows) > 1:
@@ -408,23 +432,34 @@ def plot_bars(cells: list[Cell], path: str | Path, title: str = "", baseline: st
 
 
 def _bars_one_pair(plt, cells: list[Cell], path: str | Path, title: str, baseline: str | None) -> bool:
+    """One pair: a dot per row (mean last top-1) with the seed std as error bars, rows top to bottom, the
+    ``baseline`` row's mean as a dashed grey line. Dots encode position, not length, so the axis spans the data
+    (with the error bars and published markers) instead of starting at 0."""
     names = [c.row_name for c in cells]
     means = [mean(c.last_top1) for c in cells]
     stds = [std(c.last_top1) or 0.0 for c in cells]
-    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(cells) + 2), 3.8))
-    colors = ["#888888" if c.label == baseline else "#3b75af" for c in cells]
-    ax.bar(range(len(cells)), means, yerr=stds, capsize=3, color=colors)
-    marks = [(i, c.target) for i, c in enumerate(cells) if c.target is not None]
+    ys = list(range(len(cells)))[::-1]
+    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.32 * len(cells) + 1.2)))
+    colors = ["#555555" if c.label == baseline else "#3b75af" for c in cells]
+    for m, y, e, color in zip(means, ys, stds, colors):
+        ax.errorbar([m], [y], xerr=[e], fmt="o", color=color, ecolor=color, capsize=3, lw=1, ms=5)
+    ref = next((m for c, m in zip(cells, means) if c.label == baseline), None)
+    if ref is not None:
+        ax.axvline(ref, color="#888888", ls="--", lw=1, label=f"{baseline} (mean)")
+    marks = [(c.target, y) for c, y in zip(cells, ys) if c.target is not None]
     if marks:
-        ax.scatter(*zip(*marks), marker="_", s=200, color="black", zorder=3, label="published")
-        ax.legend(fontsize=7)
-    lows = [m - e for m, e in zip(means, stds)] + [t for _, t in marks]
-    highs = [m + e for m, e in zip(means, stds)] + [t for _, t in marks]
-    ax.set_ylim(max(0.0, min(lows) - 5), min(100.0, max(highs) + 2))
-    ax.set_xticks(range(len(cells)))
-    ax.set_xticklabels(names, rotation=35, ha="right")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title(title)
+        ax.scatter(*zip(*marks), marker="|", s=120, color="black", zorder=4, label="published")
+    if ref is not None or marks:
+        ax.legend(fontsize=7, loc="lower left")
+    lows = [m - e for m, e in zip(means, stds)] + [t for t, _ in marks]
+    highs = [m + e for m, e in zip(means, stds)] + [t for t, _ in marks]
+    pad = max(1.0, 0.05 * (max(highs) - min(lows)))
+    ax.set_xlim(max(0.0, min(lows) - pad), min(100.0, max(highs) + pad))
+    ax.set_yticks(ys)
+    ax.set_yticklabels(names, fontsize=8)
+    ax.set_xlabel("test top-1 (%), mean ± std over seeds")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -444,17 +479,23 @@ class Report:
 
 
 def write_report(
-    cells: list[Cell], out_dir: str | Path, title: str, description: str = "", problems: list[str] | None = None
+    cells: list[Cell],
+    out_dir: str | Path,
+    title: str,
+    description: str = "",
+    problems: list[str] | None = None,
+    baseline: str | None = None,
 ) -> Report:
-    """Write ``report.md``, ``report.tex``, ``curves.png`` and ``bars.png`` into ``out_dir``."""
+    """Write ``report.md``, ``report.tex``, ``curves.png`` and ``bars.png`` into ``out_dir``; ``baseline`` (a row
+    label) is drawn as the reference in the charts."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     problems = list(problems or [])
     md, tex = out / "report.md", out / "report.tex"
     md.write_text(markdown(cells, title, description, problems))
     tex.write_text(latex(cells, caption=description or title))
-    curves = out / "curves.png" if plot_curves(cells, out / "curves.png", title) else None
-    bars = out / "bars.png" if plot_bars(cells, out / "bars.png", title) else None
+    curves = out / "curves.png" if plot_curves(cells, out / "curves.png", title, baseline=baseline) else None
+    bars = out / "bars.png" if plot_bars(cells, out / "bars.png", title, baseline=baseline) else None
     return Report(cells, problems, md, tex, curves, bars)
 
 
