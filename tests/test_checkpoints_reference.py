@@ -80,15 +80,28 @@ def _with_statistics(model: nn.Module, size: int = 32) -> nn.Module:
 
 
 @pytest.mark.parametrize("reference", sorted(REFERENCE))
-def test_reference_layout_loads_strictly(reference: str, tmp_path) -> None:
+def test_reference_layout_matches_and_loads_strictly(reference: str) -> None:
+    """Every model: the written mapping gives exactly the reference's names and shapes, and that state dict loads
+    strictly (on the meta device: shapes and names only, so the big models cost nothing)."""
     name, entries, params, digest = REFERENCE[reference]
-    torch.manual_seed(0)
-    source = _with_statistics(create(name, num_classes=100))
+    with torch.device("meta"):
+        source, target = create(name, num_classes=100), create(name, num_classes=100)
     state = _reference_state(name, source)
-    # the written mapping produces exactly the reference architecture's names and shapes
     assert len(state) == entries
     assert sum(math.prod(v.shape) for k, v in state.items() if not k.endswith(_BUFFERS)) == params
     assert _digest(state) == digest
+    load_state_dict_flexible(target, {"model": {f"module.{k}": v for k, v in state.items()}}, name)
+
+
+# one model per family, with real weights: the file a reference training script writes loads into the same function
+FAMILIES = ("resnet8", "resnet18_cifar", "wrn_16_1", "vgg8", "mobilenetv2", "shufflenetv1", "shufflenetv2")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_reference_checkpoint_file_reproduces_the_model(name: str, tmp_path) -> None:
+    torch.manual_seed(0)
+    source = _with_statistics(create(name, num_classes=100))
+    state = _reference_state(name, source)
     # saved as RepDistiller/mdistiller do: {"model": state_dict, ...}, from DataParallel for good measure
     path = tmp_path / "ckpt_epoch_240.pth"
     torch.save({"epoch": 240, "model": {f"module.{k}": v for k, v in state.items()}, "best_acc": 70.0}, path)
@@ -122,7 +135,9 @@ def test_a_partial_rename_is_still_a_mismatch_naming_the_original_keys() -> None
 def test_wrong_class_count_names_the_fix(tmp_path) -> None:
     path = tmp_path / "t.pth"
     torch.save({"model": create("resnet8x4", num_classes=100).state_dict()}, path)
-    with pytest.raises(CheckpointError, match=r"fc\.weight \(checkpoint \[100, 256\] vs model \[10, 256\]\).*class count"):
+    with pytest.raises(
+        CheckpointError, match=r"fc\.weight \(checkpoint \[100, 256\] vs model \[10, 256\]\).*class count"
+    ):
         load_model_file(create("resnet8x4", num_classes=10), path, "resnet8x4")
 
 
@@ -135,22 +150,27 @@ def test_net_nesting_key_is_unwrapped() -> None:
 # ---- ImageNet zoo: torchvision and timm state dicts ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
-def test_torchvision_resnet_state_dict_loads(arch: str) -> None:
+def test_torchvision_resnet_state_dicts_load() -> None:
+    """torchvision ResNet-18 (weights=None, built here) loads and computes the same function; ResNet-34/50 load
+    strictly (meta device: names and shapes)."""
     tv_models = pytest.importorskip("torchvision.models")
     torch.manual_seed(0)
-    tv = _with_statistics(getattr(tv_models, arch)(weights=None), 64)
-    ours = load_state_dict_flexible(create(arch, num_classes=1000), tv.state_dict(), arch).eval()
-    x = torch.randn(2, 3, 64, 64)
+    tv = _with_statistics(tv_models.resnet18(weights=None), 32)
+    ours = load_state_dict_flexible(create("resnet18", num_classes=1000), tv.state_dict(), "resnet18").eval()
+    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), tv(x), rtol=0, atol=1e-5)
+    for arch in ("resnet34", "resnet50"):
+        with torch.device("meta"):
+            state = getattr(tv_models, arch)(weights=None).state_dict()
+            load_state_dict_flexible(create(arch, num_classes=1000), state, arch)
 
 
 def test_timm_resnet18_state_dict_loads() -> None:
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    net = _with_statistics(timm.create_model("resnet18", pretrained=False, num_classes=1000), 64)
+    net = _with_statistics(timm.create_model("resnet18", pretrained=False, num_classes=1000), 32)
     ours = load_state_dict_flexible(create("resnet18", num_classes=1000), net.state_dict(), "resnet18").eval()
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), net(x), rtol=0, atol=1e-5)
