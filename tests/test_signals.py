@@ -3,10 +3,12 @@ as a whole on the first signal; a closed stdout pipe is quiet; the exit codes 0 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -151,3 +153,31 @@ def test_exit_codes_0_1_2(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "_step_teachers", nan_step)
     code, out, err = run_case(["train", cfg, "train.name=third"])
     assert_clean_error(code, out, err, 1, "non-finite loss")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_sweep_with_workers_as_a_whole(tmp_path):
+    spec = _spec(tmp_path, [0, 1, 2, 3])
+    text = open(spec).read().replace("epochs: 2", "epochs: 400")
+    open(spec, "w").write(text)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdlab", "sweep", spec, "--workers", "2", "--store", str(tmp_path / "r.sqlite")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    root = tmp_path / "sweeps" / "s"
+    t0 = time.monotonic()
+    while len(list(root.glob("*/checkpoint.pt"))) < 2 and time.monotonic() - t0 < 300:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)  # both workers checkpoint and stop; no further run starts
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in out + err
+    started = sorted(p.parent.name for p in root.glob("*/checkpoint.pt"))
+    assert len(started) == 2 and err.count("interrupted:") == 2 and err.count("not run:") == 2, err
+    for name in started:
+        lines = (root / name / "metrics.jsonl").read_text().splitlines()
+        epochs = [json.loads(x)["epoch"] for x in lines]
+        assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) < 400

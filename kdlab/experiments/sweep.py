@@ -108,11 +108,14 @@ def execute_run(run_dir: str, config: dict, action: str, identity: dict, wait: b
 
     The run directory's lock is taken first (``wait``: block until it is free, else return ``"locked"`` at once),
     then the action is planned again (another sweep may have finished or advanced the run meanwhile).
-    Returns ``{"status": "done" | "failed" | "interrupted" | "locked" | "skipped" | "corrupt", "message": str,
-    "wall_time_s": float | None}``; a failure's traceback is written to ``<run dir>/sweep_error.txt``.
+    Returns ``{"status": ..., "message": str, "wall_time_s": float | None}`` with status ``done``, ``failed``,
+    ``interrupted``, ``locked``, ``skipped``, ``corrupt`` or ``not run``; a failure's traceback is written to
+    ``<run dir>/sweep_error.txt``.
     """
     from kdlab.runlock import RunLock, RunLockedError
 
+    if interrupts.requested() is not None:  # a worker's queued run after the stop request: never started
+        return {"status": "not run", "message": "the sweep stopped before it", "wall_time_s": None}
     d = Path(run_dir)
     try:
         lock = RunLock(d, wait=wait).acquire()
