@@ -389,13 +389,43 @@ def fsp(s_feats: Sequence[Tensor], t_feats: Sequence[Tensor]) -> Tensor:
 # ------------------------------------------------------------------------------------------ KDSVD
 
 
+def right_singular(x: Tensor) -> tuple[Tensor, Tensor]:
+    """All right singular vectors and singular values of each ``x[b]``, from the smaller Gram matrix.
+
+    ``x^T x = V S^2 V^T`` (``M >= C``) or ``x x^T = U S^2 U^T`` and ``V = x^T U S^-1`` (``M < C``): one batched matrix
+    product and a symmetric eigendecomposition of ``[B, min(M, C), min(M, C)]``, much cheaper on CPU than the batched
+    SVD of the tall maps KDSVD decomposes (``[H*W, C]``). The leading vectors and values equal the SVD's (up to the
+    sign of each vector); singular values far below the largest (relative ``sqrt(eps)``) lose relative precision, and
+    when ``M < C`` the vectors of (numerically) zero singular values are returned as zeros instead of an arbitrary
+    orthonormal completion (they span no part of ``x`` and cancel out of :func:`top_right_singular_vectors`'s
+    backward, see there).
+
+    Args:
+        x: ``[B, M, C]``.
+
+    Returns:
+        ``(v [B, C, r], s [B, r])`` with ``r = min(M, C)``, singular values descending.
+    """
+    m, c = x.shape[-2:]
+    xt = x.transpose(-2, -1)
+    gram = xt @ x if m >= c else x @ xt
+    lam, vec = torch.linalg.eigh(gram)
+    lam, vec = lam.flip(-1).clamp_min(0), vec.flip(-1)  # descending
+    s = lam.sqrt()
+    if m >= c:
+        return vec, s
+    tol = 10 * torch.finfo(x.dtype).eps * lam[..., :1].clamp(min=torch.finfo(x.dtype).tiny)
+    keep = lam > tol
+    v = (xt @ vec) / torch.where(keep, s, torch.ones_like(s))[..., None, :]
+    return torch.where(keep[..., None, :], v, torch.zeros_like(v)), s
+
+
 class _TopRightSingular(torch.autograd.Function):
     """The ``n`` leading right singular vectors of ``x [B, M, C]`` with a stable backward (see the public function)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, n: int) -> tuple[Tensor, Tensor]:
-        _, s, vh = torch.linalg.svd(x, full_matrices=False)
-        v = vh.transpose(-2, -1)
+        v, s = right_singular(x)
         ctx.save_for_backward(x, v, s)
         ctx.mark_non_differentiable(s)
         return v[..., :n], s
@@ -423,10 +453,11 @@ class _TopRightSingular(torch.autograd.Function):
 def top_right_singular_vectors(x: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """The ``n`` leading right singular vectors of each ``x[b]`` and all its singular values.
 
-    The forward is ``torch.linalg.svd``; the backward differentiates the kept vectors only, as eigenvectors of
-    ``x^T x`` (``dv_j = sum_{i != j} v_i v_i^T d(x^T x) v_j / (s_j^2 - s_i^2)``, the null space included). Unlike
-    the full SVD backward it stays finite when discarded singular values repeat (e.g. the zero singular values of
-    ReLU maps with dead channels); pairs of numerically equal singular values contribute nothing.
+    The forward is :func:`right_singular` (the smaller Gram matrix's eigenvectors); the backward differentiates the
+    kept vectors only, as eigenvectors of ``x^T x`` (``dv_j = sum_{i != j} v_i v_i^T d(x^T x) v_j / (s_j^2 - s_i^2)``,
+    the null space included). Unlike the full SVD backward it stays finite when discarded singular values repeat
+    (e.g. the zero singular values of ReLU maps with dead channels); pairs of numerically equal singular values
+    contribute nothing.
 
     Args:
         x: ``[B, M, C]``.
@@ -512,8 +543,8 @@ def kdsvd(s_feats: Sequence[Tensor], t_feats: Sequence[Tensor], k: int = 1, layo
     prev: tuple[Tensor, Tensor] | None = None
     for s, t in pairs:
         with torch.no_grad():
-            _, sv_t, vh_t = torch.linalg.svd(_svd_layout(t, layout), full_matrices=False)
-            v_t = _canonical_signs(vh_t.transpose(-2, -1)[..., :k])
+            full_t, sv_t = right_singular(_svd_layout(t, layout))
+            v_t = _canonical_signs(full_t[..., :k])
             weight = F.normalize(sv_t[..., :k], dim=-1)[..., None, :]  # [B, 1, k]
         v_s, _ = top_right_singular_vectors(_svd_layout(s, layout), k + 3)
         v_s = _align(v_s, v_t) * weight
