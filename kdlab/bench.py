@@ -21,6 +21,7 @@ alternating, to measure its effect.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -185,6 +186,21 @@ def heldout_sizing(batch_size: int, steps: int, num_classes: int) -> tuple[int, 
     raise ConfigError(f"bench: no synthetic training set fits batch {batch_size}, {steps} steps, {num_classes} classes")
 
 
+@contextlib.contextmanager
+def _stops_as_a_whole() -> Iterator[None]:
+    """A cell's interrupted trainer ends the whole table: its runs live in a temporary folder, so the trainer's
+    "resume with --resume" hint does not apply; the command exits with 130 (``kdlab/interrupts.py``)."""
+    from kdlab.train.trainer import TrainingInterrupted
+
+    try:
+        yield
+    except TrainingInterrupted:
+        signum = interrupts.requested()
+        raise interrupts.Interrupted(
+            signum, f"kdlab bench stopped by {interrupts.signal_name(signum)}; no table was written"
+        ) from None
+
+
 def _times(fn: Callable[[], None], repeats: int) -> list[float]:
     fn()  # warm-up
     out = []
@@ -279,7 +295,7 @@ def run_variants(
     variants = parse_variants(variants)
     results: dict[str, list[dict]] = {v: [] for v in variants}
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _stops_as_a_whole():
         for r in range(rounds):
             for v in variants:
                 interrupts.raise_if_requested("kdlab bench")  # the first signal stops the whole table
@@ -353,7 +369,7 @@ def run_methods(
 
     times: dict[str, list[float]] = {label: [] for label in specs}
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _stops_as_a_whole():
         for r in range(rounds):
             for label, mcfg in specs.items():
                 interrupts.raise_if_requested("kdlab bench")  # the first signal stops the whole table

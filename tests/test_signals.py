@@ -79,14 +79,16 @@ def test_a_signal_before_the_first_step_stops_with_130_saying_no_checkpoint(tmp_
 
 
 # ------------------------------------------------------------------------------------------------ multi-run
-def test_bench_stops_as_a_whole_on_the_first_signal(monkeypatch):
-    # the signal arrives during the last step of the first cell: that trainer ends normally, the bench must not go on
-    calls = _signal_at_step(monkeypatch, 2)
+@pytest.mark.parametrize("step", [1, 2])
+def test_bench_stops_as_a_whole_on_the_first_signal(monkeypatch, step):
+    # step 2 is the last step of the first cell: that trainer ends normally, and the bench must not go on;
+    # step 1: the cell's trainer stops mid-run, and the bench stops with it (no hint to resume a temporary run)
+    calls = _signal_at_step(monkeypatch, step)
     args = ["bench", "methods", "--methods", "kd,dkd", "--teacher", "convnet_s", "--student", "convnet_xs"]
     args += ["--image-size", "8", "--num-classes", "4", "--batch-size", "8", "--steps", "2", "--warmup", "0"]
     code, out, err = run_case([*args, "--rounds", "2", "--threads", "1"])
     assert_clean_error(code, out, err, 130, "kdlab bench stopped by SIGTERM")
-    assert calls["fits"] == 1  # no second cell was trained
+    assert calls["fits"] == 1 and "--resume" not in err  # no second cell was trained
 
 
 def _spec(tmp_path, seeds) -> str:
