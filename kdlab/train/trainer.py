@@ -4,7 +4,8 @@ Per step: frozen teachers run under inference mode on the views the method needs
 (student + method, the only trainable module) runs the student and the method's loss; the summed terms are
 back-propagated; aux objectives run when due. Per epoch: test top-1/top-5 of the exported model, metrics,
 an atomic checkpoint. A run interrupted (SIGINT/SIGTERM) writes a checkpoint after the current step and can be
-resumed to end bitwise identical, on CPU, to an uninterrupted run.
+resumed to end bitwise identical, on CPU, to an uninterrupted run. Run records (lock, resume allow-list, --force,
+crash windows, full disks): :mod:`kdlab.train.runrecord`, :mod:`kdlab.runlock`, :mod:`kdlab.train.checkpoint`.
 """
 
 from __future__ import annotations
@@ -178,8 +179,13 @@ class Trainer:
     Args:
         cfg: the resolved config.
         run_dir: where to write; default ``<train.run_dir>/<train.name or default_run_name>``.
-        resume: continue from ``run_dir/checkpoint.pt`` (an error if it is missing).
-        force: start over even if ``run_dir`` already holds a checkpoint.
+        resume: continue from ``run_dir/checkpoint.pt`` (an error if it is missing, or if the config differs from the
+            checkpoint's outside :data:`kdlab.train.runrecord.RESUME_ALLOWED`).
+        force: start over even if ``run_dir`` already holds a run; the old run's files are moved to
+            ``<run_dir>.old-<UTC time>/`` before the new run writes anything.
+
+    The trainer holds the run directory's lock (:mod:`kdlab.runlock`) from construction to the end of :meth:`fit`;
+    every refusal (missing checkpoint, changed config, existing run, locked run) happens before anything is written.
     """
 
     def __init__(
