@@ -1,7 +1,8 @@
-"""KDSVD's singular vectors from the smaller Gram matrix (:func:`kdlab.losses.feature.right_singular`) give the numbers
-of the batched SVD they replaced: vectors, values, the stable backward and the loss with its gradient.
+"""Faster forms of KDSVD and VID give the numbers of the implementations they replaced.
 
-The reference is the earlier implementation, written out with ``torch.linalg.svd``.
+KDSVD: the singular vectors from the smaller Gram matrix (:func:`kdlab.losses.feature.right_singular`) against the
+batched SVD (vectors, values, the stable backward, the loss and its gradient). VID: the negative log-likelihood with
+``log var`` added once against the broadcast expression. The references are the earlier implementations, written out.
 """
 
 from __future__ import annotations
@@ -119,3 +120,27 @@ def test_kdsvd_loss_and_gradient_equal_the_svd_implementation(layout, dtype):
         scale = r.abs().max().item()
         assert scale > 0
         torch.testing.assert_close(g, r, rtol=tol * 10, atol=tol * 10 * scale)
+
+
+# ------------------------------------------------------------------------------------------------- VID's NLL
+
+
+def _vid_broadcast(pred, target, log_scale, eps):
+    """The earlier :func:`kdlab.losses.vid_nll`: ``log var`` broadcast over the map (RepDistiller's expression)."""
+    var = (F.softplus(log_scale) + eps).view(1, -1, *([1] * (pred.dim() - 2)))
+    return (0.5 * ((pred - target) ** 2 / var + torch.log(var))).mean()
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 5, 3), (7, 6)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_vid_nll_and_gradients_equal_the_broadcast_form(shape, dtype):
+    g = torch.Generator().manual_seed(3)
+    pred = torch.randn(shape, generator=g, dtype=dtype).requires_grad_(True)
+    target = torch.randn(shape, generator=g, dtype=dtype)
+    log_scale = torch.randn(shape[1], generator=g, dtype=dtype).requires_grad_(True)
+    value = losses.vid_nll(pred, target, log_scale, 1e-5)
+    ref = _vid_broadcast(pred, target, log_scale, 1e-5)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert value.item() == pytest.approx(ref.item(), rel=tol)
+    for g_new, g_ref in zip(torch.autograd.grad(value, [pred, log_scale]), torch.autograd.grad(ref, [pred, log_scale])):
+        torch.testing.assert_close(g_new, g_ref, rtol=tol, atol=tol)
