@@ -39,6 +39,34 @@ def kdlab(*args: str, cwd=None, check: bool = True, timeout: float = 300) -> sub
     return proc
 
 
+def kdlab_in_process(*args: str) -> subprocess.CompletedProcess:
+    """``kdlab ARGS`` through :func:`kdlab.cli.main.main` in this process; stdout and stderr captured as by
+    :func:`kdlab` (log lines included); a non-zero exit code fails."""
+    import contextlib
+    import io
+    import logging
+
+    from kdlab.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("kdlab")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    proc = subprocess.CompletedProcess(["kdlab", *args], code, out.getvalue(), err.getvalue())
+    if code != 0:
+        raise AssertionError(f"kdlab {' '.join(args)} failed ({code}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli_teacher")
@@ -66,13 +94,16 @@ def test_two_step_run_then_eval(tmp_path, teacher, method):
     ]
     if student := METHODS.meta(method).get("test_student"):  # the method cannot pair the default tiny student
         args.append(f"model.student={student}")
-    proc = kdlab("train", *args)
+    # in this process through the CLI's entry point (a fresh interpreter per command cost ~3 CPU-s each, most of
+    # this file's time); `ce` goes through real subprocesses, as do the other tests here
+    run = kdlab if method == "ce" else kdlab_in_process
+    proc = run("train", *args)
     assert "test top1" in proc.stdout
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["method"] == method
-    ev = json.loads(kdlab("eval", str(tmp_path / "r" / "student.pt")).stdout)
+    ev = json.loads(run("eval", str(tmp_path / "r" / "student.pt")).stdout)
     assert ev["top1"] == pytest.approx(summary["last"]["top1"]) and ev["n"] == 48
-    ev2 = json.loads(kdlab("eval", str(tmp_path / "r" / "checkpoint.pt")).stdout)
+    ev2 = json.loads(run("eval", str(tmp_path / "r" / "checkpoint.pt")).stdout)
     assert ev2["top1"] == pytest.approx(ev["top1"])
     if method == "ce":  # data overrides reach the evaluation
         ev3 = json.loads(kdlab("eval", str(tmp_path / "r" / "student.pt"), "--data", "test_limit=10").stdout)
