@@ -65,6 +65,7 @@ class FieldCodec:
     kind: str
     edges: np.ndarray | None = None
     vocab: dict[str, int] = field(default_factory=dict)
+    _lookup: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -95,8 +96,10 @@ class FieldCodec:
 
     def encode_categorical(self, values: Sequence[str]) -> tuple[np.ndarray, int]:
         """``[N]`` strings -> (``[N]`` local ids, number of out-of-vocabulary values)."""
-        get = self.vocab.get
-        out = np.fromiter((MISSING if v == "" else get(v, OOV) for v in values), dtype=np.int64, count=len(values))
+        if self._lookup is None:
+            self._lookup = {**self.vocab, "": MISSING}
+        get = self._lookup.get
+        out = np.array([get(v, OOV) for v in values], dtype=np.int64)
         return out, int((out == OOV).sum())
 
 

@@ -30,11 +30,13 @@ setting: editing the file or a setting rebuilds the cache (older caches of the s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
 import logging
 import math
+import operator
 import os
 import shutil
 import tempfile
@@ -60,6 +62,7 @@ CACHE_VERSION = 1
 SPLITS = ("train", "val", "test")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def bucket(value: str) -> str:
     """An integer field's token: ``floor(log(v)^2)`` for ``v > 2``, else ``v``; ``""`` stays missing. Raises
     ValueError for text that is not an integer."""
@@ -155,8 +158,10 @@ def preprocess(source: Path, out_dir: Path, cfg, chunk_lines: int = CHUNK_LINES)
     for labels, columns in reader.chunks(chunk_lines):
         split = _assign(rs, len(labels))
         train = np.flatnonzero(split == 0)
-        for c, col in zip(counts, columns):
-            c.update(col[i] for i in train)
+        if len(train):
+            pick = operator.itemgetter(*train.tolist())
+            for c, col in zip(counts, columns):
+                c.update(pick(col) if len(train) > 1 else [col[int(train[0])]])
         for s in range(3):
             sizes[s] += int((split == s).sum())
     if sum(sizes) == 0:
