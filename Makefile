@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.kdlab-installed
 
-.PHONY: demo test test-all test-extras lint bench clean
+.PHONY: demo test test-slow test-ci test-all test-extras lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/kdlab demo
 
+# the default suite (a few minutes); the slow integration tests (full CLI demos, long runs) run in CI: `make test-ci`
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+test-ci: test test-slow
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
