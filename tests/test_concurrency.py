@@ -148,3 +148,36 @@ def test_eight_writers_to_one_store_lose_no_row(tmp_path):
     rows = ResultsStore(path).query(sweep="eight")
     assert {r["run_dir"] for r in rows} == {f"/w{w}/{i}" for w in range(8) for i in range(25)}
     assert len(rows) == 200
+
+
+def test_a_sweep_defers_a_run_another_process_holds_and_trains_it_once_the_lock_is_free(tmp_path):
+    from kdlab.experiments.spec import parse_spec
+    from kdlab.experiments.sweep import run_sweep
+
+    config = yaml.safe_load(write_tiny_config(tmp_path, epochs=1).read_text())
+    for key in ("name", "run_dir"):
+        config["train"].pop(key)
+    spec = parse_spec(
+        {"name": "d", "run_dir": str(tmp_path / "sweeps"), "seeds": [0, 1], "rows": [{"label": "A", "config": config}]}
+    )
+    held = tmp_path / "sweeps" / "d" / "A__convnet_xs__s0"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom kdlab.runlock import RunLock\nRunLock(sys.argv[1]).acquire()\n"
+            "print('locked', flush=True)\ntime.sleep(float(sys.argv[2]))",
+            str(held),
+            "8",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    order = []
+    outcomes = run_sweep(spec, store_path=tmp_path / "r.sqlite", on_outcome=lambda o, i, n: order.append(o.run.seed))
+    holder.wait(timeout=60)
+    assert order == [1, 0]  # the held run came last, after its lock was released
+    assert [o.status for o in outcomes] == ["done", "done"]
+    assert [json.loads(x)["epoch"] for x in (held / "metrics.jsonl").read_text().splitlines()] == [1]

@@ -128,6 +128,17 @@ def test_kill_between_metrics_line_and_checkpoint_rename_leaves_one_line_per_epo
     assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
 
 
+def test_resume_writes_lost_metrics_lines_again_from_the_checkpoint(finished):
+    cfg, run = finished
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text(lines[0])  # the second epoch's line is lost
+    code, _out, err = run_case(["train", cfg, "train.epochs=3", "--resume"])
+    assert code == 0, err
+    now = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert now[0] == lines[0] and [json.loads(x)["epoch"] for x in now] == [1, 2, 3]
+    assert json.loads(now[1]) == json.loads(lines[1])
+
+
 def test_truncate_metrics_drops_lines_after_the_checkpoint_and_a_half_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_bytes(b'{"epoch": 1}\n{"epoch": 2}\n{"epo')

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -23,6 +24,7 @@ from kdlab.config import ConfigError
 from kdlab.models.checkpoints import CheckpointError
 
 log = logging.getLogger("kdlab")
+
 
 class RunExistsError(CheckpointError, ConfigError):
     """A new run over a directory that holds one, without ``--resume`` or ``--force`` (bad input: exit code 2)."""
@@ -144,6 +146,20 @@ def move_aside(run_dir: Path) -> Path | None:
             os.replace(entry, dest / entry.name)
     log.warning("--force: moved the previous run of %s to %s", run_dir, dest)
     return dest
+
+
+def repair_metrics(path: Path, history: list[dict]) -> None:
+    """Make ``metrics.jsonl`` hold exactly one line per epoch of ``history`` (the checkpoint's records): lines written
+    after the checkpoint are cut (:func:`truncate_metrics`); lines lost (a deleted or shortened file) are written
+    again from the checkpoint. Lines that agree are kept byte for byte."""
+    truncate_metrics(path, len(history))
+    have = path.read_bytes().count(b"\n") if path.is_file() else 0
+    if have < len(history):
+        from kdlab.train.checkpoint import append_line
+
+        log.warning("resume: %s lacks %d epoch line(s); written again from the checkpoint", path, len(history) - have)
+        for record in history[have:]:
+            append_line(path, json.dumps(record))
 
 
 def truncate_metrics(path: Path, lines: int) -> int:

@@ -52,7 +52,7 @@ from kdlab.train.checkpoint import (
 from kdlab.train.display import ProgressDisplay
 from kdlab.train.header import log_header
 from kdlab.train.precision import CompiledStep, Precision, to_float
-from kdlab.train.runrecord import RunExistsError, check_resume_config, move_aside, truncate_metrics
+from kdlab.train.runrecord import RunExistsError, check_resume_config, move_aside, repair_metrics
 from kdlab.train.schedule import learning_rate
 from kdlab.train.tensorboard import open_tensorboard
 from kdlab.types import Batch, LossOut, Needs, Outputs, Progress, StepIO
@@ -577,7 +577,7 @@ class Trainer:
             state, self._resume_state = self._resume_state or read_file(self.ckpt_path), None
             progress = self.load_state_dict(state)
             if main:
-                truncate_metrics(metrics, len(self.history))
+                repair_metrics(metrics, self.history)
             log.info("resumed %s at epoch %d step %d", self.run_dir, progress.epoch + 1, progress.step)
         else:
             progress = self.start
