@@ -20,7 +20,7 @@ from pathlib import Path
 
 log = logging.getLogger("kdlab")
 
-KINDS = ("models", "methods", "datasets")
+KINDS = ("models", "methods", "datasets", "metrics")
 _CACHE_VERSION = 1
 
 
@@ -62,6 +62,10 @@ def live_rows(what: str) -> list[list[str]]:
             [name, DATASETS.meta(name).get("description") or _first_line(DATASETS.get(name).__doc__)]
             for name in dataset_names()
         ]
+    if what == "metrics":
+        from kdlab.metrics import METRICS
+
+        return [[name, METRICS.meta(name).get("description", "")] for name in METRICS.names()]
     if what == "models":
         from kdlab.models import MODELS, model_names
 

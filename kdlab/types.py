@@ -56,7 +56,8 @@ class Batch:
     """A training or evaluation batch, already on the training device.
 
     Attributes:
-        x: ``[B, C, H, W]`` normalised float images of the default view.
+        x: ``[B, C, H, W]`` normalised float images of the default view, or token inputs (``[B, L]`` int64 ids, or a
+            dict of ``[B, L]`` tensors ``input_ids``, ``attention_mask``, ``token_type_ids``: :mod:`kdlab.data.tokens`).
         y: ``[B]`` integer labels.
         index: ``[B]`` dataset position of every sample (CRD, per-sample methods).
         views: extra views by name (e.g. ``"strong"`` for MLKD), each ``[B, C, H, W]``.

@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     ls = sub.add_parser("list", help="list registered models, methods or datasets")
-    ls.add_argument("what", choices=["models", "methods", "datasets"])
+    ls.add_argument("what", choices=["models", "methods", "datasets", "metrics"])
     ls.add_argument("--verbose", action="store_true", help="models: parameters, FLOPs and taps (slower)")
     ls.set_defaults(func=cmd_list)
 
