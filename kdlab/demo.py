@@ -227,15 +227,22 @@ def default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def same_as(results: dict[str, list[float]]) -> dict[str, str]:
-    """Rows whose per-seed results equal an earlier row's exactly: ``{row: earlier row}`` (e.g. ``sum`` -> ``kd``).
+def fingerprint(row: dict) -> tuple:
+    """What identifies a trained student in its store row: test top-1, top-5 and test loss after the last epoch."""
+    last = (json.loads(row.get("metrics") or "{}").get("last") or {}) if isinstance(row.get("metrics"), str) else {}
+    return (row.get("last_top1"), row.get("last_top5"), last.get("loss"))
 
-    Identical numbers at every seed (3 seeds of a 500-image test set) mean the same training, in practice a method
-    that reduces to another in this setting."""
+
+def same_as(prints: dict[str, list]) -> dict[str, str]:
+    """Rows whose runs equal an earlier row's at every seed: ``{row: earlier row}`` (e.g. ``sum`` -> ``kd``).
+
+    ``prints`` maps a row to one :func:`fingerprint` per seed (seed order). Equal test top-1, top-5 and test loss at
+    every seed (two seeds at least) mean the same trained student: a method that reduces to another here. The
+    student alone (``ce``) is never marked."""
     out: dict[str, str] = {}
     seen: list[str] = []
-    for label, values in results.items():
-        twin = next((s for s in seen if results[s] == values and len(values) > 1), None)
+    for label, values in prints.items():
+        twin = next((s for s in seen if prints[s] == values and len(values) > 1), None)
         if twin is not None and label != "ce":
             out[label] = twin
         else:
@@ -305,16 +312,18 @@ def run_demo(
     _stop_if_interrupted(outcomes)
 
     by_seed: dict[str, dict[int, float]] = {}
+    prints: dict[str, dict[int, tuple]] = {}
     skipped: dict[str, str] = {}
     for o in outcomes:
         if o.row is not None:
             by_seed.setdefault(o.run.label, {})[o.run.seed] = o.row["last_top1"]
+            prints.setdefault(o.run.label, {})[o.run.seed] = fingerprint(o.row)
         elif o.run.label not in skipped:
             skipped[o.run.label] = o.message or o.status
     for method in skipped:  # a method counts as able to run only when every seed ran
         by_seed.pop(method, None)
     results = {m: [v[s] for s in sorted(v)] for m, v in by_seed.items()}
-    twins = same_as(results)
+    twins = same_as({m: [prints[m][s] for s in sorted(prints[m])] for m in results})
     elapsed = time.perf_counter() - t0
 
     log.info("kdlab demo [3/3] report: mean ± std per method and the paired difference to the student alone")

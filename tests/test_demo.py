@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 from test_cli import kdlab
 
-from kdlab.demo import DEMO_METHODS, DemoSettings, StudentProgress, run_demo, same_as
+from kdlab.demo import DEMO_METHODS, DemoSettings, StudentProgress, fingerprint, run_demo, same_as
 from kdlab.experiments.store import ResultsStore
 from kdlab.methods import METHODS
 
@@ -87,9 +87,18 @@ def test_student_progress_eta_counts_trained_runs_only():
 
 
 def test_same_as_finds_rows_identical_at_every_seed():
-    results = {"ce": [70.0, 71.0], "kd": [72.0, 73.0], "sum": [72.0, 73.0], "dkd": [72.0, 74.0], "ce2": [70.0, 71.0]}
-    assert same_as(results) == {"sum": "kd", "ce2": "ce"}
-    assert same_as({"kd": [72.0], "sum": [72.0]}) == {}  # one seed is not evidence
+    def row(top1, loss):
+        return {"last_top1": top1, "last_top5": 99.0, "metrics": json.dumps({"last": {"loss": loss, "top1": top1}})}
+
+    assert fingerprint(row(70.0, 0.5)) == (70.0, 99.0, 0.5)
+    prints = {
+        "ce": [fingerprint(row(10.0, 2.30)), fingerprint(row(10.0, 2.31))],
+        "kd": [fingerprint(row(10.0, 2.29)), fingerprint(row(10.0, 2.30))],  # same accuracy, another model
+        "sum": [fingerprint(row(10.0, 2.29)), fingerprint(row(10.0, 2.30))],
+        "dkd": [fingerprint(row(10.0, 2.29)), fingerprint(row(12.0, 2.30))],
+    }
+    assert same_as(prints) == {"sum": "kd"}
+    assert same_as({"kd": prints["kd"][:1], "sum": prints["sum"][:1]}) == {}  # one seed is not evidence
 
 
 def test_default_demo_set_and_schedules():
