@@ -359,3 +359,17 @@ def test_logit_and_fusion_methods_are_not_refused(tmp_path):
     for name in ("ce", "kd", "dkd", "dist", "tekap", "anl_kd", "ada_kd", "wls_kd", "rw_kd", "tgeo_kd"):
         cfg = build_config({}, [*_method_overrides(tmp_path, name), f"train.name={name}"])
         assert Trainer(cfg).fit()["steps"] == 1, name
+
+
+def test_select_by_and_metrics_are_checked_against_the_run():
+    from kdlab.config import ConfigError
+    from kdlab.train.trainer import run_metrics
+
+    wine = load_dataset(data_cfg("data.name=wine"))
+    assert run_metrics(build_config({}, ["train.select_by=nll"]), wine) == ("top1", "auc", "nll", "ece")
+    digits = load_dataset(data_cfg("data.name=digits"))
+    assert run_metrics(build_config({}, []), digits) == ("top1", "top5")
+    with pytest.raises(ConfigError, match=r"train.select_by='auc' is not among the run's metrics \['top1', 'top5'\]"):
+        run_metrics(build_config({}, ["train.select_by=auc"]), digits)
+    with pytest.raises(ConfigError, match="unknown metric 'acu' \\(did you mean 'auc'\\?\\)"):
+        run_metrics(build_config({}, ["train.metrics=[top1, acu]"]), digits)
