@@ -116,3 +116,14 @@ def test_chance_level_rule():
 def test_teacher_without_checkpoint_is_not_measured(tmp_path):
     h = Trainer(tiny_config(tmp_path, "train.epochs=1", method="kd")).fit()["header"]
     assert h["teachers"][0]["test"] is None and h["teachers"][0]["checkpoint"] is None
+
+
+def test_changed_method_fields_are_plain_json_for_nested_configs():
+    from kdlab.config import build_config
+    from kdlab.train.header import method_changes
+
+    cfg = build_config({"method": {"name": "sum", "terms": [{"name": "kd", "temperature": 2}], "weights": [0.5]}})
+    changed = method_changes(cfg.method)
+    assert json.loads(json.dumps(changed)) == changed
+    assert changed["weights"] == [0.5] and changed["terms"][0]["temperature"] == 2.0
+    assert method_changes(build_config({"method": {"name": "kd"}}).method) == {}

@@ -200,8 +200,21 @@ def method_changes(method_cfg: Any) -> dict:
             continue
         value = getattr(method_cfg, f.name)
         if defaults is None or value != getattr(defaults, f.name):
-            changed[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+            changed[f.name] = _plain(value)
     return changed
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-ready data (nested method configs, e.g. ``sum``'s terms or ``tekap``'s inner, as dicts)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
 
 
 def build_header(trainer: Any, measure: bool = True) -> dict:
