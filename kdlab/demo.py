@@ -276,7 +276,11 @@ def run_demo(
             settings = DemoSettings.quick(all_methods)
         else:
             settings = DemoSettings.full() if all_methods else DemoSettings.fast()
-    workers = workers or default_workers()
+    workers = default_workers() if workers is None else workers
+    if workers < 1 or seeds < 1:
+        from kdlab.config import ConfigError
+
+        raise ConfigError(f"kdlab demo: --workers and --seeds must be at least 1 (got {workers} and {seeds})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "results.sqlite"

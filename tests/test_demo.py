@@ -110,6 +110,15 @@ def test_default_demo_set_and_schedules():
     assert DemoSettings.fast().rows() == list(DEMO_METHODS)
 
 
+@pytest.mark.parametrize("flag", ["--workers", "--seeds"])
+def test_demo_refuses_zero_workers_or_seeds_before_training(tmp_path, capsys, flag):
+    from kdlab.cli.main import main
+
+    assert main(["demo", flag, "0", "--out", str(tmp_path / "d")]) == 2
+    assert "must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 def test_paired_difference_and_verdict():
     from kdlab.demo import paired
 
