@@ -35,8 +35,9 @@ The student minimises the fused training loss with ``alpha`` fixed (detached); `
 the *updated* student on a held-out split (``holdout_fraction`` of the training set, stratified, never the test set):
 every ``meta_every`` steps, after the student's step, :class:`HypergradientStep` takes the training batch again,
 makes a virtual SGD step ``theta' = theta - eta * grad_theta L_train(theta, omega)`` with
-``torch.func.functional_call`` (``create_graph``), evaluates ``CE(f(x_val; theta'), y_val)`` on the next held-out
-mini-batch (as many samples as the training batch) and steps ``omega``'s own optimiser along its gradient. ``omega``
+``torch.func.functional_call``, evaluates ``CE(f(x_val; theta'), y_val)`` on the next held-out mini-batch (as many
+samples as the training batch) and steps ``omega``'s own optimiser along its gradient (exact, by forward mode: see
+:class:`HypergradientStep`). ``omega``
 lives in the method (its state dict, hence the checkpoint); the optimiser state and the held-out position are the aux
 objective's state. The features read the student's predictions detached, so the student cannot move ``alpha``.
 
