@@ -125,3 +125,51 @@ def test_selection_direction_and_names() -> None:
     assert resolve_metrics([], None) == ("top1", "top5")
     with pytest.raises(ValueError, match="did you mean 'auc'"):
         resolve_metrics(["acu"], None)
+
+
+def _shard_entry(rank: int, port: int, out: str) -> None:
+    """A spawned rank: evaluate its half of a split through the trainer's evaluate with the real collectives."""
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    from kdlab.distributed import reduce_sum
+    from kdlab.train.trainer import evaluate as train_evaluate
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        logits, y = _data(203, 3, 8, ties=True)
+        lo, hi = (0, 90) if rank == 0 else (90, 203)  # unequal shards: AUC's rows are gathered with padding
+        batches = [
+            Batch(x=logits[i : min(i + 32, hi)], y=y[i : min(i + 32, hi)], index=torch.arange(1))
+            for i in range(lo, hi, 32)
+        ]
+        got = train_evaluate(torch.nn.Identity(), iter(batches), reduce=reduce_sum, names=("top1", "auc", "nll", "ece"))
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump(got, f)
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def test_two_processes_reduce_to_the_one_process_metrics(tmp_path):
+    import json
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "m")
+    torch.multiprocessing.start_processes(_shard_entry, args=(port, out), nprocs=2, join=True, start_method="spawn")
+    logits, y = _data(203, 3, 8, ties=True)
+    want = evaluate(
+        torch.nn.Identity(), iter([Batch(x=logits, y=y, index=torch.arange(1))]), ("top1", "auc", "nll", "ece")
+    )
+    for rank in range(2):
+        got = json.loads((tmp_path / f"m.{rank}").read_text())
+        assert got["n"] == 203
+        for k in ("top1", "auc", "nll", "ece", "loss"):
+            assert got[k] == pytest.approx(want[k], abs=1e-12), (rank, k)
