@@ -178,10 +178,17 @@ class StudentProgress:
     Args:
         emit: where a line goes (default: the ``kdlab`` logger at INFO).
         clock: the time source (seconds).
+        workers: runs trained at once (they start together: the first ones finish together).
     """
 
-    def __init__(self, emit: Callable[[str], None] | None = None, clock: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        emit: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        workers: int = 1,
+    ) -> None:
         self.emit = emit or (lambda line: log.info("%s", line))
+        self.workers = workers
         self.clock = clock
         self.t0 = clock()
         self.trained = 0
@@ -194,7 +201,8 @@ class StudentProgress:
             self.trained += 1
         elapsed = self.clock() - self.t0
         left = total - index
-        eta = elapsed / self.trained * left if self.trained else 0.0
+        # runs start ``workers`` at a time: until as many have finished, the ones still running started with them
+        eta = elapsed / max(self.trained, min(self.workers, total)) * left if self.trained else 0.0
         run = outcome.run
         if outcome.row is not None:
             done = " (already done)" if outcome.status == "skipped" else ""
@@ -312,7 +320,7 @@ def run_demo(
         settings.student_epochs,
         workers,
     )
-    outcomes = run_sweep(spec, workers=workers, store_path=store, on_outcome=StudentProgress())
+    outcomes = run_sweep(spec, workers=workers, store_path=store, on_outcome=StudentProgress(workers=workers))
     _stop_if_interrupted(outcomes)
 
     by_seed: dict[str, dict[int, float]] = {}

@@ -86,6 +86,18 @@ def test_student_progress_eta_counts_trained_runs_only():
     assert got[-1] == "[3/4] x seed 1: failed: boom | 0:30 elapsed, eta 0:15"
 
 
+def test_student_progress_eta_with_two_workers_counts_the_runs_started_together():
+    now = [100.0]
+    got: list[str] = []
+    progress = StudentProgress(emit=got.append, clock=lambda: now[0], workers=2)
+    now[0] += 60.0  # the first two runs started together; one finished after 60 s, the other is about to
+    run = SimpleNamespace(status="done", run=SimpleNamespace(label="ce", seed=0), row={"last_top1": 50.0}, message="")
+    progress(run, 1, 9)
+    assert got[-1].endswith("1:00 elapsed, eta 4:00")  # 8 runs left, 2 every 60 s
+    progress(run, 2, 9)
+    assert got[-1].endswith("1:00 elapsed, eta 3:30")
+
+
 def test_same_as_finds_rows_identical_at_every_seed():
     def row(top1, loss):
         return {"last_top1": top1, "last_top5": 99.0, "metrics": json.dumps({"last": {"loss": loss, "top1": top1}})}
