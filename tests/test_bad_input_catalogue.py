@@ -85,6 +85,9 @@ def fx(tmp_path_factory) -> Fixture:
     (root / "not_yaml.yaml").write_text("model: [unclosed\n")
     (root / "list.yaml").write_text("- 1\n- 2\n")
     (root / "sci.yaml").write_text(TINY_YAML.replace("RUNS", str(runs)).replace("lr: 0.05", "lr: -1e-3"))
+    spec = "name: t\nseeds: [0]\n{grid}rows:\n  - label: A\n    config: tiny.yaml\n    overrides: {{{row}}}\n"
+    (root / "bad_row.yaml").write_text(spec.format(grid="", row="optim.lr: -1e-2"))
+    (root / "bad_grid.yaml").write_text(spec.format(grid="grid: {optim.lr: [1e-2, 0]}\n", row="optim.momentum: 0.9"))
     npz = root / "npz"
     npz.mkdir()
     _write_npz_files(npz)
@@ -347,6 +350,9 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("eval data without =", ["eval", "{run}/student.pt", "--data", "noequals"], ["'data.noequals' must look like"]),
     ("eval a folder", ["eval", "{runs}"], ["'{runs}' holds no student.pt or checkpoint.pt"]),
     ("eval under a file", ["eval", "{root}/a_file/checkpoint.pt"], ["on its path is a file"]),
+    ("sweep row override", ["sweep", "{root}/bad_row.yaml"], ["row 'A'", "optim.lr must be > 0, got -0.01"]),
+    ("sweep grid value", ["sweep", "{root}/bad_grid.yaml"], ["row 'A'", "optim.lr must be > 0, got 0.0"]),
+    ("sweep grid dry run", ["sweep", "{root}/bad_grid.yaml", "--dry-run"], ["optim.lr must be > 0, got 0.0"]),
     ("sweep missing spec", ["sweep", "{root}/nope.yaml"], ["nope.yaml"]),
     ("report missing target", ["report", "nosuchsweep", "--store", "{store}"], ["nosuchsweep"]),
     # run directories
