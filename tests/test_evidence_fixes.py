@@ -76,3 +76,40 @@ def test_the_cli_exits_2_at_once_with_a_clear_message_and_writes_nothing(tmp_pat
 def test_a_large_enough_heldout_split_still_builds(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, method="tgeo_kd"))
     assert trainer.run.data.val.y.shape[0] == round(0.1 * 96)
+
+
+# ------------------------------------------------------------------------------------------ held-out order
+
+
+def _class_sorted_splits(per_class: int = 40, k: int = 4):
+    import torch
+
+    from kdlab.data.base import DatasetSplits, ImageSet
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(k).repeat_interleave(per_class)  # sorted by class, like every file of the CIFAR-10 JPEG copy
+    x = torch.randint(0, 256, (k * per_class, 8, 8, 3), generator=g, dtype=torch.uint8)
+    test = ImageSet(x[:16], y[:16])
+    return DatasetSplits("sorted", ImageSet(x, y), test, k, (0.5,) * 3, (0.25,) * 3)
+
+
+def test_the_heldout_stream_of_a_class_sorted_training_set_mixes_classes():
+    import torch
+
+    from kdlab.config import DataConfig
+    from kdlab.data.loader import DeviceLoader
+    from kdlab.data.split import stratified_split
+
+    splits = _class_sorted_splits()
+    cfg = DataConfig(name="sorted", batch_size=8, eval_batch_size=8)
+    data = DeviceLoader(splits, cfg, torch.device("cpu"), seed=0, holdout_fraction=0.2)
+    labels = torch.cat([b.y for b in data.eval_batches("val")])
+    # the same held-out samples as the stratified split (8 per class) ...
+    _, val_idx = stratified_split(splits.train.y, 0.2, cfg.split_seed)
+    assert sorted(labels.tolist()) == sorted(splits.train.y[val_idx].tolist())
+    # ... but not in class order: before, the outer loop's held-out batches of 8 were one class each
+    firsts = [set(b.y.tolist()) for b in data.eval_batches("val")]
+    assert all(len(classes) > 1 for classes in firsts), firsts
+    # the order is fixed by data.split_seed (the same for every training seed, so runs stay paired and resumable)
+    again = DeviceLoader(splits, cfg, torch.device("cpu"), seed=1, holdout_fraction=0.2)
+    assert torch.equal(torch.cat([b.y for b in again.eval_batches("val")]), labels)

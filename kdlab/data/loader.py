@@ -144,7 +144,7 @@ class DeviceLoader(BatchPlan):
         views: tuple[str, ...] = (DEFAULT_VIEW,),
         holdout_fraction: float = 0.0,
     ) -> None:
-        from kdlab.data.split import stratified_split
+        from kdlab.data.split import shuffled, stratified_split
 
         self.cfg = cfg
         self.device = device
@@ -158,6 +158,7 @@ class DeviceLoader(BatchPlan):
         self.val: _Split | None = None
         if fraction > 0:
             train_idx, val_idx = stratified_split(train.y, fraction, cfg.split_seed)
+            val_idx = shuffled(val_idx, cfg.split_seed)  # mixed classes in every held-out batch of class-sorted files
             self.val = self._to_device(train.subset(val_idx))
             train = train.subset(train_idx)
         self.train = self._to_device(train)

@@ -106,6 +106,17 @@ def stratified_split(y: Tensor | np.ndarray, fraction: float, seed: int) -> tupl
     )
 
 
+def shuffled(index: Tensor, seed: int) -> Tensor:
+    """``index`` (``[M]``) in a seeded random order.
+
+    The held-out split is read in this order (by a bilevel method's outer loop, one mini-batch at a time): in dataset
+    order, a class-sorted file (the CIFAR-10 JPEG copy sorts every file by class) would give every held-out
+    mini-batch the samples of one or two classes.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    return index[torch.randperm(int(index.shape[0]), generator=g)]
+
+
 def subset_splits(
     splits: DatasetSplits, train_per_class: int | None = None, test_limit: int | None = None, seed: int = 0
 ) -> DatasetSplits:
@@ -137,4 +148,4 @@ def subset_splits(
     return dataclasses.replace(splits, train=train, test=test)
 
 
-__all__ = ["class_balanced_subset", "stratified_split", "subset_splits"]
+__all__ = ["class_balanced_subset", "shuffled", "stratified_split", "subset_splits"]

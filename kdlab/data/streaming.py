@@ -229,7 +229,7 @@ class StreamingLoader(BatchPlan):
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        from kdlab.data.split import stratified_split
+        from kdlab.data.split import shuffled, stratified_split
 
         if cfg.crop_size < 1 or cfg.resize_size < cfg.crop_size:
             raise DataError(
@@ -255,6 +255,7 @@ class StreamingLoader(BatchPlan):
         self.val: FileSet | None = None
         if fraction > 0:
             train_idx, val_idx = stratified_split(train.y, fraction, cfg.split_seed)
+            val_idx = shuffled(val_idx, cfg.split_seed)  # mixed classes in every held-out batch of class-sorted files
             self.val = train.subset(val_idx)
             train = train.subset(train_idx)
         self.train = train
