@@ -90,6 +90,17 @@ def test_force_moves_the_old_run_aside_and_an_interrupted_new_run_leaves_nothing
     assert code == 1 and "no summary.json" in err and "Traceback" not in err
 
 
+def test_a_new_run_beside_results_without_a_checkpoint_moves_them_aside_first(finished):
+    cfg, run = finished
+    (run / "checkpoint.pt").unlink()  # the results stay, the checkpoint is gone: the same config starts anew
+    old = record_bytes(run)
+    code, _out, err = run_case(["train", cfg, "train.max_steps=1"])
+    assert code == 0, err
+    (aside,) = run.parent.glob("r.old-*")
+    assert record_bytes(aside) == old
+    assert json.loads((run / "summary.json").read_text())["steps"] == 1
+
+
 def test_import_refuses_a_summary_that_belongs_to_another_config(finished):
     _cfg, run = finished
     summary = json.loads((run / "summary.json").read_text())

@@ -582,7 +582,8 @@ class Trainer:
         else:
             progress = self.start
             if main:
-                if self.force:
+                # --force, or results of an earlier run whose checkpoint is gone: never leave them beside a new run
+                if self.force or any((self.run_dir / n).exists() for n in ("summary.json", "student.pt")):
                     move_aside(self.run_dir)
                 atomic_write_text(metrics, "", "metrics file")
         if main:
