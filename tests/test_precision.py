@@ -139,7 +139,7 @@ def test_fp16_on_cpu_scales_the_loss_and_checkpoints_the_scaler(tmp_path, teache
         ("train.precision=fp8", "train.precision must be one of"),
         ("train.teacher_precision=int8", "train.teacher_precision"),
         ("train.teacher_cache=sometimes", "train.teacher_cache must be bool or one of 'auto'"),
-        ("train.replay_epochs=-1", "train.replay_epochs=-1 must be >= 0"),
+        ("train.replay_epochs=-1", "train.replay_epochs must be >= 0, got -1"),
     ],
 )
 def test_bad_speed_settings_are_config_errors(tmp_path, teacher_ckpt, override, message):
