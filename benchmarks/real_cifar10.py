@@ -85,7 +85,7 @@ DEFAULT_CONTROLS = "kd[holdout],tgeo_kd[pool],tgeo_kd[init=inner]"
 #: Order in which the runs are made (all seeds of one label before the next), so that a partial table answers the
 #: issue's questions first: the baseline, kd, the seed methods the issue found below the student, the controls.
 RUN_ORDER = (
-    "ce,kd,tgeo_kd,simkd,dkd,kd[holdout],tgeo_kd[init=inner],crd,dist,tekap(kd),anl_kd,ada_kd,wls_kd,rw_kd,mlkd,"
+    "ce,kd,tgeo_kd,kd[holdout],simkd,dkd,tgeo_kd[init=inner],crd,dist,tekap(kd),anl_kd,ada_kd,wls_kd,rw_kd,mlkd,"
     "tgeo_kd[pool]"
 ).split(",")
 #: control -> (what it is compared with, paired by seed)
