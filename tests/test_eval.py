@@ -204,3 +204,20 @@ def test_pretrained_resnet20_reproduces_its_accuracy_as_a_student_and_through_ev
     assert Trainer(cfg).evaluate("test")["top1"] == pytest.approx(81.03, abs=0.005)
     ev = _eval(capsys, str(CKPT), "--data", "name=npz", *data)
     assert ev["model"] == "resnet20_a" and ev["top1"] == pytest.approx(81.03, abs=0.005)
+
+
+def test_a_known_public_checkpoint_needs_no_model_or_normalisation(trained, capsys, tmp_path, monkeypatch):
+    """A file registered by its SHA-256 (as the akamaster ResNets are) brings its architecture and mean/std."""
+    from kdlab.models import checkpoints
+
+    summary, run_dir = trained
+    path = tmp_path / "public.th"
+    state = torch.load(run_dir / "student.pt", weights_only=False)["state_dict"]
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "best_prec1": 50.0}, path)
+    known = checkpoints.KnownCheckpoint(
+        checkpoints.file_sha256(path), "convnet_xs", 4, tuple(OWN_MEAN), tuple(OWN_STD), "a test file"
+    )
+    monkeypatch.setitem(checkpoints.KNOWN_CHECKPOINTS, known.sha256, known)
+    ev = _eval(capsys, str(path), "--data", *DATA)
+    assert ev["model"] == "convnet_xs" and ev["top1"] == pytest.approx(summary["last"]["top1"])
+    assert ev["nll"] == pytest.approx(summary["last"]["loss"], rel=1e-5)
