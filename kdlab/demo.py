@@ -70,7 +70,7 @@ SAME_AS_EXPLAINED = {
 class DemoSettings:
     """The demo's schedule: :meth:`fast` (the default), :meth:`full` (``--all``) and :meth:`quick` (smoke tests)."""
 
-    teacher_epochs: int = 15
+    teacher_epochs: int = 10
     student_epochs: int = 30
     train_per_class: int = 30
     batch_size: int = 32
