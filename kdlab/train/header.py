@@ -157,6 +157,7 @@ def measure_teachers(run: Any, use_cache: bool = True) -> list[dict]:
         if cached is not None:
             entry.update(test=cached["test"], cached=True)
         else:
+            log.info("measuring teacher %d (%s) on the test split, once per checkpoint (cached)", i, tcfg.name)
             result = score(teacher, run.data.eval_batches("test"))
             entry["test"] = {k: result[k] for k in ("top1", "top5", "nll", "ece", "n")}
             if use_cache and fingerprint:
