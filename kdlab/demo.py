@@ -424,7 +424,7 @@ def write_demo_report(
         "(the CIFAR-100 reference weights and temperatures), untuned for this tiny pair. Terms on logits with a "
         "temperature (kd, dkd, TeKAP) keep their CIFAR balance with the cross-entropy here; terms that normalise "
         "the student's representation (feature, relation, contrastive, correlation terms: fitnet, crd, dist, ...) "
-        "are 13 to 140 times stronger relative to it than on a CIFAR ResNet pair, measured at step 0 (README, "
+        "are 10 to 150 times stronger relative to it than on a CIFAR ResNet pair, measured at step 0 (README, "
         '"The demo\'s verdicts"; `benchmarks/loss_scales.py`).',
     ]
     if settings.methods is not None:
