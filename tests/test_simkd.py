@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 import torch.nn.functional as F
-from test_cli import TINY
+from test_cli import TINY, kdlab_in_process
 from test_cli import kdlab as run_cli
 
 from kdlab import losses, models
@@ -398,6 +398,10 @@ def teacher_ckpt(tmp_path_factory):
     ids=["multi-l2-f4", "all-kl", "last-kl-gated"],
 )
 def test_variant_trains_two_steps_through_the_cli_and_its_export_evaluates(tmp_path, teacher_ckpt, variant, term):
+    # the CLI's entry point in this process (a fresh interpreter per command was most of this test's time)
+    def kdlab(*args: str):
+        return kdlab_in_process(*args, cwd=REPO)
+
     proc = kdlab(
         "train",
         str(REPO / "configs/debug/digits_kd.yaml"),
