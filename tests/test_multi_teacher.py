@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from test_cli import TINY, kdlab
+from test_cli import TINY, kdlab, kdlab_in_process
 
 from kdlab import losses, models
 from kdlab.chain import chain_links, run_chain
@@ -435,7 +435,7 @@ def test_cli_two_step_run_with_three_teachers(tmp_path, teacher_ckpt, method):
         for i in range(3)
         for a in (f"model.teachers.{i}.name=convnet_s", f"model.teachers.{i}.checkpoint={teacher_ckpt}")
     ]
-    proc = kdlab(
+    proc = kdlab_in_process(  # the CLI's entry point in this process (an interpreter start-up saved)
         "train",
         str(REPO / "configs/debug/digits_kd.yaml"),
         *TINY,
@@ -460,10 +460,10 @@ def test_cli_chain_runs_end_to_end_and_reuses_finished_links(tmp_path, teacher_c
         "train.epochs=1",
         f"train.run_dir={tmp_path}",
     ]
-    first = kdlab(*args)
+    first = kdlab(*args)  # a real process first; the re-run in this one
     assert "link 1/2 convnet_s -> convnet_s: trained" in first.stdout
     assert "link 2/2 convnet_s -> convnet_xs: trained" in first.stdout
-    again = kdlab(*args)
+    again = kdlab_in_process(*args)
     assert (
         "link 1/2 convnet_s -> convnet_s: reused" in again.stdout
         and "2/2 convnet_s -> convnet_xs: reused" in again.stdout
@@ -472,5 +472,5 @@ def test_cli_chain_runs_end_to_end_and_reuses_finished_links(tmp_path, teacher_c
     data = json.loads(record.read_text())
     assert data["finished"] and [e["status"] for e in data["links"]] == ["reused", "reused"]
     assert (record.parent / "2-convnet_xs" / "student.pt").is_file()
-    bad = kdlab(*args, "chain.assistants=[]", check=False)
+    bad = kdlab_in_process(*args, "chain.assistants=[]", check=False)
     assert bad.returncode == 2 and "chain.assistants is empty" in bad.stderr and "Traceback" not in bad.stderr
