@@ -144,17 +144,17 @@ def test_bad_input_exits_2_with_a_message(tmp_path, args, message):
 
 
 def test_missing_checkpoint_exits_2(tmp_path):
-    proc = kdlab("eval", str(tmp_path / "nowhere" / "student.pt"), check=False)
+    proc = kdlab_in_process("eval", str(tmp_path / "nowhere" / "student.pt"), check=False)
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
     cfg = str(REPO / "configs/debug/digits_ce.yaml")
-    proc = kdlab("train", cfg, *TINY, f"train.run_dir={tmp_path}", "--resume", check=False)
+    proc = kdlab_in_process("train", cfg, *TINY, f"train.run_dir={tmp_path}", "--resume", check=False)
     assert proc.returncode == 2 and "--resume: no checkpoint" in proc.stderr
 
 
 def test_corrupt_checkpoint_exits_1(tmp_path):
     bad = tmp_path / "student.pt"
     bad.write_bytes(b"PK\x03\x04 not really a zip")
-    proc = kdlab("eval", str(bad), check=False)
+    proc = kdlab_in_process("eval", str(bad), check=False)
     assert proc.returncode == 1 and "truncated or corrupt" in proc.stderr
 
 
