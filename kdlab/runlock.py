@@ -142,3 +142,33 @@ def is_locked(run_dir: str | Path) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def first_missing_ancestor(path: str | Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet; None if ``path`` exists."""
+    path = Path(path).absolute()
+    if path.exists():
+        return None
+    top = path
+    while not top.parent.exists():
+        top = top.parent
+    return top
+
+
+def remove_unused_run_dir(run_dir: str | Path, top: str | Path) -> None:
+    """Undo a lock's folder creation for a run whose build failed: while this process still holds the lock, remove
+    the lock file and every folder from ``run_dir`` up to ``top`` that holds nothing else. A folder where anything
+    else appeared (another process's files) is kept."""
+    run_dir, top = Path(run_dir).absolute(), Path(top).absolute()
+    if not run_dir.is_dir() or set(os.listdir(run_dir)) - {LOCK_NAME}:
+        return
+    try:
+        (run_dir / LOCK_NAME).unlink(missing_ok=True)
+        folder = run_dir
+        while True:
+            folder.rmdir()  # fails (and stops) on a folder that is not empty
+            if folder == top or folder.parent == folder:
+                break
+            folder = folder.parent
+    except OSError:
+        pass

@@ -109,16 +109,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from kdlab.demo import run_demo
 
     log.info("kdlab demo: loading torch and the registries")
-    report = run_demo(
-        out_dir=args.out, seeds=args.seeds, quick=args.quick, workers=args.workers, all_methods=args.all
-    )
+    report = run_demo(out_dir=args.out, seeds=args.seeds, quick=args.quick, workers=args.workers, all_methods=args.all)
     print(report.read_text())
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    p = argparse.ArgumentParser(prog="kdlab", description="Knowledge distillation on PyTorch.")
+    p = argparse.ArgumentParser(prog="kdlab", description="Knowledge distillation on PyTorch.", allow_abbrev=False)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument(
         "--no-tcmalloc",
@@ -184,7 +182,25 @@ def build_parser() -> argparse.ArgumentParser:
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         if info.name.startswith("cmd_"):
             importlib.import_module(f"kdlab.cli.{info.name}").register(sub)
+    for parser in sub.choices.values():  # `--resum` must not silently mean `--resume`
+        parser.allow_abbrev = False
     return p
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` overrides may also follow the flags (``kdlab train CFG --resume train.epochs=9``).
+
+    argparse stops filling a ``nargs="*"`` positional at the first flag, so overrides written after a flag come back
+    unrecognised; they are appended to the command's overrides. Anything else unrecognised is a usage error (exit 2).
+    """
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    rest = [a for a in extra if a not in overrides]
+    if rest or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -221,7 +237,7 @@ def _silence_stdout() -> None:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     _setup_logging(args.verbose)
     if argv is None and args.command in TCMALLOC_COMMANDS:  # a real process entry: maybe re-exec with tcmalloc
         from kdlab.allocator import maybe_reexec

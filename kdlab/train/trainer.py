@@ -35,7 +35,7 @@ from kdlab.methods.base import MAIN_STAGE, AuxContext, PrepareContext, Stage
 from kdlab.metrics import DEFAULT_METRICS, format_metrics, resolve_metrics, select_key
 from kdlab.metrics import evaluate as evaluate_metrics
 from kdlab.models.base import count_parameters
-from kdlab.runlock import RunLock
+from kdlab.runlock import RunLock, first_missing_ancestor, remove_unused_run_dir
 from kdlab.train import distributed
 from kdlab.train.build import Run, build_run, resolve_device
 from kdlab.train.checkpoint import (
@@ -208,11 +208,14 @@ class Trainer:
         self._epoch_accum: dict | None = None  # running sums of a partly trained epoch, restored on resume
         # every refusal happens before the lock is taken: a refused command writes nothing (not even the lock's pid)
         self._check_run_dir(resume, force)
+        created = first_missing_ancestor(self.run_dir)  # folders the lock creates; removed again if the build fails
         self.lock = self._lock_run_dir()
         try:
             self._check_presence(resume, force)  # again under the lock: another process may have changed the run
             self._init(cfg)
         except BaseException:
+            if created is not None:
+                remove_unused_run_dir(self.run_dir, created)
             self.lock.release()
             raise
 
