@@ -18,6 +18,7 @@ from torch import Tensor
 
 from kdlab.config import ConfigError, DataConfig
 from kdlab.data.base import DataError, DatasetSplits, ImageSet
+from kdlab.distributed import shard_bounds
 from kdlab.seeding import derive_seed, make_generator
 from kdlab.types import DEFAULT_VIEW, Batch
 
@@ -106,6 +107,14 @@ class BatchPlan:
                 "lower the batch size or set data.drop_last=false"
             )
         return steps
+
+    def eval_ranges(self, size: int, limit: int | None, shard: bool) -> list[tuple[int, int]]:
+        """``[start, stop)`` of each evaluation batch over the first ``min(limit, size)`` samples of a split, in
+        dataset order; with ``shard`` only this process's contiguous part (the parts of all processes cover it once)."""
+        n = size if limit is None else min(limit, size)
+        lo, hi = shard_bounds(n, self.rank, self.world_size) if shard and self.world_size > 1 else (0, n)
+        bs = self.cfg.eval_batch_size
+        return [(start, min(start + bs, hi)) for start in range(lo, hi, bs)]
 
     def normalize(self, x_uint8: Tensor) -> Tensor:
         """``[B, C, H, W]`` uint8 -> normalised float32."""
@@ -224,11 +233,6 @@ class DeviceLoader(BatchPlan):
         data = {"test": self.test, "val": self.val, "train": self.train}[split]
         if data is None:
             raise ValueError("there is no validation split: set data.val_fraction > 0")
-        n = int(data.y.shape[0]) if limit is None else min(limit, int(data.y.shape[0]))
-        lo, hi = 0, n
-        if shard and self.world_size > 1:
-            lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
-        bs = self.cfg.eval_batch_size
-        for start in range(lo, hi, bs):
-            idx = torch.arange(start, min(start + bs, hi), device=self.device)
+        for start, stop in self.eval_ranges(int(data.y.shape[0]), limit, shard):
+            idx = torch.arange(start, stop, device=self.device)
             yield Batch(x=self.normalize(data.x[idx]), y=data.y[idx], index=idx)

@@ -331,13 +331,8 @@ class StreamingLoader(BatchPlan):
         files = {"test": self.test, "val": self.val, "train": self.train}[split]
         if files is None:
             raise ValueError("there is no validation split: set data.val_fraction > 0")
-        n = len(files) if limit is None else min(limit, len(files))
-        lo, hi = 0, n
-        if shard and self.world_size > 1:
-            lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
-        bs = self.cfg.eval_batch_size
         transform = ImageTransform(self.cfg.crop_size, self.cfg.resize_size, self.scale, train=False)
-        sampler = [list(range(start, min(start + bs, hi))) for start in range(lo, hi, bs)]
+        sampler = [list(range(start, stop)) for start, stop in self.eval_ranges(len(files), limit, shard)]
         labels = files.y
         for x, index in self._loader(_FileDataset(files, transform, self.seed), sampler):
             yield Batch(

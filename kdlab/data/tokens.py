@@ -214,13 +214,8 @@ class TokenLoader(BatchPlan):
         data = {"test": self.test, "val": self.val, "train": self.train}[split]
         if data is None:
             raise ValueError("there is no validation split: set data.val_fraction > 0")
-        n = len(data) if limit is None else min(limit, len(data))
-        lo, hi = 0, n
-        if shard and self.world_size > 1:
-            lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
-        bs = self.cfg.eval_batch_size
-        for start in range(lo, hi, bs):
-            idx = torch.arange(start, min(start + bs, hi))
+        for start, stop in self.eval_ranges(len(data), limit, shard):
+            idx = torch.arange(start, stop)
             yield Batch(x=self.inputs(data, idx), y=data.y[idx].to(self.device), index=idx.to(self.device))
 
 
