@@ -40,7 +40,7 @@ from kdlab.models.checkpoints import (
 )
 from kdlab.paths import why_unusable
 from kdlab.train.build import Run, build_run, resolve_device
-from kdlab.train.checkpoint import CHECKPOINT_FORMAT, EXPORT_FORMAT, read_file
+from kdlab.train.checkpoint import CHECKPOINT_FORMAT, EXPORT_FORMAT, load_model_state, read_file
 from kdlab.types import Batch
 
 log = logging.getLogger("kdlab")
@@ -285,15 +285,13 @@ def load_model_for_eval(
         set_input_normalization(net, splits.mean, splits.std, input_mean, input_std)
     except ValueError as err:
         raise ConfigError(f"--input-mean/--input-std: {err}") from None
-    try:
-        load_state_dict_flexible(net, obj, model)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{str(file)!r} holds no usable state dict for {model!r}: {err}") from None
-    except CheckpointMismatchError as err:
-        raise CheckpointError(
-            f"{str(file)!r} does not fit model {model!r} with {splits.num_classes} classes ({err}). Check --model "
-            "and that the dataset has the class count the checkpoint was trained with"
-        ) from None
+    load_model_state(
+        net,
+        obj,
+        file,
+        model,
+        hint=f"Check --model and that the dataset's {splits.num_classes} classes are the checkpoint's class count",
+    )
     mean = tuple(input_mean) if input_mean is not None else None
     std = tuple(input_std) if input_std is not None else None
     return EvalModel(net.eval(), cfg.data, splits, model, "raw", file, mean, std)

@@ -170,12 +170,22 @@ def load_model_file(model: nn.Module, path: str | Path, name: str) -> None:
     obj = read_file(path, "weights file")
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         obj = obj["student"]
+    load_model_state(model, obj, path, name)
+
+
+def load_model_state(
+    model: nn.Module,
+    obj: object,
+    path: str | Path,
+    name: str,
+    hint: str = "Check that the config names the architecture and class count the checkpoint was trained with",
+) -> None:
+    """Load ``obj`` (read from ``path``) into ``model`` (registry name ``name``) with
+    :func:`kdlab.models.checkpoints.load_state_dict_flexible`; an unusable object or a mismatch is a
+    :class:`CheckpointError` naming the file, the model and ``hint``."""
     try:
         load_state_dict_flexible(model, obj, name)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{str(path)!r} holds no usable state dict for {name!r}: {err}") from None
     except CheckpointMismatchError as err:
-        raise CheckpointError(
-            f"{str(path)!r} does not fit model {name!r} ({err}). Check that the config names the architecture and "
-            "class count the checkpoint was trained with"
-        ) from None
+        raise CheckpointError(f"{str(path)!r} does not fit model {name!r} ({err}). {hint}") from None
