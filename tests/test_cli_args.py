@@ -61,3 +61,22 @@ def test_a_refused_build_keeps_an_existing_run_folder(tmp_path):
     code, _, _err = run_case(["train", CFG, f"train.run_dir={runs}", "model.student=nonexist"], cwd=tmp_path)
     assert code == 2
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("train.select_by=foo", "train.select_by"),
+        ("train.metrics=[foo]", "train.metrics"),
+        ("model.student_input_mean=[0.5,0.5]", "model.student_input_mean"),
+        ("model.student_input_std=[0]", "model.student_input_std"),
+    ],
+)
+def test_new_run_fields_refuse_bad_values_through_the_cli(override, named, tmp_path):
+    """Fields added for metrics and student normalisation: exit 2, the key named, nothing left behind."""
+    runs = tmp_path / "runs"
+    argv = ["train", CFG, f"train.run_dir={runs}", "model.teachers.0.checkpoint=null", override]
+    code, _, err = run_case(argv, cwd=tmp_path)
+    assert code == 2 and "Traceback" not in err
+    assert named in err
+    assert not runs.exists()
