@@ -26,6 +26,7 @@ import yaml
 from kdlab.paths import why_unusable
 from kdlab.ranges import field_range, out_of_range_message, rng, violations
 from kdlab.registry import METHODS, closest
+from kdlab.augment_config import RandAugmentConfig, RandomErasingConfig
 from kdlab.tabular_config import TabularConfig
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,24 @@ class DataConfig:
     """Batch-wise training augmentation: random crop with padding plus horizontal flip, flip only, or none."""
     crop_padding: int = field(default=4, metadata=rng(ge=0))
     """Zero padding of the random crop, in pixels."""
+    rand_augment: RandAugmentConfig | None = None
+    """Per-image RandAugment after the crop and flip, in timm's form (None: off; DIST's B2/B3: ``{num_ops: 2,
+    magnitude: 9, magnitude_std: 0.5}``, timm's ``rand-m9-mstd0.5``); :mod:`kdlab.data.augment`."""
+    color_jitter: float = field(default=0.0, metadata=rng(ge=0, le=1, note="0 turns it off"))
+    """Per-image colour jitter: brightness, contrast and saturation factors uniform in ``[1 - v, 1 + v]``, in a random
+    order per image (torchvision's ``ColorJitter(v, v, v)``; DIST's B3: 0.4)."""
+    random_erasing: RandomErasingConfig | None = None
+    """Per-image random erasing after normalisation, as timm's ``RandomErasing`` (None: off)."""
+    mixup_alpha: float = field(default=0.0, metadata=rng(ge=0, note="0 turns Mixup off"))
+    """Mixup: lambda ~ Beta(alpha, alpha), one lambda per batch (timm's default ``mode='batch'``); images and labels
+    of the batch are mixed with the batch reversed (:mod:`kdlab.data.augment_mix`)."""
+    cutmix_alpha: float = field(default=0.0, metadata=rng(ge=0, note="0 turns CutMix off"))
+    """CutMix: lambda ~ Beta(alpha, alpha), a box of area ``1 - lambda`` pasted from the reversed batch, lambda
+    corrected to the clipped box's area (timm's ``correct_lam``)."""
+    mix_prob: float = field(default=1.0, metadata=rng(ge=0, le=1))
+    """Probability that a batch is mixed at all (timm's ``mixup_prob``)."""
+    mix_switch_prob: float = field(default=0.5, metadata=rng(ge=0, le=1))
+    """With both alphas > 0: probability of CutMix instead of Mixup for a batch (timm's ``mixup_switch_prob``)."""
     imbalance_ratio: float | None = field(
         default=None, metadata=rng(ge=1, note="the largest class is this many times the smallest")
     )
