@@ -103,6 +103,11 @@ class DataConfig:
     """Evaluation batch size."""
     drop_last: bool = False
     """Drop the last incomplete training batch of each epoch."""
+    last_batch_min_fraction: float = field(default=0.125, metadata=rng(ge=0, lt=1))
+    """A last incomplete training batch smaller than this fraction of ``batch_size`` is merged into the previous batch
+    (one batch of up to ``batch_size * (1 + fraction)`` samples) instead of taking a full-lr step on a few samples;
+    0 keeps every last batch as it is. Larger remainders (CIFAR's 50000 % 64 = 16) stay a batch of their own, as in
+    the references (:class:`kdlab.data.loader.BatchPlan`)."""
     augment: Literal["crop_flip", "flip", "none"] = "crop_flip"
     """Batch-wise training augmentation: random crop with padding plus horizontal flip, flip only, or none."""
     crop_padding: int = field(default=4, metadata=rng(ge=0))

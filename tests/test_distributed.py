@@ -361,7 +361,8 @@ def test_loader_shards_are_the_one_process_batch(tmp_path):
 
 
 def test_last_partial_batch_is_trimmed_to_the_world_size(tmp_path):
-    cfg = tiny_config(tmp_path, "data.train_size=81")  # 5 x 16 + 1: one sample left, fewer than the 2 ranks
+    # 5 x 16 + 1: one sample left, fewer than the 2 ranks (kept as a batch: the merge rule is off)
+    cfg = tiny_config(tmp_path, "data.train_size=81", "data.last_batch_min_fraction=0")
     splits = load_dataset(cfg.data)
     loader = DeviceLoader(splits, cfg.data, torch.device("cpu"), seed=0)
     assert loader.steps_per_epoch() == 6

@@ -298,8 +298,7 @@ class StreamingLoader(BatchPlan):
     def step_indices(self, epoch: int, step: int, order: Tensor | None = None) -> Tensor:
         """``[b]`` training indices this rank loads at ``step`` of ``epoch`` (its part of the global batch)."""
         order = self.epoch_order(epoch) if order is None else order
-        b = self.batch_size
-        idx = order[step * b : (step + 1) * b]
+        idx = order[self.step_slice(step)]
         per_rank = self._usable(idx.shape[0]) // self.world_size
         return idx[self.rank * per_rank : (self.rank + 1) * per_rank]
 

@@ -201,9 +201,8 @@ class TokenLoader(BatchPlan):
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """Training batches of ``epoch`` in the seeded order, from ``start_step`` (a mid-epoch resume)."""
         order = self.epoch_order(epoch)
-        b = self.batch_size
         for step in range(start_step, self.steps_per_epoch()):
-            idx = order[step * b : (step + 1) * b]
+            idx = order[self.step_slice(step)]
             if self.world_size > 1:
                 per_rank = self._usable(idx.shape[0]) // self.world_size
                 idx = idx[self.rank * per_rank : (self.rank + 1) * per_rank]
