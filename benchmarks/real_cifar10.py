@@ -21,9 +21,12 @@ as many images as kd), ``kd[holdout,drop_last]`` (kd[holdout] without the epoch'
 ``tgeo_kd[init=inner]`` (tgeo_kd whose ratio starts at the inner kd's own 0.9 instead of 0.5).
 
 Runs go method by method in :data:`RUN_ORDER` (every seed of a method before the next), ``--jobs`` at a time, each
-in its own process with ``train.threads`` = ``--threads``; finished runs are reused, interrupted ones resumed (same
-config only). After every finished run the report is rewritten (marked partial until every run has finished):
-``--report`` (default ``benchmarks/results/real_cifar10.md``) and the same numbers as JSON beside it. The report holds
+in its own process with ``train.threads`` = ``--threads``; finished runs are reused and interrupted ones resumed when
+their recorded config, read by the current code, is the same (more ``--seeds`` or ``--methods`` later make only the
+missing runs; each ``--train-per-class``/``--epochs`` has its own folder); the commit that trained a run is written
+to its ``bench.json`` and listed in the report. After every finished run the report is rewritten (marked partial
+until every run has finished): ``--report`` (default ``benchmarks/results/real_cifar10.md``) and the same numbers as
+JSON beside it. The report holds
 the protocol, the teacher's accuracy, per method the mean ± std of the last-epoch test top-1, the mean ± std of the
 paired difference to ``ce`` with the paired t-test (``scipy.stats.ttest_rel``), the per-seed values and run times,
 the held-out controls, and the learned ratio of the fusion methods (first and last epoch, teacher-right against
@@ -88,8 +91,8 @@ DEFAULT_CONTROLS = "kd[holdout],kd[holdout,drop_last],tgeo_kd[pool],tgeo_kd[init
 #: Order in which the runs are made (all seeds of one label before the next), so that a partial table answers the
 #: issue's questions first: the baseline, kd, the seed methods the issue found below the student, the controls.
 RUN_ORDER = (
-    "ce,kd,tgeo_kd,kd[holdout],simkd,dkd,kd[holdout,drop_last],tgeo_kd[init=inner],crd,dist,tekap(kd),anl_kd,"
-    "ada_kd,wls_kd,rw_kd,mlkd,tgeo_kd[pool]"
+    "ce,kd,kd[holdout],tgeo_kd,tgeo_kd[pool],simkd,dkd,crd,mlkd,dist,tekap(kd),anl_kd,ada_kd,wls_kd,rw_kd,"
+    "kd[holdout,drop_last],tgeo_kd[init=inner]"
 ).split(",")
 #: control -> (what it is compared with, paired by seed)
 CONTROL_PAIRS = {
@@ -114,6 +117,12 @@ def check_data(data: Path) -> tuple[Path, Path]:
             "pass its folder with --data DIR."
         )
     return jpg, ckpt
+
+
+def runs_dir(args: argparse.Namespace) -> Path:
+    """Where the runs of one protocol live: one folder per training-subset size and schedule, so that a larger
+    ``--train-per-class`` or ``--epochs`` keeps the smaller one's runs."""
+    return args.out / f"runs_{args.train_per_class}pc_{args.epochs}ep"
 
 
 def run_name(label: str, seed: int) -> str:
@@ -148,7 +157,7 @@ def run_config(label: str, seed: int, args: argparse.Namespace, jpg: Path, ckpt:
             "seed": seed,
             "device": "cpu",
             "threads": args.threads,
-            "run_dir": str(args.out / "runs"),
+            "run_dir": str(runs_dir(args)),
             "name": run_name(label, seed),
             "eval_every": args.epochs,
             "checkpoint_every": 1,
@@ -162,22 +171,61 @@ def run_config(label: str, seed: int, args: argparse.Namespace, jpg: Path, ckpt:
     return raw
 
 
-def train_one(raw: dict) -> tuple[dict, str]:
-    """Train one run; a finished run of the same config is reused, an interrupted one resumed."""
+def same_config(config_path: Path, cfg: object) -> bool:
+    """Whether the run recorded in ``config_path`` is the run ``cfg`` asks for: its config, read by the current code
+    (fields added since then take their defaults), resolves to the same config."""
+    import yaml
+
     from kdlab.config import build_config, dump_config
+
+    if not config_path.is_file():
+        return False
+    try:
+        recorded = build_config(yaml.safe_load(config_path.read_text()))
+    except Exception:  # a field since removed or renamed: a different run
+        return False
+    return dump_config(recorded) == dump_config(cfg)
+
+
+def code_version() -> str:
+    """The commit of the code that runs (``git rev-parse``; a copy made with ``git archive`` holds it in
+    ``.commit``), with ``+dirty`` for uncommitted changes; ``unknown`` without either."""
+    marker = REPO / ".commit"
+    if marker.is_file():
+        return marker.read_text().strip()
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True
+        )
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "kdlab"], capture_output=True)
+    except OSError:
+        return "unknown"
+    if head.returncode:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def train_one(raw: dict) -> tuple[dict, str]:
+    """Train one run; a finished run of the same config is reused, an interrupted one resumed. The commit of the code
+    that trained it is written beside it (``bench.json``)."""
+    from kdlab.config import build_config
     from kdlab.train.trainer import Trainer
 
     cfg = build_config(raw)
     run_dir = Path(cfg.train.run_dir) / cfg.train.name
-    config_path, summary_path = run_dir / "config.yaml", run_dir / "summary.json"
-    same = config_path.is_file() and config_path.read_text() == dump_config(cfg)
+    summary_path = run_dir / "summary.json"
+    same = same_config(run_dir / "config.yaml", cfg)
     if same and summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         if summary.get("finished"):
             return summary, "reused"
+    how = "trained"
     if same and (run_dir / "checkpoint.pt").is_file():
-        return Trainer(cfg, resume=True).fit(), "resumed"
-    return Trainer(cfg, force=True).fit(), "trained"
+        summary, how = Trainer(cfg, resume=True).fit(), "resumed"
+    else:
+        summary = Trainer(cfg, force=True).fit()
+    (run_dir / "bench.json").write_text(json.dumps({"code": code_version(), "how": how}) + "\n")
+    return summary, how
 
 
 def finished_summary(run_dir: Path) -> dict | None:
@@ -261,9 +309,9 @@ def fmt(x: float | None, sign: bool = False, digits: int = 2) -> str:
 def collect(labels: list[str], seeds: int, out: Path) -> dict:
     results = {}
     for label in labels:
-        r = {"top1": [], "seeds": [], "train_time_s": [], "fusion": []}
+        r = {"top1": [], "seeds": [], "train_time_s": [], "fusion": [], "code": []}
         for seed in range(seeds):
-            run_dir = out / "runs" / run_name(label, seed)
+            run_dir = out / run_name(label, seed)
             summary = finished_summary(run_dir)
             if summary is None:
                 break  # pairs stay aligned by seed: stop at the first missing seed
@@ -271,6 +319,8 @@ def collect(labels: list[str], seeds: int, out: Path) -> dict:
             r["seeds"].append(seed)
             r["train_time_s"].append(summary["train_time_s"])
             r["fusion"].append(fusion_ratio(run_dir))
+            bench = run_dir / "bench.json"
+            r["code"].append(json.loads(bench.read_text())["code"] if bench.is_file() else "unknown")
         results[label] = r
     return results
 
@@ -286,6 +336,7 @@ def report(
 ) -> str:
     base = results.get("ce", {}).get("top1", [])
     n_train = args.train_per_class * 10
+    codes = sorted({c for r in results.values() for c in r["code"]})
     lines = [
         "# Real-data evidence: CIFAR-10 (JPEG copy)",
         "",
@@ -313,6 +364,8 @@ def report(
         f"- CPU, {args.threads} thread(s) per run, {args.jobs} runs at a time on a machine shared with other jobs "
         f"(run times are indicative only). Wall time so far {elapsed / 60:.0f} min. torch {_torch_version()}, "
         f"Python {platform.python_version()}.",
+        f"- Code: kdlab at commit {', '.join(codes) or 'n/a'} (the commit that trained each run is in its "
+        "`bench.json`).",
         "",
         "## Results",
         "",
@@ -466,7 +519,7 @@ def main() -> None:
 
     def write(complete: bool) -> None:
         with lock:
-            results = collect(labels, args.seeds, args.out)
+            results = collect(labels, args.seeds, runs_dir(args))
             text = report(results, methods, controls, args, teacher, time.perf_counter() - t0, complete)
             args.report.write_text(text)
             payload = {
