@@ -88,12 +88,19 @@ VARIANTS: dict[str, tuple[dict, object]] = {
 }
 DEFAULT_METHODS = "ce,kd,tekap(kd),dist,dkd,mlkd,crd,simkd,tgeo_kd,anl_kd,ada_kd,wls_kd,rw_kd"
 DEFAULT_CONTROLS = "kd[holdout],kd[holdout,drop_last],tgeo_kd[pool],tgeo_kd[init=inner]"
+
+
+def split_labels(text: str) -> list[str]:
+    """Comma-separated labels; a comma inside brackets belongs to the label (``kd[holdout,drop_last]``)."""
+    return [part.strip() for part in re.split(r",(?![^\[]*\])", text) if part.strip()]
+
+
 #: Order in which the runs are made (all seeds of one label before the next), so that a partial table answers the
 #: issue's questions first: the baseline, kd, the seed methods the issue found below the student, the controls.
-RUN_ORDER = (
+RUN_ORDER = split_labels(
     "ce,kd,kd[holdout],tgeo_kd,tgeo_kd[pool],simkd,dkd,crd,mlkd,dist,tekap(kd),anl_kd,ada_kd,wls_kd,rw_kd,"
     "kd[holdout,drop_last],tgeo_kd[init=inner]"
-).split(",")
+)
 #: control -> (what it is compared with, paired by seed)
 CONTROL_PAIRS = {
     "kd[holdout]": "kd",
@@ -492,8 +499,7 @@ def main() -> None:
     log.setLevel(logging.INFO)
     if args.epochs < 1 or args.seeds < 1 or args.jobs < 1:
         p.error("--epochs, --seeds and --jobs must be >= 1")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    controls = [m.strip() for m in args.controls.split(",") if m.strip()]
+    methods, controls = split_labels(args.methods), split_labels(args.controls)
     unknown = [m for m in [*methods, *controls] if m not in VARIANTS]
     if unknown or any(c not in CONTROL_PAIRS for c in controls):
         p.error(f"unknown label(s) {unknown or controls}; known: {', '.join(VARIANTS)}")
