@@ -21,17 +21,22 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/kdlab demo
 
+# Tests run on one pytest-xdist worker per CPU core (each worker keeps torch at one thread: tests/conftest.py);
+# TEST_WORKERS=0 runs them in this process (e.g. to debug with -x/--pdb), TEST_WORKERS=4 sets the count.
+TEST_WORKERS ?= auto
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+
 # the default suite (a few minutes); the slow integration tests (full CLI demos, long runs) run in CI: `make test-ci`
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PYTEST) -m slow
 
 test-ci: test test-slow
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 # timm needs torchvision; this installs both (a large download) and runs the timm adapter tests.
 test-extras: $(STAMP)

@@ -28,13 +28,36 @@ def _private_cache_dir(tmp_path_factory):
         os.environ["KDLAB_CACHE_DIR"] = old
 
 
+def _xdist_worker() -> bool:
+    """True in a pytest-xdist worker (``make test`` runs the suite on one worker per core: ``-n auto``)."""
+    import os
+
+    return bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+
+def pytest_configure(config):
+    """In an xdist worker: torch at one thread (the workers already use every core; more threads per worker only
+    oversubscribe), also in the subprocesses the tests start (``OMP_NUM_THREADS``/``MKL_NUM_THREADS``)."""
+    if not _xdist_worker():
+        return
+    import os
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _torch_defaults():
-    """Seed and keep torch single-threaded per test (the CI machine has 2 cores), restore dtype afterwards."""
+    """Seed torch per test; restore the default dtype and the thread count afterwards (a run sets
+    ``train.threads``, which would otherwise leak into the next test)."""
     torch.manual_seed(0)
     dtype = torch.get_default_dtype()
+    threads = torch.get_num_threads()
     yield
     torch.set_default_dtype(dtype)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def tiny_config(tmp_path: Path, *overrides: str, method: str = "ce", teacher_ckpt: str | None = None) -> RunConfig:
