@@ -166,28 +166,42 @@ class DataConfig:
 class OptimConfig:
     """Optimiser and learning-rate schedule; defaults are the CIFAR-100 KD benchmark recipe."""
 
-    name: Literal["sgd", "adamw"] = "sgd"
-    """Optimiser."""
+    name: Literal["sgd", "adamw", "rmsprop_tf"] = "sgd"
+    """Optimiser: ``sgd``, ``adamw``, or ``rmsprop_tf`` (RMSProp in TensorFlow's form, epsilon inside the square root:
+    :class:`kdlab.train.optim.RMSpropTF`; DIST's strategy B2)."""
     lr: float = field(default=0.05, metadata=rng(gt=0))
     """Peak learning rate (0.01 for MobileNet/ShuffleNet students in the CIFAR recipes)."""
     momentum: float = field(default=0.9, metadata=rng(ge=0, lt=1))
-    """SGD momentum."""
+    """Momentum of ``sgd`` and ``rmsprop_tf``."""
     nesterov: bool = False
     """SGD Nesterov momentum."""
     weight_decay: float = field(default=5e-4, metadata=rng(ge=0))
     """Weight decay (applied to all parameters, as in the benchmark)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=rng(ge=0, lt=1))
     """AdamW betas."""
-    schedule: Literal["step", "cosine", "constant"] = "step"
-    """``step``: multiply by ``gamma`` after each milestone epoch; ``cosine``: cosine decay to ``min_lr``."""
+    alpha: float = field(default=0.9, metadata=rng(ge=0, lt=1))
+    """``rmsprop_tf``: decay of the running mean of squared gradients (TensorFlow's ``decay``)."""
+    eps: float | None = field(default=None, metadata=rng(gt=0))
+    """Epsilon of ``adamw`` and ``rmsprop_tf``; None: 1e-8 for ``adamw``, 1e-3 for ``rmsprop_tf`` (TensorFlow's
+    EfficientNet recipe; added inside the square root there)."""
+    schedule: Literal["step", "cosine", "constant", "exp_step"] = "step"
+    """``step``: multiply by ``gamma`` after each milestone epoch; ``cosine``: cosine decay to ``min_lr``;
+    ``exp_step``: multiply by ``gamma`` every ``decay_epochs`` (fractional periods allowed: x0.97 every 2.4 epochs)."""
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210], metadata=rng(ge=1))
     """``step`` schedule: epochs after which the LR is multiplied by ``gamma`` (1-based, as the references)."""
     gamma: float = field(default=0.1, metadata=rng(gt=0))
-    """``step`` schedule: decay factor."""
+    """``step`` and ``exp_step`` schedules: decay factor."""
+    decay_epochs: float = field(default=2.4, metadata=rng(gt=0))
+    """``exp_step`` schedule: period of the decay in epochs (may be fractional)."""
+    schedule_updates: Literal["auto", "step", "epoch"] = "auto"
+    """How often the schedule moves: ``step`` (every optimiser step, from fractional epochs), ``epoch`` (at epoch
+    starts), ``auto`` (``step`` and ``constant`` per epoch, ``cosine`` and ``exp_step`` per step)."""
     min_lr: float = field(default=0.0, metadata=rng(ge=0))
     """``cosine`` schedule: final learning rate."""
     warmup_epochs: float = field(default=0.0, metadata=rng(ge=0))
-    """Linear warm-up from 0 over this many epochs (per step)."""
+    """Linear warm-up from ``warmup_lr`` over this many epochs (per step)."""
+    warmup_lr: float = field(default=0.0, metadata=rng(ge=0))
+    """Learning rate the warm-up starts from (it reaches the schedule's rate at the end of ``warmup_epochs``)."""
 
 
 @dataclass(kw_only=True)
@@ -236,6 +250,19 @@ class TrainConfig:
     """Evaluation metrics (``kdlab.metrics``: top1, top5, auc, nll, ece); empty: the dataset's defaults."""
     select_by: str = "top1"
     """Metric choosing the best epoch in ``summary.json`` (higher is better: top1, top5, auc; lower: nll, ece, loss)."""
+    label_smoothing: float = field(default=0.0, metadata=rng(ge=0, lt=1))
+    """Label smoothing of every method's cross-entropy term with the labels (``StepIO.cross_entropy``); a method's own
+    ``method.label_smoothing`` (where it has one) must then be 0 or equal."""
+    ema_decay: float | None = field(default=None, metadata=rng(gt=0, lt=1))
+    """Keep an exponential moving average of the deployable student with this decay per optimiser step (None: off;
+    DIST's B2: 0.9999); it is evaluated beside the raw weights (:mod:`kdlab.train.ema`)."""
+    ema_warmup: Literal["off", "tf", "power"] = "off"
+    """Warm-up of the EMA decay at update n (0-based): ``tf`` ``min(decay, (1 + n) / (10 + n))`` (TensorFlow's
+    ``num_updates``); ``power`` ``min(decay, 1 - (1 + n) ** -ema_warmup_power)`` (timm's ``ModelEmaV3``)."""
+    ema_warmup_power: float = field(default=0.75, metadata=rng(gt=0, le=1))
+    """``ema_warmup: power``: the exponent (timm: 2/3 for runs of a million steps or more, 3/4 for shorter ones)."""
+    ema_export: bool = False
+    """Write the EMA weights (instead of the raw weights) to ``student.pt``; needs ``ema_decay``."""
 
 
 @dataclass(kw_only=True)

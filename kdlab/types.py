@@ -124,12 +124,14 @@ class StepIO:
         teachers: one mapping per teacher (real teachers, or synthetic views of one teacher), by view name.
         batch: the batch (labels, dataset indices, images).
         progress: where training stands.
+        label_smoothing: the run's ``train.label_smoothing``, applied by :meth:`cross_entropy`.
     """
 
     student: Mapping[str, Outputs]
     teachers: tuple[Mapping[str, Outputs], ...]
     batch: Batch
     progress: Progress = field(default_factory=Progress)
+    label_smoothing: float = 0.0
 
     @property
     def s(self) -> Outputs:
@@ -147,6 +149,18 @@ class StepIO:
     def y(self) -> Tensor:
         """``[B]`` labels."""
         return self.batch.y
+
+    def cross_entropy(self, logits: Tensor, label_smoothing: float = 0.0, reduction: str = "mean") -> Tensor:
+        """The task term: cross-entropy of student ``logits`` (``[B, K]``) with the batch's labels.
+
+        Every method's cross-entropy with the labels goes through here, so that run-level settings reach all of
+        them: label smoothing is the method's own ``label_smoothing`` when it is > 0, else the run's
+        ``train.label_smoothing`` (:attr:`label_smoothing`). Returns a scalar, or ``[B]`` with ``reduction="none"``.
+        """
+        from kdlab.losses import cross_entropy
+
+        eps = label_smoothing if label_smoothing > 0 else self.label_smoothing
+        return cross_entropy(logits, self.y, eps, reduction)
 
     def teacher_logits(self, view: str = DEFAULT_VIEW) -> Tensor:
         """``[M, B, K]``: the logits of all ``M`` teachers (or synthetic views) on ``view``, stacked."""

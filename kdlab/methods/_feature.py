@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from kdlab import losses
 from kdlab.config import MethodConfig
 from kdlab.methods.base import BuildContext, DistillMethod
 from kdlab.models.base import TapError
@@ -117,4 +116,4 @@ class FeatureMethod(DistillMethod):
 
     def ce(self, io: StepIO) -> Tensor:
         """``ce_weight * CE(z_s, y)`` with the configured label smoothing."""
-        return self.cfg.ce_weight * losses.cross_entropy(io.s.logits, io.y, self.cfg.label_smoothing)
+        return self.cfg.ce_weight * io.cross_entropy(io.s.logits, self.cfg.label_smoothing)

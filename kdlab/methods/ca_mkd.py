@@ -198,7 +198,7 @@ class CAMKD(DistillMethod):
         self._check_teachers(io)
         s = io.s.logits
         terms = {
-            "ce": cfg.ce_weight * losses.cross_entropy(s, io.y),
+            "ce": cfg.ce_weight * io.cross_entropy(s),
             "kd": cfg.kd_weight * self.kd_term(io),
         }
         if self.student_tap:

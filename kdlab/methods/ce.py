@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kdlab import losses
 from kdlab.config import MethodConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import DistillMethod
@@ -29,4 +28,4 @@ class CE(DistillMethod):
         return Needs(teacher=False)
 
     def loss(self, io: StepIO) -> LossOut:
-        return LossOut({"ce": losses.cross_entropy(io.s.logits, io.y, self.cfg.label_smoothing)})
+        return LossOut({"ce": io.cross_entropy(io.s.logits, self.cfg.label_smoothing)})

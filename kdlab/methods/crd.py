@@ -315,7 +315,7 @@ class CRD(DistillMethod):
         if first_call or cfg.reference_quirks:
             self._pending.append((index, v_s.detach(), v_t.detach()))
         s_logits = io.s.logits
-        terms = {"ce": cfg.ce_weight * losses.cross_entropy(s_logits, io.y)}
+        terms = {"ce": cfg.ce_weight * io.cross_entropy(s_logits)}
         if cfg.kd_weight:
             terms["kd"] = cfg.kd_weight * losses.kd(s_logits, io.teacher_logits(), cfg.kd_temperature).mean()
         terms["crd"] = cfg.crd_weight * (nce_s + nce_t)

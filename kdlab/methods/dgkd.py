@@ -130,7 +130,7 @@ class DGKD(DistillMethod):
             kd_term = torch.where(mask, per_guide, torch.zeros_like(per_guide)).sum()
         return LossOut(
             {
-                "ce": cfg.ce_weight * losses.cross_entropy(s, io.y),
+                "ce": cfg.ce_weight * io.cross_entropy(s),
                 "kd": cfg.kd_weight * kd_term,
             },
         )

@@ -65,7 +65,7 @@ class DIST(DistillMethod):
         per_teacher = losses.dist(s_all, t_all, cfg.beta, cfg.gamma, cfg.tau)
         return LossOut(
             {
-                "ce": cfg.ce_weight * losses.cross_entropy(s, io.y, cfg.label_smoothing),
+                "ce": cfg.ce_weight * io.cross_entropy(s, cfg.label_smoothing),
                 "dist": cfg.dist_weight * per_teacher.mean(),
             }
         )

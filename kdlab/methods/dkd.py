@@ -78,7 +78,7 @@ class DKD(DistillMethod):
         factor = dkd_warmup_factor(io.progress, cfg.warmup_epochs)
         return LossOut(
             {
-                "ce": cfg.ce_weight * losses.cross_entropy(s, io.y, cfg.label_smoothing),
+                "ce": cfg.ce_weight * io.cross_entropy(s, cfg.label_smoothing),
                 "dkd": factor * per_teacher.mean(),
             },
             metrics={"dkd_warmup": s.new_tensor(factor)},

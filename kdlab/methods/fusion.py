@@ -123,7 +123,7 @@ class SampleTerms:
 def _kd_terms(m: KD, io: StepIO) -> SampleTerms:
     c, s = m.cfg, io.s.logits
     kd = losses.kd(s, io.teacher_logits(), c.temperature, standardize=c.standardize, reduction="none").mean(dim=0)
-    gt = losses.cross_entropy(s, io.y, c.label_smoothing, reduction="none")
+    gt = io.cross_entropy(s, c.label_smoothing, reduction="none")
     return SampleTerms(kd, gt, c.kd_weight, c.ce_weight, "kd")
 
 
@@ -133,14 +133,14 @@ def _dkd_terms(m: DKD, io: StepIO) -> SampleTerms:
         s, io.teacher_logits(), io.y, c.alpha, c.beta, c.temperature, standardize=c.standardize, reduction="none"
     )
     kd = dkd_warmup_factor(io.progress, c.warmup_epochs) * per.mean(dim=0)
-    gt = losses.cross_entropy(s, io.y, c.label_smoothing, reduction="none")
+    gt = io.cross_entropy(s, c.label_smoothing, reduction="none")
     return SampleTerms(kd, gt, 1.0, c.ce_weight, "dkd")
 
 
 def _dist_terms(m: DIST, io: StepIO) -> SampleTerms:
     c, s = m.cfg, io.s.logits
     kd = losses.dist(s, io.teacher_logits(), c.beta, c.gamma, c.tau, reduction="none").mean(dim=0)
-    gt = losses.cross_entropy(s, io.y, c.label_smoothing, reduction="none")
+    gt = io.cross_entropy(s, c.label_smoothing, reduction="none")
     return SampleTerms(kd, gt, c.dist_weight, c.ce_weight, "dist")
 
 

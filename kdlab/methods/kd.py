@@ -49,7 +49,7 @@ class KD(DistillMethod):
         kd_term = losses.kd(s, io.teacher_logits(), cfg.temperature, standardize=cfg.standardize).mean()
         return LossOut(
             {
-                "ce": cfg.ce_weight * losses.cross_entropy(s, io.y, cfg.label_smoothing),
+                "ce": cfg.ce_weight * io.cross_entropy(s, cfg.label_smoothing),
                 "kd": cfg.kd_weight * kd_term,
             }
         )

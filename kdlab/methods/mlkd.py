@@ -125,9 +125,7 @@ class MLKD(DistillMethod):
         class_level = _masked_mean(class_rows, class_mask, quirks)
         batch_level = _masked_mean(batch_rows, sample_mask, quirks)
 
-        ce = losses.cross_entropy(s_weak, io.y, cfg.label_smoothing) + losses.cross_entropy(
-            s_strong, io.y, cfg.label_smoothing
-        )
+        ce = io.cross_entropy(s_weak, cfg.label_smoothing) + io.cross_entropy(s_strong, cfg.label_smoothing)
         w = cfg.kd_weight
         return LossOut(
             {

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kdlab import losses
 from kdlab.config import MethodConfig
 from kdlab.losses.logit import mean_teacher_kd
 from kdlab.methods import register_method
@@ -50,7 +49,7 @@ class MeanTeacherKD(DistillMethod):
         s = io.s.logits
         return LossOut(
             {
-                "ce": cfg.ce_weight * losses.cross_entropy(s, io.y),
+                "ce": cfg.ce_weight * io.cross_entropy(s),
                 "kd": cfg.kd_weight * mean_teacher_kd(s, io.teacher_logits(), cfg.temperature),
             }
         )

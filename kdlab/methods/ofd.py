@@ -118,4 +118,4 @@ class OFD(DistillMethod):
             source = connector(io.s.taps[s_tap])
             target = F.adaptive_avg_pool2d(io.t.taps[t_tap], source.shape[-2:])
             total = total + losses.ofd(source, target, margin) / 2 ** (n - i - 1)
-        return LossOut({"ce": cfg.ce_weight * losses.cross_entropy(io.s.logits, io.y), "ofd": cfg.ofd_weight * total})
+        return LossOut({"ce": cfg.ce_weight * io.cross_entropy(io.s.logits), "ofd": cfg.ofd_weight * total})

@@ -168,7 +168,7 @@ class ReviewKD(DistillMethod):
         factor = self.warmup_factor(io.progress.epoch)
         return LossOut(
             {
-                "ce": cfg.ce_weight * losses.cross_entropy(io.s.logits, io.y),
+                "ce": cfg.ce_weight * io.cross_entropy(io.s.logits),
                 "review_kd": cfg.review_weight * factor * hcl,
             }
         )

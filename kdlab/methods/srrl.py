@@ -94,7 +94,7 @@ class SRRL(DistillMethod):
         t_logits = io.t.logits
         srrl = losses.srrl(s_feat, io.t.taps["pool"], self.teacher_head(s_feat), t_logits)
         s_logits = io.s.logits
-        terms = {"ce": cfg.ce_weight * losses.cross_entropy(s_logits, io.y)}
+        terms = {"ce": cfg.ce_weight * io.cross_entropy(s_logits)}
         if cfg.kd_weight:
             terms["kd"] = cfg.kd_weight * losses.kd(s_logits, io.teacher_logits(), cfg.temperature).mean()
         terms["srrl"] = cfg.srrl_weight * srrl

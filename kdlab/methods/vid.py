@@ -117,4 +117,4 @@ class VID(DistillMethod):
         ):
             s_feat, t_feat = pool_to_smaller(io.s.taps[s_tap], io.t.taps[t_tap])
             total = total + losses.vid_nll(regressor(s_feat), t_feat, log_scale, cfg.eps)
-        return LossOut({"ce": cfg.ce_weight * losses.cross_entropy(io.s.logits, io.y), "vid": cfg.vid_weight * total})
+        return LossOut({"ce": cfg.ce_weight * io.cross_entropy(io.s.logits), "vid": cfg.vid_weight * total})

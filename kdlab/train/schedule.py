@@ -1,4 +1,21 @@
-"""Learning-rate schedules as pure functions of training progress (no scheduler state to checkpoint)."""
+"""Learning-rate schedules as pure functions of training progress (no scheduler state to checkpoint).
+
+The schedules of the training strategies (DIST, Huang et al., NeurIPS 2022, Table 1):
+
+- ``step``: ``lr * gamma ** (number of milestones passed)``, the CIFAR recipes (A1) and torchvision's 100-epoch
+  ImageNet recipe (B1, x0.1 every 30 epochs).
+- ``exp_step``: ``lr * gamma ** floor(t / decay_epochs)`` with a fractional period, TensorFlow's
+  ``exponential_decay(..., staircase=True)`` over the global step as in the EfficientNet recipe (B2: x0.97 every 2.4
+  epochs), the same rule as timm's ``StepLRScheduler(decay_t=2.4, decay_rate=0.97)``.
+- ``cosine``: from ``lr`` to ``min_lr`` (B3).
+- ``constant``.
+
+``t`` is the progress in epochs. ``optim.schedule_updates`` decides whether it moves every optimiser step (fractional
+epochs, ``t = step / steps_per_epoch``) or at epoch starts (``t = epoch``); ``auto`` keeps each schedule's reference
+granularity (``step``/``constant`` per epoch as RepDistiller, ``cosine``/``exp_step`` per step as TensorFlow and
+timm's per-update schedulers). A linear warm-up from ``warmup_lr`` over ``warmup_epochs`` (always per step)
+reaches the schedule's rate at its end; the schedule itself is not shifted by the warm-up (as timm's schedulers).
+"""
 
 from __future__ import annotations
 
@@ -7,23 +24,48 @@ import math
 from kdlab.config import OptimConfig
 from kdlab.types import Progress
 
+#: The granularity ``optim.schedule_updates: auto`` gives each schedule.
+AUTO_UPDATES = {"step": "epoch", "constant": "epoch", "cosine": "step", "exp_step": "step"}
+
+
+def schedule_updates(cfg: OptimConfig) -> str:
+    """``"step"`` or ``"epoch"``: how often the schedule of ``cfg`` moves (``optim.schedule_updates`` resolved)."""
+    return AUTO_UPDATES[cfg.schedule] if cfg.schedule_updates == "auto" else cfg.schedule_updates
+
+
+def schedule_epochs(cfg: OptimConfig, progress: Progress) -> float:
+    """The progress ``t`` in epochs the schedule reads at ``progress``: fractional per step, whole per epoch."""
+    if schedule_updates(cfg) == "epoch":
+        return float(progress.epoch)
+    return progress.step / max(progress.steps_per_epoch, 1)
+
 
 def learning_rate(cfg: OptimConfig, progress: Progress) -> float:
     """The learning rate of the step at ``progress``.
 
-    ``step``: ``lr * gamma ** (number of milestones m with epoch_1based > m)``, constant within an epoch, as the
-    CIFAR KD references (RepDistiller ``adjust_learning_rate``). ``cosine``: per step from ``lr`` to ``min_lr``.
-    A linear warm-up over ``warmup_epochs`` (per step) multiplies either.
+    ``step``: ``lr * gamma ** (number of milestones m with t >= m)``: per epoch (the default) this is
+    ``epoch_1based > m``, as the CIFAR KD references (RepDistiller ``adjust_learning_rate``). ``exp_step``:
+    ``lr * gamma ** floor(t / decay_epochs)``. ``cosine``: ``min_lr + (lr - min_lr) (1 + cos(pi t / T)) / 2`` over
+    the ``T`` epochs of the stage. During a warm-up of ``W = warmup_epochs * steps_per_epoch`` steps, step ``s``
+    (0-based) runs at ``warmup_lr + (rate - warmup_lr) * (s + 1) / W``.
     """
+    t = schedule_epochs(cfg, progress)
     if cfg.schedule == "step":
-        epoch_1based = progress.epoch + 1
-        lr = cfg.lr * cfg.gamma ** sum(epoch_1based > m for m in cfg.milestones)
+        lr = cfg.lr * cfg.gamma ** sum(t >= m for m in cfg.milestones)
+    elif cfg.schedule == "exp_step":
+        # a small tolerance so that t = k * decay_epochs computed in floating point (2.4 * 5 / 2.4) counts as k periods
+        lr = cfg.lr * cfg.gamma ** math.floor(t / cfg.decay_epochs + 1e-9)
     elif cfg.schedule == "cosine":
-        t = min(progress.step / max(progress.total_steps, 1), 1.0)
-        lr = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
+        per_step = schedule_updates(cfg) == "step"
+        frac = min(progress.step / max(progress.total_steps, 1) if per_step else t / max(progress.total_epochs, 1), 1.0)
+        lr = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
     else:
         lr = cfg.lr
     if cfg.warmup_epochs > 0:
         warm_steps = cfg.warmup_epochs * progress.steps_per_epoch
-        lr *= min((progress.step + 1) / warm_steps, 1.0)
+        if progress.step + 1 < warm_steps:
+            lr = cfg.warmup_lr + (lr - cfg.warmup_lr) * ((progress.step + 1) / warm_steps)
     return lr
+
+
+__all__ = ["AUTO_UPDATES", "learning_rate", "schedule_epochs", "schedule_updates"]
