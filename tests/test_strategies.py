@@ -157,7 +157,9 @@ def test_cosine_per_epoch_when_asked():
     cfg = _optim(lr=5e-4, schedule="cosine", min_lr=1e-5, schedule_updates="epoch")
     for step in (0, 5, 9, 10, 155):
         t = (step // 10) / 300
-        assert _lr(cfg, step, total_epochs=300) == pytest.approx(1e-5 + 0.5 * (5e-4 - 1e-5) * (1 + math.cos(math.pi * t)))
+        assert _lr(cfg, step, total_epochs=300) == pytest.approx(
+            1e-5 + 0.5 * (5e-4 - 1e-5) * (1 + math.cos(math.pi * t))
+        )
 
 
 def test_warmup_from_a_start_rate_reaches_the_schedule_without_shifting_it():
@@ -251,9 +253,9 @@ def test_ema_state_round_trips_and_reset_copies():
 
 
 def test_ema_config_errors_name_the_fix():
-    with pytest.raises(ConfigError, match="train.ema_decay"):
+    with pytest.raises(ConfigError, match=r"train\.ema_decay"):
         build_ema(build_config({"train": {"ema_export": True}}).train, nn.Linear(1, 1))
-    with pytest.raises(ConfigError, match="train.ema_decay"):
+    with pytest.raises(ConfigError, match=r"train\.ema_decay"):
         build_ema(build_config({"train": {"ema_warmup": "tf"}}).train, nn.Linear(1, 1))
     assert build_ema(build_config({}).train, nn.Linear(1, 1)) is None
     with pytest.raises(ConfigError, match="ema_decay"):
@@ -264,3 +266,91 @@ def test_ema_metrics_are_recorded_beside_the_raw_ones():
     rec = with_ema_metrics({"top1": 50.0, "top5": 90.0, "n": 10}, {"top1": 52.0, "top5": 91.0, "n": 10})
     assert rec == {"top1": 50.0, "top5": 90.0, "n": 10, "ema_top1": 52.0, "ema_top5": 91.0}
     assert ema_record(rec) == {"top1": 52.0, "top5": 91.0}
+
+
+# ------------------------------------------------------------------------------------------------ label smoothing
+def test_step_io_cross_entropy_is_the_smoothed_target_formula():
+    from kdlab.types import Batch, Outputs, StepIO
+
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(6, 5, generator=g), torch.randint(0, 5, (6,), generator=g)
+    io = StepIO({"x": Outputs(logits)}, (), Batch(x=torch.zeros(6, 1), y=y, index=torch.arange(6)), label_smoothing=0.1)
+    q = 0.9 * torch.nn.functional.one_hot(y, 5) + 0.1 / 5
+    expected = -(q * logits.log_softmax(-1)).sum(-1)
+    torch.testing.assert_close(io.cross_entropy(logits, reduction="none"), expected)
+    torch.testing.assert_close(io.cross_entropy(logits), expected.mean())
+    # a method's own non-zero value wins (the build refuses a disagreement: test_label_smoothing_conflict_is_refused)
+    q2 = 0.8 * torch.nn.functional.one_hot(y, 5) + 0.2 / 5
+    torch.testing.assert_close(io.cross_entropy(logits, 0.2), -(q2 * logits.log_softmax(-1)).sum(-1).mean())
+    plain = io.replace(label_smoothing=0.0).cross_entropy(logits)
+    torch.testing.assert_close(plain, torch.nn.functional.cross_entropy(logits, y))
+
+
+def test_label_smoothing_conflict_is_refused():
+    from kdlab.train.strategy import check_label_smoothing
+
+    ok = build_config({"method": {"name": "kd", "label_smoothing": 0.1}, "train": {"label_smoothing": 0.1}})
+    check_label_smoothing(ok)
+    bad = build_config({"method": {"name": "kd", "label_smoothing": 0.2}, "train": {"label_smoothing": 0.1}})
+    with pytest.raises(ConfigError, match=r"train.label_smoothing=0.1 and method.label_smoothing=0.2"):
+        check_label_smoothing(bad)
+    nested = build_config(
+        {
+            "method": {"name": "tekap", "inner": {"name": "kd", "label_smoothing": 0.3}},
+            "train": {"label_smoothing": 0.1},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"method.inner.label_smoothing=0.3"):
+        check_label_smoothing(nested)
+
+
+def _all_methods():
+    from kdlab.methods import METHODS
+
+    return METHODS.names()
+
+
+@pytest.mark.parametrize("method", _all_methods())
+def test_every_methods_cross_entropy_term_honours_the_run_label_smoothing(tmp_path, method, monkeypatch):
+    """Generated from the method registry: in the main stage, every method's cross-entropy with the labels goes through
+    ``StepIO.cross_entropy`` with the run's smoothing, and its ``ce`` term changes with it."""
+    import dataclasses
+
+    import kdlab.losses
+    from kdlab.methods import METHODS
+    from kdlab.methods.base import MAIN_STAGE
+    from kdlab.train.trainer import Trainer
+    from kdlab.types import StepIO
+
+    from conftest import tiny_config
+
+    extra = [f"model.student={s}"] if (s := METHODS.meta(method).get("test_student")) else []
+    if method == "simkd":
+        extra.append("method.ce_weight=1.0")  # SimKD weights its CE 0 by default, as its reference
+    trainer = Trainer(tiny_config(tmp_path, *extra, method=method))
+    try:
+        batch = next(trainer.run.data.train_batches(0))
+        teachers = trainer.teacher_outputs(batch) if trainer.run.teachers else ()
+        student = trainer.step_module.student_outputs(batch)
+        progress = dataclasses.replace(trainer.start, stage=MAIN_STAGE, epoch=1, step=7, step_in_epoch=1)
+        io = StepIO(student, teachers, batch, progress)
+        calls = []
+        real = kdlab.losses.cross_entropy
+
+        def spy(logits, y, label_smoothing=0.0, reduction="mean"):
+            calls.append(label_smoothing)
+            return real(logits, y, label_smoothing, reduction)
+
+        monkeypatch.setattr(kdlab.losses, "cross_entropy", spy)
+        with torch.no_grad():
+            torch.manual_seed(0)
+            plain = trainer.run.method.loss(io)
+            plain_calls, calls[:] = list(calls), []
+            torch.manual_seed(0)
+            smoothed = trainer.run.method.loss(io.replace(label_smoothing=0.1))
+        assert plain_calls and all(eps == 0.0 for eps in plain_calls)
+        assert calls and all(eps == 0.1 for eps in calls), calls
+        assert "ce" in plain.terms, f"{method}: its cross-entropy term should be named 'ce'"
+        assert not torch.equal(plain.terms["ce"], smoothed.terms["ce"])
+    finally:
+        trainer.lock.release()
