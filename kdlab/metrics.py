@@ -18,6 +18,16 @@ Registered metrics (``kdlab list metrics``):
   unweighted mean of the one-vs-rest AUCs of the classes that have both positives and negatives in the split,
   as ``roc_auc_score(y, p, multi_class="ovr", average="macro")`` when every class is present. Its state is the
   ``[N, K]`` probabilities (gathered from all processes by :meth:`Metric.sync`).
+- ``miou``: mean intersection-over-union in percent, ``mean_c TP_c / (TP_c + FP_c + FN_c)`` over the classes that
+  occur in the labels or the predictions (as ``mmseg``'s ``nanmean``), from a ``[K, K]`` confusion matrix kept on the
+  device and summed over processes; the per-class IoUs are reported as ``miou_per_class`` (NaN for an absent class).
+- ``pixel_acc``: ``sum_c TP_c / (number of labelled pixels)`` in percent, from the same confusion matrix.
+
+Dense predictions (segmentation): logits ``[B, K, h, w]`` and labels ``[B, H, W]`` with :data:`IGNORE_INDEX` are turned
+into rows by :func:`dense_rows` before any metric sees them: the logits are upsampled bilinearly to the label size
+(``align_corners=True``, as the CIRKD / DIST evaluation) and every labelled pixel becomes one ``[K]`` row, ignored
+pixels are dropped. Every metric is therefore defined per pixel (``top1`` is the pixel accuracy, ``nll`` the mean
+per-pixel cross-entropy) and ``n`` counts labelled pixels.
 
 :func:`evaluate` runs a model over batches and returns every requested metric plus ``loss`` (mean cross-entropy)
 and ``n``; :func:`select_key` says which direction is better for ``train.select_by``.
@@ -38,6 +48,33 @@ DEFAULT_METRICS: tuple[str, ...] = ("top1", "top5")
 
 #: Values of an evaluation record that are not metrics but may be selected by (``loss``: mean cross-entropy).
 _EXTRA_DIRECTIONS = {"loss": False}
+
+#: Label of pixels that no loss term and no metric counts (Cityscapes' and VOC's 255).
+IGNORE_INDEX = 255
+
+
+def dense_rows(logits: Tensor, y: Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
+    """Per-pixel rows of a dense prediction; classification inputs pass unchanged.
+
+    Args:
+        logits: ``[B, K]``, or ``[B, K, h, w]`` (any resolution; upsampled to ``[H, W]`` bilinearly with
+            ``align_corners=True`` when it differs from the labels').
+        y: ``[B]``, or ``[B, H, W]`` int64 labels with ``ignore_index`` for unlabelled pixels.
+        ignore_index: label excluded from the rows.
+
+    Returns:
+        ``(rows [P, K], labels [P])``: one row per labelled pixel (``P <= B * H * W``), or the inputs unchanged.
+    """
+    if logits.dim() != 4:
+        return logits, y
+    size = tuple(y.shape[-2:])
+    if tuple(logits.shape[-2:]) != size:
+        logits = torch.nn.functional.interpolate(logits, size, mode="bilinear", align_corners=True)
+    k = logits.shape[1]
+    rows = logits.permute(0, 2, 3, 1).reshape(-1, k)
+    labels = y.reshape(-1)
+    keep = labels != ignore_index
+    return rows[keep], labels[keep]
 
 
 class Metric:
@@ -213,12 +250,60 @@ class AUC(Metric):
         return float(aucs.mean()) if aucs.numel() else math.nan
 
 
+class ConfusionMatrix(Metric):
+    """A metric read from the ``[K, K]`` confusion matrix (rows: labels, columns: predicted classes), float64 on the
+    device (exact up to 2**53 pixels) and summed over processes; ``sums`` holds it (the name every summed metric
+    state has)."""
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        super().__init__(num_classes, device)
+        self.sums = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=self.device)
+
+    def update(self, logits: Tensor, y: Tensor) -> None:
+        k = self.num_classes
+        pred = logits.argmax(dim=1)
+        cells = torch.bincount(y * k + pred, minlength=k * k)
+        self.sums += cells.view(k, k).to(torch.float64)
+
+    def sync(self, reduce_sum: Callable[[Tensor], Tensor], gather_rows: Callable[[Tensor], Tensor]) -> None:
+        self.sums = reduce_sum(self.sums)
+
+    def iou(self) -> Tensor:
+        """``[K]`` float64 per-class IoU, NaN for a class absent from both labels and predictions."""
+        tp = self.sums.diagonal()
+        union = self.sums.sum(0) + self.sums.sum(1) - tp
+        return torch.where(union > 0, tp / union.clamp_min(1), torch.nan)
+
+
+class MeanIoU(ConfusionMatrix):
+    """Mean IoU (%) over the classes present in labels or predictions; ``details()`` adds the per-class IoUs."""
+
+    def compute(self) -> float:
+        iou = self.iou()
+        iou = iou[~iou.isnan()]
+        return 100.0 * float(iou.mean()) if iou.numel() else math.nan
+
+    def details(self) -> dict[str, list[float]]:
+        """``{"miou_per_class": [K] IoUs in percent (NaN: class absent)}``."""
+        return {"miou_per_class": [100.0 * v for v in self.iou().tolist()]}
+
+
+class PixelAccuracy(ConfusionMatrix):
+    """Labelled pixels predicted right (%), ``trace / sum`` of the confusion matrix."""
+
+    def compute(self) -> float:
+        total = float(self.sums.sum())
+        return 100.0 * float(self.sums.diagonal().sum()) / total if total else math.nan
+
+
 METRICS: Registry[type[Metric]] = Registry("metric")
 METRICS.add("top1", Top1, description="top-1 accuracy (%)")
 METRICS.add("top5", Top5, description="top-5 accuracy (%)")
 METRICS.add("nll", NLL, description="mean negative log-likelihood of the softmax (nats)")
 METRICS.add("ece", ECE, description="expected calibration error, 15 equal-width bins (0..1)")
 METRICS.add("auc", AUC, description="ROC AUC: binary, or macro one-vs-rest for more classes (0..1)")
+METRICS.add("miou", MeanIoU, description="mean intersection-over-union from the confusion matrix (%)")
+METRICS.add("pixel_acc", PixelAccuracy, description="pixel accuracy from the confusion matrix (%)")
 
 
 def metric_names() -> list[str]:
@@ -269,13 +354,16 @@ def resolve_metrics(configured: Sequence[str], dataset_defaults: Sequence[str] |
     return names if "top1" in names else ("top1", *names)
 
 
+_PERCENT = ("top1", "top5", "miou", "pixel_acc")
+
+
 def format_metrics(values: dict) -> str:
     """``"top1 93.00 auc 0.9812 nll 0.2100"``: an evaluation record's metrics for a progress line (``%`` metrics with
     2 decimals, the others with 4)."""
     parts = []
     for name, value in values.items():
         if name in METRICS and isinstance(value, float):
-            parts.append(f"{name} {value:.2f}" if name in ("top1", "top5") else f"{name} {value:.4f}")
+            parts.append(f"{name} {value:.2f}" if name in _PERCENT else f"{name} {value:.4f}")
     return " ".join(parts)
 
 
@@ -295,7 +383,8 @@ def evaluate(
     """Evaluate ``model`` (in eval mode) over ``batches`` of :class:`kdlab.types.Batch`.
 
     Args:
-        model: ``forward(batch.x) -> [B, K]`` logits; ``batch.x`` may be a tensor or a dict of tensors.
+        model: ``forward(batch.x) -> [B, K]`` logits (or dense ``[B, K, h, w]`` with ``batch.y`` ``[B, H, W]``:
+            :func:`dense_rows`); ``batch.x`` may be a tensor or a dict of tensors.
         batches: evaluation batches.
         names: registered metric names.
         num_classes: ``K`` (default: from the first batch's logits).
@@ -303,7 +392,8 @@ def evaluate(
             :meth:`Metric.sync`); None in a single process.
 
     Returns:
-        ``{name: value for each metric, "loss": mean cross-entropy, "n": samples}``.
+        ``{name: value for each metric, "loss": mean cross-entropy, "n": samples (labelled pixels when dense)}``,
+        plus what a metric's ``details()`` adds (``miou_per_class``).
 
     Raises:
         ValueError: no batch, or an unknown metric name.
@@ -315,13 +405,13 @@ def evaluate(
     loss = NLL(num_classes or 2, torch.device("cpu"))
     try:
         for batch in batches:
-            logits = model(_model_input(batch)).float()
+            logits, y = dense_rows(model(_model_input(batch)).float(), batch.y)
             if metrics is None:
                 k = num_classes or logits.shape[1]
                 metrics = {n: METRICS.get(n)(k, logits.device) for n in names}
                 loss = NLL(k, logits.device)
             for m in (*metrics.values(), loss):
-                m.update(logits, batch.y)
+                m.update(logits, y)
     finally:
         model.train(was)
     if metrics is None:
@@ -334,6 +424,8 @@ def evaluate(
     if n == 0:
         raise ValueError("evaluation saw no samples")
     out = {name: m.compute() for name, m in metrics.items()}
+    for m in metrics.values():
+        out.update(m.details() if hasattr(m, "details") else {})
     out["loss"] = loss.compute()
     out["n"] = n
     return out
@@ -343,13 +435,18 @@ __all__ = [
     "AUC",
     "DEFAULT_METRICS",
     "ECE",
+    "IGNORE_INDEX",
     "METRICS",
     "NLL",
+    "ConfusionMatrix",
+    "MeanIoU",
     "Metric",
+    "PixelAccuracy",
     "Top1",
     "Top5",
     "binary_auc",
     "check_metric_names",
+    "dense_rows",
     "evaluate",
     "format_metrics",
     "higher_is_better",
