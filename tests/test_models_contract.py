@@ -69,7 +69,12 @@ PARAMS: dict[str, int] = {
     "resnet18": 11_689_512,
     "resnet34": 21_797_672,
     "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
     "mobilenetv1": 4_231_976,
+    # torchvision builders (kdlab.models.imagenet.torchvision_nets)
+    "mobilenet_v2": 3_504_872,
+    "efficientnet_b0": 5_288_548,
     # small demo ConvNets (kdlab.models.simple)
     **{
         name: _convnet_params(w)
@@ -162,7 +167,12 @@ def _batch(name: str, model: nn.Module, seed: int = 1) -> torch.Tensor:
 IMAGE_MODELS = [n for n in model_names() if MODELS.meta(n).get("inputs", "images") == "images"]
 
 
-@pytest.fixture(scope="module", params=IMAGE_MODELS)
+# Models registered with ``heavy=True`` (ResNet-101/152: 45-60 M parameters, tens of seconds per model here) run
+# their contract in the slow suite; tests/test_zoo_big.py checks their layout and counts on the meta device.
+_CONTRACT_PARAMS = [pytest.param(n, marks=pytest.mark.slow) if MODELS.meta(n).get("heavy") else n for n in IMAGE_MODELS]
+
+
+@pytest.fixture(scope="module", params=_CONTRACT_PARAMS)
 def name(request: pytest.FixtureRequest) -> str:
     """A registered model name (module scope, so pytest groups every test of one model together)."""
     return request.param

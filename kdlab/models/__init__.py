@@ -24,7 +24,8 @@ _ZOO_PACKAGES = ("kdlab.models.cifar", "kdlab.models.imagenet", "kdlab.models.se
 def register_model(name: str, **meta: object) -> Callable:
     """Decorator registering a model builder ``fn(num_classes=..., in_channels=...) -> TapModel``.
 
-    Metadata (e.g. ``family="cifar"``, ``input_size=(3, 32, 32)``) is shown by ``kdlab list models``.
+    Metadata (e.g. ``family="cifar"``, ``input_size=(3, 32, 32)``) is shown by ``kdlab list models``;
+    ``heavy=True`` marks a model too big for the default test suite's generated contract (it runs in the slow suite).
     """
     return MODELS.register(name, **meta)
 

@@ -24,8 +24,11 @@ vgg8/11/13/16/19 (``vgg*_bn``)                  vgg8/11/13/16/19                
 ShuffleV1, ShuffleV2                            shufflenetv1, shufflenetv2                   identical
 MobileNetV2 (``mobile_half``)                   mobilenetv2                                  ``classifier.0.*``
                                                                                              -> ``classifier.*``
+torchvision mobilenet_v2, efficientnet_b0       mobilenet_v2, efficientnet_b0                ``classifier.1.*``
+                                                                                             -> ``classifier.*``
+timm ``<name>`` (``.pth`` or ``.safetensors``)  ``timm:<name>``                              ``*`` -> ``model.*``
 akamaster resnet20/32/44/56/110 (option A)      resnet20_a ... resnet110_a                   identical
-torchvision / timm resnet18/34/50 (ImageNet)    resnet18, resnet34, resnet50                 identical
+torchvision / timm resnet18/34/50/101/152       resnet18, ..., resnet152                     identical
 ==============================================  ===========================================  ===================
 
 RepDistiller and mdistiller save ``{"model": state_dict, "epoch": ..., "accuracy"/"best_acc": ...}``; the
@@ -147,7 +150,7 @@ def extract_state_dict(obj: Mapping[str, object] | str | os.PathLike) -> dict[st
         ValueError: when stripping prefixes makes two keys collide.
     """
     if isinstance(obj, (str, os.PathLike)):
-        obj = torch.load(obj, map_location="cpu", weights_only=True)
+        obj = read_safetensors(obj) if is_safetensors(obj) else torch.load(obj, map_location="cpu", weights_only=True)
     if not isinstance(obj, Mapping):
         raise TypeError(f"expected a state dict or a checkpoint dict, got {type(obj).__name__}")
     for key in _NESTING_KEYS:
@@ -172,6 +175,31 @@ def extract_state_dict(obj: Mapping[str, object] | str | os.PathLike) -> dict[st
         out = OrderedDict(out)
         out._metadata = out_meta  # type: ignore[attr-defined]
     return out
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a ``.safetensors`` file (timm's and Hugging Face's weight format)."""
+    return Path(path).suffix == ".safetensors"
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` file, on CPU (``safetensors.torch.load_file``; safetensors comes with timm).
+
+    Raises:
+        ImportError: safetensors is not installed (the message says how to install it).
+        ValueError: the file is not a valid safetensors file.
+    """
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError as err:
+        raise ImportError(
+            f"reading {str(path)!r} needs the safetensors package: pip install safetensors (or kdlab[timm])"
+        ) from err
+    try:
+        return load_file(str(path), device="cpu")
+    except SafetensorError as err:
+        raise ValueError(f"{str(path)!r} is not a valid safetensors file ({err})") from None
 
 
 @dataclass(frozen=True)
@@ -225,6 +253,17 @@ REFERENCE_LAYOUTS: tuple[ReferenceLayout, ...] = (
         "nn.Sequential(nn.Linear))",
         "MobileNetV2",
         (("classifier.0.", "classifier."),),
+    ),
+    ReferenceLayout(
+        "pytorch/vision models/mobilenetv2.py and models/efficientnet.py (classifier is nn.Sequential(Dropout, "
+        "Linear))",
+        "TorchvisionFeatureNet",
+        (("classifier.1.", "classifier."),),
+    ),
+    ReferenceLayout(
+        "huggingface/pytorch-image-models (a timm model's own state dict; kdlab's TimmTapModel holds it as .model)",
+        "TimmTapModel",
+        (("", "model."),),
     ),
 )
 
@@ -329,9 +368,12 @@ def load_state_dict_flexible(
             if layout.model_class != type(model).__name__:
                 continue
             renamed = layout.to_kdlab(state)
-            if not any(_mismatch(expected, renamed)):
+            problems = _mismatch(expected, renamed)
+            if not any(problems):
                 state, missing, unexpected, mismatched = renamed, [], [], []
                 break
+            if not problems[0] and not problems[1]:  # the reference's names, only shapes differ (another head size)
+                missing, unexpected, mismatched = problems
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(missing, unexpected, mismatched, model_name or type(model).__name__)
     model.load_state_dict(state, strict=True)

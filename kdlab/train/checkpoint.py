@@ -23,7 +23,9 @@ from kdlab.models.checkpoints import (
     CheckpointError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
+    is_safetensors,
     load_state_dict_flexible,
+    read_safetensors,
 )
 from kdlab.paths import why_unusable
 
@@ -153,6 +155,8 @@ def read_file(path: str | Path, what: str = "checkpoint") -> Any:
             f"{what} {str(p)!r} {why_unusable(p)}; check the path (a kdlab run writes runs/<name>/)"
         )
     try:
+        if is_safetensors(p):  # timm / Hugging Face weights
+            return read_safetensors(p)
         try:
             return torch.load(p, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:

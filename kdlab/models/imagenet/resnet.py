@@ -1,4 +1,4 @@
-"""ResNet-18/34/50 for ImageNet, parameter-for-parameter identical to torchvision's.
+"""ResNet-18/34/50/101/152 for ImageNet, parameter-for-parameter identical to torchvision's.
 
 Paper: K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image Recognition", CVPR 2016,
 arXiv:1512.03385.
@@ -7,7 +7,8 @@ Checked against: torchvision ``models/resnet.py`` (parameter names and shapes, s
 with ``strict=True``) and megvii-research/mdistiller ``mdistiller/models/imagenet/resnet.py`` (feature list:
 ``stem`` is the stem's map after its ReLU and before the max-pool, then one map per stage; the pre-activation of
 each stage is the sum of its last block before the final ReLU). Parameter counts for 1000 classes:
-11,689,512 / 21,797,672 / 25,557,032.
+11,689,512 / 21,797,672 / 25,557,032 / 44,549,160 / 60,192,808 (torchvision's documented numbers). ResNet-101/152 are
+the larger teachers of DIST's Table 3.
 
 The residual blocks defined here (ResNet v1.5: the stride sits on the 3x3 convolution of the bottleneck) are
 shared with the CIFAR ResNet-18/34/50 (:mod:`kdlab.models.cifar.resnet_large`), which differ only in the stem
@@ -213,7 +214,7 @@ class ResNet(ClassifierAlias, ResNetBase):
     ``pool`` ``[B, 512 * expansion]``.
 
     Args:
-        block: :class:`BasicBlock` (ResNet-18/34) or :class:`Bottleneck` (ResNet-50).
+        block: :class:`BasicBlock` (ResNet-18/34) or :class:`Bottleneck` (ResNet-50/101/152).
         depths: blocks per stage.
         num_classes: output classes ``K``.
         in_channels: input channels ``C``.
@@ -247,3 +248,15 @@ def resnet34(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
 def resnet50(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
     """ResNet-50 v1.5 (torchvision layout, 25,557,032 parameters for 1000 classes)."""
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels)
+
+
+@register_model("resnet101", family="imagenet", input_size=(3, 224, 224), heavy=True)
+def resnet101(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+    """ResNet-101 v1.5 (torchvision layout, 44,549,160 parameters for 1000 classes)."""
+    return ResNet(Bottleneck, (3, 4, 23, 3), num_classes=num_classes, in_channels=in_channels)
+
+
+@register_model("resnet152", family="imagenet", input_size=(3, 224, 224), heavy=True)
+def resnet152(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+    """ResNet-152 v1.5 (torchvision layout, 60,192,808 parameters for 1000 classes)."""
+    return ResNet(Bottleneck, (3, 8, 36, 3), num_classes=num_classes, in_channels=in_channels)
