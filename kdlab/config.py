@@ -176,7 +176,10 @@ class OptimConfig:
     nesterov: bool = False
     """SGD Nesterov momentum."""
     weight_decay: float = field(default=5e-4, metadata=rng(ge=0))
-    """Weight decay (applied to all parameters, as in the benchmark)."""
+    """Weight decay (applied to all parameters, as in the benchmark, unless ``decay_norm_and_bias`` is false)."""
+    decay_norm_and_bias: bool = True
+    """false: no weight decay on one-dimensional parameters (biases, normalisation weights), as timm's and DIST's
+    ImageNet reference code by default (``filter_bias_and_bn``)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=rng(ge=0, lt=1))
     """AdamW betas."""
     alpha: float = field(default=0.9, metadata=rng(ge=0, lt=1))
@@ -202,6 +205,9 @@ class OptimConfig:
     """Linear warm-up from ``warmup_lr`` over this many epochs (per step)."""
     warmup_lr: float = field(default=0.0, metadata=rng(ge=0))
     """Learning rate the warm-up starts from (it reaches the schedule's rate at the end of ``warmup_epochs``)."""
+    schedule_after_warmup: bool = False
+    """true: the schedule starts when the warm-up ends (its progress counts from there; cosine spans the rest of the
+    run), as DIST's reference ``GradualWarmupScheduler``; false: it runs from step 0 under the warm-up (timm)."""
 
 
 @dataclass(kw_only=True)

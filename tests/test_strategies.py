@@ -354,3 +354,37 @@ def test_every_methods_cross_entropy_term_honours_the_run_label_smoothing(tmp_pa
         assert not torch.equal(plain.terms["ce"], smoothed.terms["ce"])
     finally:
         trainer.lock.release()
+
+
+def test_no_weight_decay_on_norm_and_bias_when_asked():
+    from kdlab.train.optim import parameter_groups
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    params = list(net.parameters())
+    cfg = build_config({"optim": {"name": "rmsprop_tf", "weight_decay": 1e-5, "decay_norm_and_bias": False}}).optim
+    groups = parameter_groups(cfg, params)
+    assert [len(g["params"]) for g in groups] == [4, 2] and groups[0]["weight_decay"] == 0.0
+    assert all(p.ndim == 1 for p in groups[0]["params"]) and all(p.ndim > 1 for p in groups[1]["params"])
+    opt = make_optimizer(cfg, params, 0.048)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 1e-5]
+    assert len(parameter_groups(build_config({}).optim, params)) == 1  # the default decays everything
+
+
+def test_schedule_after_warmup_starts_the_clock_when_the_warmup_ends():
+    # DIST's reference: GradualWarmupScheduler(after_scheduler=StepLR(2.4 epochs, 0.97)) counts from the warm-up's end
+    cfg = _optim(
+        lr=0.048,
+        schedule="exp_step",
+        gamma=0.97,
+        decay_epochs=2.4,
+        warmup_epochs=3,
+        warmup_lr=1e-6,
+        schedule_after_warmup=True,
+    )
+    assert _lr(cfg, 0) == pytest.approx(1e-6 + (0.048 - 1e-6) / 30)
+    assert _lr(cfg, 29) == 0.048 and _lr(cfg, 30 + 23) == 0.048  # no decay until 2.4 epochs after the warm-up
+    assert _lr(cfg, 30 + 24) == pytest.approx(0.048 * 0.97)
+    cos = _optim(lr=5e-4, schedule="cosine", min_lr=1e-5, warmup_epochs=20, schedule_after_warmup=True)
+    assert _lr(cos, 200, total_epochs=300) == 5e-4  # step 200 = the end of the 20-epoch warm-up
+    assert _lr(cos, 200 + 1400, total_epochs=300) == pytest.approx(1e-5 + 0.5 * (5e-4 - 1e-5))  # half of 280 epochs
+    assert _lr(cos, 2999, total_epochs=300) == pytest.approx(1e-5, abs=1e-9)

@@ -102,24 +102,38 @@ class RMSpropTF(torch.optim.Optimizer):
         return loss
 
 
+def parameter_groups(cfg: OptimConfig, params: list[nn.Parameter]) -> list[dict]:
+    """``params`` as optimiser groups: one group, or with ``optim.decay_norm_and_bias: false`` two, the
+    one-dimensional parameters (biases, normalisation weights) without weight decay first (as DIST's reference
+    ``get_params`` and timm's ``param_groups_weight_decay``, which also test ``ndim <= 1``)."""
+    if cfg.decay_norm_and_bias or cfg.weight_decay == 0:
+        return [{"params": params}]
+    no_decay = [p for p in params if p.ndim <= 1]
+    decay = [p for p in params if p.ndim > 1]
+    groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay}]
+    return [g for g in groups if g["params"]]
+
+
 def make_optimizer(cfg: OptimConfig, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     """The optimiser ``optim.name`` over ``params`` at the initial learning rate ``lr`` (the trainer sets the rate of
     every step from the schedule).
 
     ``sgd``: ``torch.optim.SGD`` (momentum, nesterov, weight decay as L2). ``adamw``: ``torch.optim.AdamW`` (betas,
     decoupled weight decay, ``eps`` default 1e-8). ``rmsprop_tf``: :class:`RMSpropTF` (alpha, momentum, ``eps`` default
-    1e-3, weight decay as L2).
+    1e-3, weight decay as L2). Weight decay skips one-dimensional parameters when ``optim.decay_norm_and_bias`` is
+    false (:func:`parameter_groups`).
     """
     eps = cfg.eps if cfg.eps is not None else DEFAULT_EPS.get(cfg.name)
+    groups = parameter_groups(cfg, params)
     if cfg.name == "sgd":
         return torch.optim.SGD(
-            params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+            groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
         )
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), eps=eps, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=eps, weight_decay=cfg.weight_decay)
     if cfg.name == "rmsprop_tf":
-        return RMSpropTF(params, lr=lr, alpha=cfg.alpha, eps=eps, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return RMSpropTF(groups, lr=lr, alpha=cfg.alpha, eps=eps, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimiser optim.name={cfg.name!r}; choose sgd, adamw or rmsprop_tf")
 
 
-__all__ = ["DEFAULT_EPS", "RMSpropTF", "make_optimizer"]
+__all__ = ["DEFAULT_EPS", "RMSpropTF", "make_optimizer", "parameter_groups"]

@@ -14,7 +14,12 @@ The schedules of the training strategies (DIST, Huang et al., NeurIPS 2022, Tabl
 epochs, ``t = step / steps_per_epoch``) or at epoch starts (``t = epoch``); ``auto`` keeps each schedule's reference
 granularity (``step``/``constant`` per epoch as RepDistiller, ``cosine``/``exp_step`` per step as TensorFlow and
 timm's per-update schedulers). A linear warm-up from ``warmup_lr`` over ``warmup_epochs`` (always per step)
-reaches the schedule's rate at its end; the schedule itself is not shifted by the warm-up (as timm's schedulers).
+reaches the schedule's rate at its end; the schedule itself runs from step 0 under it (as timm's schedulers), or,
+with ``optim.schedule_after_warmup``, starts when the warm-up ends (as DIST's reference ``GradualWarmupScheduler``,
+whose decay counts from the end of the warm-up and whose cosine spans the rest of the run).
+
+Deviation from DIST's reference (hunto/image_classification_sota ``lib/utils/scheduler.py``): its warm-up rises once
+per epoch (a staircase); kdlab's rises every step.
 """
 
 from __future__ import annotations
@@ -33,11 +38,20 @@ def schedule_updates(cfg: OptimConfig) -> str:
     return AUTO_UPDATES[cfg.schedule] if cfg.schedule_updates == "auto" else cfg.schedule_updates
 
 
+def _offset_epochs(cfg: OptimConfig) -> float:
+    """Epochs the schedule's clock starts late by: the warm-up under ``optim.schedule_after_warmup``, else 0."""
+    return cfg.warmup_epochs if cfg.schedule_after_warmup else 0.0
+
+
 def schedule_epochs(cfg: OptimConfig, progress: Progress) -> float:
-    """The progress ``t`` in epochs the schedule reads at ``progress``: fractional per step, whole per epoch."""
+    """The progress ``t`` in epochs the schedule reads at ``progress``: fractional per step, whole per epoch, counted
+    from the end of the warm-up under ``optim.schedule_after_warmup`` (0 during it)."""
     if schedule_updates(cfg) == "epoch":
-        return float(progress.epoch)
-    return progress.step / max(progress.steps_per_epoch, 1)
+        t = float(progress.epoch)
+    else:
+        t = progress.step / max(progress.steps_per_epoch, 1)
+    offset = _offset_epochs(cfg)
+    return max(t - offset, 0.0) if offset else t
 
 
 def learning_rate(cfg: OptimConfig, progress: Progress) -> float:
@@ -46,8 +60,9 @@ def learning_rate(cfg: OptimConfig, progress: Progress) -> float:
     ``step``: ``lr * gamma ** (number of milestones m with t >= m)``: per epoch (the default) this is
     ``epoch_1based > m``, as the CIFAR KD references (RepDistiller ``adjust_learning_rate``). ``exp_step``:
     ``lr * gamma ** floor(t / decay_epochs)``. ``cosine``: ``min_lr + (lr - min_lr) (1 + cos(pi t / T)) / 2`` over
-    the ``T`` epochs of the stage. During a warm-up of ``W = warmup_epochs * steps_per_epoch`` steps, step ``s``
-    (0-based) runs at ``warmup_lr + (rate - warmup_lr) * (s + 1) / W``.
+    the ``T`` epochs of the stage (less the warm-up under ``schedule_after_warmup``). During a warm-up of
+    ``W = warmup_epochs * steps_per_epoch`` steps, step ``s`` (0-based) runs at
+    ``warmup_lr + (rate - warmup_lr) * (s + 1) / W``.
     """
     t = schedule_epochs(cfg, progress)
     if cfg.schedule == "step":
@@ -56,9 +71,15 @@ def learning_rate(cfg: OptimConfig, progress: Progress) -> float:
         # a small tolerance so that t = k * decay_epochs computed in floating point (2.4 * 5 / 2.4) counts as k periods
         lr = cfg.lr * cfg.gamma ** math.floor(t / cfg.decay_epochs + 1e-9)
     elif cfg.schedule == "cosine":
-        per_step = schedule_updates(cfg) == "step"
-        frac = min(progress.step / max(progress.total_steps, 1) if per_step else t / max(progress.total_epochs, 1), 1.0)
-        lr = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
+        offset = _offset_epochs(cfg)
+        if schedule_updates(cfg) == "epoch":
+            frac = t / max(progress.total_epochs - offset, 1)
+        elif offset:
+            skip = offset * progress.steps_per_epoch
+            frac = max(progress.step - skip, 0) / max(progress.total_steps - skip, 1)
+        else:
+            frac = progress.step / max(progress.total_steps, 1)
+        lr = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(frac, 1.0)))
     else:
         lr = cfg.lr
     if cfg.warmup_epochs > 0:
