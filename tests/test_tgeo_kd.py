@@ -432,7 +432,8 @@ def test_resume_restores_omega_its_optimiser_and_the_split(tmp_path, teacher_ckp
     with pytest.raises(TrainingInterrupted):
         part.fit()
     saved = read_file(part.ckpt_path)
-    assert saved["aux"][0]["heldout_seen"] == 4  # outer steps at steps 0, 2, 4, 6
+    n_val = part.run.data.val.y.shape[0]  # every outer step takes the whole held-out split (fewer than 16 samples)
+    assert saved["aux"][0]["heldout_position"] == 4 * n_val  # outer steps at steps 0, 2, 4, 6
     resumed = Trainer(
         tiny_config(tmp_path, *args, "train.name=part", method="tgeo_kd", teacher_ckpt=teacher_ckpt), resume=True
     )
@@ -446,7 +447,7 @@ def test_resume_restores_omega_its_optimiser_and_the_split(tmp_path, teacher_ckp
         a["method"]["ratio_net.net.2.weight"], torch.zeros_like(a["method"]["ratio_net.net.2.weight"])
     )
     oa, ob = a["aux"][0], b["aux"][0]
-    assert oa["heldout_seen"] == ob["heldout_seen"] == 6
+    assert oa["heldout_position"] == ob["heldout_position"] == 6 * n_val and oa["heldout_pass"] == n_val
     for pid, st in oa["optimizer"]["state"].items():
         for name, v in st.items():
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(ob["optimizer"]["state"][pid][name])), name

@@ -76,7 +76,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +92,7 @@ from kdlab.methods import register_method
 from kdlab.methods.base import MAIN_STAGE, AuxObjective, BuildContext, DistillMethod, PrepareContext, Stage
 from kdlab.methods.dist import DIST
 from kdlab.methods.dkd import DKD, dkd_warmup_factor
+from kdlab.methods.heldout import HeldoutStream
 from kdlab.methods.kd import KD
 from kdlab.ranges import rng
 from kdlab.types import Batch, LossOut, Needs, StepIO
@@ -475,16 +476,6 @@ def _tangent(dual: Any) -> Tensor:
     return torch.zeros_like(dual.primal) if dual.tangent is None else dual.tangent
 
 
-def _heldout_chunks(batches: Iterator[Batch], size: int) -> Iterator[tuple[bool, Batch]]:
-    """Cut the held-out split's batches into mini-batches of ``size``; yields ``(starts a new pass, batch)``."""
-    for batch in batches:
-        first = bool(batch.index[0] == 0)
-        for lo in range(0, batch.size, size):
-            sl = slice(lo, lo + size)
-            views = {k: v[sl] for k, v in batch.views.items()}
-            yield first and lo == 0, Batch(x=batch.x[sl], y=batch.y[sl], index=batch.index[sl], views=views)
-
-
 class HypergradientStep(AuxObjective):
     """The outer step of a learned fusion policy: one-step-unrolled hypergradient of the held-out label loss.
 
@@ -510,10 +501,7 @@ class HypergradientStep(AuxObjective):
         self.every = cfg.meta_every
         self.virtual_lr = cfg.virtual_lr
         self.optimizer = torch.optim.Adam(self.parameters(), lr=cfg.meta_lr, weight_decay=cfg.meta_weight_decay)
-        self.heldout_seen = 0  # held-out mini-batches consumed so far
-        self.heldout_period = 0  # mini-batches per pass over the held-out split (0 until one pass is done)
-        self._heldout: Iterator[tuple[bool, Batch]] | None = None
-        self._size = 0
+        self.heldout = HeldoutStream()  # held-out mini-batches in order, tracked in samples (resumable)
 
     def parameters(self) -> list[nn.Parameter]:
         """``omega``: the parameters this objective trains."""
@@ -523,16 +511,7 @@ class HypergradientStep(AuxObjective):
         return progress.step % self.every == 0
 
     def _next_heldout(self, ctx: Any, size: int) -> Batch:
-        if self._heldout is None or size != self._size:
-            self._heldout, self._size = _heldout_chunks(ctx.heldout_batches(), size), size
-            skip = self.heldout_seen % self.heldout_period if self.heldout_period else self.heldout_seen
-            for _ in range(skip):
-                next(self._heldout)
-        new_pass, batch = next(self._heldout)
-        if new_pass and self.heldout_seen > 0 and not self.heldout_period:
-            self.heldout_period = self.heldout_seen
-        self.heldout_seen += 1
-        return batch
+        return self.heldout.take(ctx.heldout_batches, size)
 
     def hypergradient(self, ctx: Any, heldout: Batch) -> tuple[list[Tensor], Tensor]:
         """``(d CE_val / d omega per parameter of omega, CE_val)`` for the training batch ``ctx.batch``."""
@@ -593,17 +572,11 @@ class HypergradientStep(AuxObjective):
         return {"meta.heldout_ce": values[0], "meta.hypergrad_norm": values[1]}
 
     def state_dict(self) -> dict:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "heldout_seen": self.heldout_seen,
-            "heldout_period": self.heldout_period,
-        }
+        return {"optimizer": self.optimizer.state_dict(), **self.heldout.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        self.heldout_seen = int(state["heldout_seen"])
-        self.heldout_period = int(state["heldout_period"])
-        self._heldout = None
+        self.heldout.load_state_dict(state)
 
 
 @register_method(
