@@ -24,6 +24,11 @@ Exactness: ``replay`` hands the method the very tensor the teacher computed on t
 losses). ``sample`` computes each sample's logits in another batch composition than the training batch; on CPU the
 values are equal up to float rounding of the batched kernels (tested to 1e-5; usually bitwise).
 
+Per-step random views rule the cache out: RandAugment, colour jitter, random erasing, Mixup and CutMix (DIST's
+strategies B2/B3) give every sample a new teacher input at every step, so ``on`` is then an error and ``auto`` logs
+why (:func:`random_view_augmentations`); a big teacher is made cheaper there by ``train.teacher_precision=bf16`` and
+``train.channels_last`` instead (``benchmarks/big_teacher.py`` measures both).
+
 Only logits are cached: a method that reads teacher feature taps, or a view other than the default one (MLKD's
 RandAugment view is random every step), cannot use the cache (``on`` is then an error, ``auto`` logs why and
 runs without it). Memory: 4 bytes per logit (``sample``: ``T * N * K``; ``replay``: ``T * R * N * K``), logged.
@@ -58,8 +63,29 @@ class CacheStats:
     precomputed: int = 0
 
 
+def random_view_augmentations(data: object) -> list[str]:
+    """The ``data`` settings that draw a new random view of every sample at every step, e.g.
+    ``["data.rand_augment", "data.mixup_alpha=0.8"]`` (RandAugment, colour jitter, random erasing, Mixup, CutMix:
+    DIST's strategies B2/B3); empty when none is on. A teacher output is never reusable under them."""
+    found = []
+    for key in ("rand_augment", "random_erasing"):
+        if getattr(data, key, None) is not None:
+            found.append(f"data.{key}")
+    for key in ("color_jitter", "mixup_alpha", "cutmix_alpha"):
+        value = getattr(data, key, 0.0) or 0.0
+        if value > 0:
+            found.append(f"data.{key}={value:g}")
+    return found
+
+
 def cache_plan(
-    mode: str | bool, needs: Needs, num_teachers: int, augment: str, replay_epochs: int, method: str
+    mode: str | bool,
+    needs: Needs,
+    num_teachers: int,
+    augment: str,
+    replay_epochs: int,
+    method: str,
+    random_views: list[str] | tuple[str, ...] = (),
 ) -> tuple[str, str]:
     """Decide how teacher outputs can be reused.
 
@@ -70,6 +96,8 @@ def cache_plan(
         augment: ``data.augment``.
         replay_epochs: ``train.replay_epochs``.
         method: the method's name (for messages).
+        random_views: the per-step random augmentations that are on (:func:`random_view_augmentations`); any of
+            them rules the cache out.
 
     Returns:
         ``(kind, reason)``: ``kind`` is ``"off"``, ``"sample"`` or ``"replay"``; ``reason`` says why (for the log
@@ -96,6 +124,12 @@ def cache_plan(
         )
     elif tuple(needs.views) != (DEFAULT_VIEW,):
         problem = f"method {method!r} reads the views {list(needs.views)}; the cache holds the default view only"
+    elif random_views:
+        problem = (
+            f"{', '.join(random_views)} draw a new random view of every sample at every step (DIST's B2/B3 "
+            "strategies), so a teacher input never repeats and replaying epochs would not make it repeat; the teacher "
+            "runs every step (make it cheaper with train.teacher_precision=bf16 and train.channels_last=true)"
+        )
     elif augment != "none" and replay_epochs == 0:
         problem = (
             f"data.augment={augment} draws a new augmentation every epoch, so a teacher input never repeats; "
@@ -208,6 +242,7 @@ def build_teacher_cache(cfg: object, run: object, compute: TeacherFn, prepare: C
         cfg.data.augment,
         cfg.train.replay_epochs,
         cfg.method.name,
+        random_view_augmentations(cfg.data),
     )
     if kind == "off":
         return None, reason
