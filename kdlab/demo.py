@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdlab.config import to_dict
+from kdlab.demo_output import DemoLog
 
 log = logging.getLogger("kdlab")
 
@@ -276,9 +277,6 @@ def run_demo(
         all_methods: every registered method, on the longer schedule (``kdlab demo --all``).
         settings: overrides the schedule chosen by ``quick`` / ``all_methods``.
     """
-    from kdlab.experiments.report import plot_bars, summarize, write_report
-    from kdlab.experiments.sweep import run_sweep
-
     if settings is None:
         if quick:
             settings = DemoSettings.quick(all_methods)
@@ -291,6 +289,15 @@ def run_demo(
         raise ConfigError(f"kdlab demo: --workers and --seeds must be at least 1 (got {workers} and {seeds})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with DemoLog(out / "demo.log") as console:  # one line per run on the console, all of it in demo.log
+        return _run_phases(out, settings, seeds, workers, console)
+
+
+def _run_phases(out: Path, settings: DemoSettings, seeds: int, workers: int, console: DemoLog) -> Path:
+    """The demo's three phases (teacher, students, report); returns the path of ``report.md``."""
+    from kdlab.experiments.report import plot_bars, summarize, write_report
+    from kdlab.experiments.sweep import run_sweep
+
     store = out / "results.sqlite"
     t0 = time.perf_counter()
     rows = settings.rows()
@@ -320,7 +327,9 @@ def run_demo(
         settings.student_epochs,
         workers,
     )
+    console.quiet_runs = True  # a student run's own lines (in this process with --workers 1) go to demo.log only
     outcomes = run_sweep(spec, workers=workers, store_path=store, on_outcome=StudentProgress(workers=workers))
+    console.quiet_runs = False
     _stop_if_interrupted(outcomes)
 
     by_seed: dict[str, dict[int, float]] = {}

@@ -64,6 +64,102 @@ def test_shortened_demo_reports_progress_and_marks_identical_methods(tmp_path, c
     assert "| sum | = kd (with one method (its default) sum is that method) | | |" in md
     assert "| sum |" not in (out / "report" / "report.md").read_text()  # the sweep report leaves the twin out
     assert (out / "accuracy.png").stat().st_size > 1000 and (out / "report" / "curves.png").stat().st_size > 1000
+    # one line per run: the teacher's header shortened; the students (in this process: workers=1) add nothing but
+    # their progress line; demo.log has every run's full header (1 teacher + 6 students)
+    headers = [m for m in text if m.startswith("run header:")]
+    assert len(headers) == 1 and "\n" not in headers[0] and "full header: demo.log" in headers[0]
+    assert all(m.startswith("[") for m in text[heads[1] + 1 : heads[2]]), text[heads[1] : heads[2]]
+    full = (out / "demo.log").read_text()
+    assert full.count("run header:") == 7 and full.count("\n  system   cpu") == 7
+
+
+def _header_text(teachers: list[dict]) -> str:
+    from kdlab.train.header import format_header
+
+    return format_header(
+        {
+            "data": {"name": "digits", "train": 1297, "val": 0, "test": 500, "classes": 10, "input_size": [1, 8, 8]},
+            "student": {
+                "name": "convnet_xs",
+                "parameters": 5120,
+                "macs": 90000,
+                "input_mean": None,
+                "input_std": None,
+                "checkpoint": None,
+            },
+            "method": {"name": "kd", "changed": {"temperature": 2.0}},
+            "teachers": teachers,
+            "system": {
+                "device": "cpu",
+                "precision": "fp32",
+                "teacher_precision": "fp32",
+                "threads": 1,
+                "allocator": "system",
+                "seed": 0,
+                "processes": 1,
+            },
+            "schedule": {"epochs": 3, "steps_per_epoch": 41, "batch_size": 32},
+        }
+    )
+
+
+def test_run_header_as_one_line():
+    from kdlab.demo_output import header_line
+
+    teacher = {
+        "name": "convnet_m",
+        "parameters": 19130,
+        "macs": 525630,
+        "input_mean": None,
+        "input_std": None,
+        "checkpoint": "runs/t/checkpoint.pt",
+        "sha256": "ab" * 32,
+        "test": {"top1": 97.2, "top5": 99.8},
+    }
+    text = _header_text([teacher])
+    assert len(text.splitlines()) == 5
+    assert header_line(text) == (
+        "run header: kd (temperature=2.0); digits: 1297 train / 0 val / 500 test; student convnet_xs: 5.12k "
+        "parameters; teacher0 convnet_m: 19.13k parameters, test top-1 97.20 % (full header: demo.log, summary.json)"
+    )
+    assert header_line(_header_text([])).startswith("run header: kd (temperature=2.0); digits: 1297 train")
+
+
+def test_demo_log_keeps_everything_in_its_file_and_one_line_per_run_on_the_console(tmp_path):
+    from kdlab.demo_output import DemoLog
+
+    logger = logging.getLogger("kdlab.test_demo_output")  # a logger of its own: nothing else logs to it
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler = Keep(level=logging.DEBUG)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    header = _header_text([])
+    try:
+        with DemoLog(tmp_path / "demo.log", logger) as console:
+            logger.info("%s", header)
+            logger.info("step 20/123 epoch 1 | eta 0:00:03")  # from this test file: not the training loop's
+            console.quiet_runs = True
+            logger.info("%s", header)  # a student's header: file only
+            logger.warning("crd: num_negatives exceeds the negatives available")
+        logger.info("after the demo")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == [
+        "run header: kd (temperature=2.0); digits: 1297 train / 0 val / 500 test; student convnet_xs: 5.12k "
+        "parameters (full header: demo.log, summary.json)",
+        "step 20/123 epoch 1 | eta 0:00:03",
+        "crd: num_negatives exceeds the negatives available",
+        "after the demo",
+    ]
+    full = (tmp_path / "demo.log").read_text()
+    assert full.count(header) == 2 and "crd: num_negatives" in full and "after the demo" not in full
+    assert console not in logger.filters
 
 
 def test_student_progress_eta_counts_trained_runs_only():
