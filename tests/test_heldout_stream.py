@@ -74,3 +74,25 @@ def test_token_batches_are_cut_field_by_field():
     assert part.x["input_ids"][:, 0].tolist() == [1, 2] and part.y.tolist() == [1, 2]
     with pytest.raises(ValueError, match="at least 1 sample"):
         stream.take(_split(), 0)
+
+
+def test_the_token_loaders_heldout_split_is_read_in_a_seeded_mixed_order():
+    import numpy as np
+
+    from kdlab.config import DataConfig
+    from kdlab.data.split import stratified_split
+    from kdlab.data.tokens import TokenLoader, TokenSet, TokenSplits
+
+    n, k = 160, 4
+    y = torch.arange(k).repeat_interleave(n // k)  # class-sorted rows, like a CSV sorted by label
+    ids = np.arange(n, dtype=np.int64)[:, None].repeat(2, axis=1)
+    splits = TokenSplits("sorted", TokenSet(ids, y), TokenSet(ids[:8], y[:8]), num_classes=k, vocab_size=n, seq_len=2)
+    cfg = DataConfig(name="sorted", eval_batch_size=8, split_seed=3)
+    data = TokenLoader(splits, cfg, torch.device("cpu"), seed=0, holdout_fraction=0.2)
+    rows = torch.cat([b.x[:, 0] for b in data.eval_batches("val")])
+    _, val_idx = stratified_split(y, 0.2, 3)
+    assert sorted(rows.tolist()) == val_idx.tolist()  # the same held-out rows ...
+    # ... in a mixed order: before, each held-out batch of 8 was one class
+    assert all(len(set(b.y.tolist())) > 1 for b in data.eval_batches("val"))
+    again = TokenLoader(splits, cfg, torch.device("cpu"), seed=1, holdout_fraction=0.2)
+    assert torch.equal(torch.cat([b.x[:, 0] for b in again.eval_batches("val")]), rows)  # fixed by split_seed

@@ -130,7 +130,7 @@ class TokenLoader(BatchPlan):
         views: tuple[str, ...] = (DEFAULT_VIEW,),
         holdout_fraction: float = 0.0,
     ) -> None:
-        from kdlab.data.split import stratified_split
+        from kdlab.data.split import shuffled, stratified_split
 
         self.cfg = cfg
         self.device = device
@@ -145,6 +145,7 @@ class TokenLoader(BatchPlan):
         fraction = cfg.val_fraction or holdout_fraction
         if self.val is None and fraction > 0:
             train_idx, val_idx = stratified_split(train.y, fraction, cfg.split_seed)
+            val_idx = shuffled(val_idx, cfg.split_seed)  # mixed classes in every held-out batch, as the image loaders
             self.val = train.subset(val_idx)
             train = train.subset(train_idx)
         self.train = train
