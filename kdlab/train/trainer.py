@@ -6,6 +6,11 @@ back-propagated; aux objectives run when due. Per epoch: test top-1/top-5 of the
 an atomic checkpoint. A run interrupted (SIGINT/SIGTERM) writes a checkpoint after the current step and can be
 resumed to end bitwise identical, on CPU, to an uninterrupted run. Run records (lock, resume allow-list, --force,
 crash windows, full disks): :mod:`kdlab.train.runrecord`, :mod:`kdlab.runlock`, :mod:`kdlab.train.checkpoint`.
+
+This file holds the loop, the run directory and the signals; the rest of the trainer lives beside it, one seam per
+file: the step (:mod:`kdlab.train.step`), evaluation (:mod:`kdlab.train.evaluation`), checkpoint state
+(:mod:`kdlab.train.state`), several processes (:mod:`kdlab.train.ddp`), provenance (:mod:`kdlab.train.provenance`).
+Their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -15,32 +20,24 @@ import json
 import logging
 import math
 import os
-import platform
-import random
 import signal
 import statistics
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import Tensor, nn
 
-import kdlab
 from kdlab import interrupts
 from kdlab.config import ConfigError, RunConfig, dump_config, to_dict
 from kdlab.methods.base import MAIN_STAGE, AuxContext, PrepareContext, Stage
-from kdlab.metrics import DEFAULT_METRICS, format_metrics, resolve_metrics, select_key
-from kdlab.metrics import evaluate as evaluate_metrics
+from kdlab.metrics import format_metrics, select_key
 from kdlab.models.base import count_parameters
 from kdlab.runlock import RunLock, first_missing_ancestor, remove_unused_run_dir
 from kdlab.train import distributed
 from kdlab.train.build import Run, build_run, resolve_device
 from kdlab.train.checkpoint import (
     CHECKPOINT_FORMAT,
-    EXPORT_FORMAT,
     CheckpointError,
     CheckpointNotFoundError,
     append_line,
@@ -49,13 +46,31 @@ from kdlab.train.checkpoint import (
     read_file,
     remove_stale_temporaries,
 )
+from kdlab.train.ddp import TrainerDistributedMixin
 from kdlab.train.display import ProgressDisplay
+from kdlab.train.evaluation import TrainerEvaluationMixin, accuracy, evaluate, run_metrics
 from kdlab.train.header import log_header
-from kdlab.train.precision import CompiledStep, Precision, to_float
+from kdlab.train.provenance import git_commit, versions
 from kdlab.train.runrecord import RunExistsError, check_resume_config, move_aside, repair_metrics
 from kdlab.train.schedule import learning_rate
+from kdlab.train.state import TrainerCheckpointMixin
+from kdlab.train.step import TrainerStepMixin, TrainStep, functional_student_outputs
 from kdlab.train.tensorboard import open_tensorboard
-from kdlab.types import Batch, LossOut, Needs, Outputs, Progress, StepIO
+from kdlab.types import Batch, Outputs, Progress
+
+__all__ = [
+    "NonFiniteLossError",
+    "TrainStep",
+    "Trainer",
+    "TrainingInterrupted",
+    "accuracy",
+    "default_run_name",
+    "evaluate",
+    "functional_student_outputs",
+    "git_commit",
+    "run_metrics",
+    "versions",
+]
 
 log = logging.getLogger("kdlab")
 
@@ -68,112 +83,13 @@ class TrainingInterrupted(RuntimeError):
     """SIGINT/SIGTERM arrived; a checkpoint was written after the current step."""
 
 
-class TrainStep(nn.Module):
-    """The student and the method in one module: the only thing trained, wrapped in DDP or compiled.
-
-    Args:
-        student: the student model (tap contract).
-        method: the distillation method (its ``adapters`` are trained with the student).
-        needs: what the method reads.
-    """
-
-    def __init__(self, student: nn.Module, method: nn.Module, needs: Needs, precision: Precision | None = None) -> None:
-        super().__init__()
-        self.student = student
-        self.method = method
-        self.needs = needs
-        self.precision = precision or Precision()
-
-    def student_outputs(self, batch: Batch) -> dict[str, Outputs]:
-        """The student's outputs on every view the method needs (one forward per view)."""
-        taps = tuple(self.needs.student_taps)
-        out = {}
-        for view in self.needs.views:
-            logits, feats = self.student.forward_taps(batch.view(view), taps)
-            out[view] = Outputs(logits, feats)
-        return out
-
-    def forward(self, batch: Batch, teachers: tuple, progress: Progress) -> LossOut:
-        # the student's forward in the run's precision; its outputs and the method's loss in fp32 (precision.py)
-        with self.precision.student_autocast():
-            student = self.student_outputs(batch)
-        io = StepIO(to_float(student), teachers, batch, progress)
-        with self.precision.loss_context():
-            return self.method.loss(io)
-
-
-def accuracy(logits: Tensor, y: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
-    """Number of samples whose label is among the top-k predictions, for each k (``[B, K]``, ``[B]``)."""
-    kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices
-    hit = top == y[:, None]
-    return [hit[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
-
-
-def evaluate(
-    model: nn.Module,
-    batches: Iterator[Batch],
-    reduce: Callable[[Tensor], Tensor] | None = None,
-    names: tuple[str, ...] = DEFAULT_METRICS,
-) -> dict[str, float]:
-    """The registered metrics ``names`` (:mod:`kdlab.metrics`; default top-1/top-5 %), the mean cross-entropy
-    ``loss`` and the sample count ``n`` of ``model`` over ``batches`` (eval mode).
-
-    ``reduce`` sums a tensor over processes when each process evaluated its own shard of the split (rows of
-    sample-level state, e.g. AUC's scores, are gathered from every process then).
-    """
-    gather = None
-    if reduce is not None:
-        from kdlab.distributed import gather_rows
-
-        gather = lambda t: gather_rows(t)[0]  # noqa: E731
-    return evaluate_metrics(model, batches, names, reduce_sum=reduce, gather_rows=gather)
-
-
-def git_commit() -> str | None:
-    """The git commit of the kdlab source tree, when it is a checkout."""
-    try:
-        root = Path(kdlab.__file__).resolve().parents[1]
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=False
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python, torch, numpy and kdlab."""
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "kdlab": kdlab.__version__,
-    }
-
-
-def run_metrics(cfg: RunConfig, splits: object) -> tuple[str, ...]:
-    """The evaluation metrics of a run (``train.metrics``, else the dataset's defaults) with ``train.select_by``
-    checked against them; a bad name is a :class:`ConfigError` naming the fix."""
-    try:
-        names = resolve_metrics(cfg.train.metrics, getattr(splits, "metrics", None))
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    if cfg.train.select_by not in (*names, "loss"):
-        raise ConfigError(
-            f"train.select_by={cfg.train.select_by!r} is not among the run's metrics {list(names)} (or 'loss'); "
-            f"choose one of them, or add it to train.metrics"
-        )
-    return names
-
-
 def default_run_name(cfg: RunConfig) -> str:
     """``<method>__<teacher>__<student>__s<seed>`` (``<method>__<student>__s<seed>`` without a teacher)."""
     parts = [cfg.method.name, *[t.name for t in cfg.model.teachers], cfg.model.student, f"s{cfg.train.seed}"]
     return "__".join(p.replace(":", "-").replace("/", "-") for p in parts)
 
 
-class Trainer:
+class Trainer(TrainerStepMixin, TrainerEvaluationMixin, TrainerCheckpointMixin, TrainerDistributedMixin):
     """Trains one run.
 
     Args:
@@ -330,62 +246,10 @@ class Trainer:
         lr = self.stages[self._stage_index(progress)].lr
         return self.cfg.optim.lr if lr is None else lr
 
-    def _setup_speed(self) -> None:
-        """Precision, memory format, compilation and teacher-output reuse (``kdlab.train.precision``,
-        ``kdlab.train.teacher_cache``); builds :attr:`step_module` and the callable :attr:`step_call` that runs it."""
-        from kdlab.train.teacher_cache import build_teacher_cache
-
-        r, tc = self.run, self.cfg.train
-        self.precision = Precision.from_config(tc, r.device)
-        for model in (r.student, *r.teachers):
-            self.precision.prepare_model(model)
-        self.step_module = TrainStep(r.student, r.method, r.needs, self.precision)
-        self.step_call = CompiledStep(self._distributed_step(self.step_module), tc.compile)
-        self.scaler = self.precision.make_scaler()
-        self.teacher_cache, self.teacher_cache_reason = build_teacher_cache(
-            self.cfg, r, self.teacher_outputs, self.precision.prepare_batch
-        )
-
     def _data_epoch(self, epoch: int) -> int:
         """The epoch whose data stream epoch ``epoch`` replays (``train.replay_epochs``)."""
         replay = self.cfg.train.replay_epochs
         return epoch % replay if replay > 0 else epoch
-
-    def _step_teachers(self, batch: Batch, progress: Progress) -> tuple[dict[str, Outputs], ...]:
-        """The teachers' outputs of a training step: from the teacher cache when one applies."""
-        if self.teacher_cache is None:
-            return self.teacher_outputs(batch)
-        return self.teacher_cache.outputs(batch, self._data_epoch(progress.epoch), progress.step_in_epoch)
-
-    def _backward_step(self, loss: Tensor) -> None:
-        """Backward and optimiser step (loss-scaled in fp16)."""
-        if self.scaler is None:
-            loss.backward()
-            self.optimizer.step()
-            return
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-
-    def speed_record(self) -> dict:
-        """The effective speed settings of the run (for ``summary.json``)."""
-        from kdlab.allocator import allocator_name
-
-        cache = self.teacher_cache.record() if self.teacher_cache is not None else {"kind": "off"}
-        return {
-            **self.precision.record(),
-            "compile": self.step_call.status,
-            "teacher_cache": {**cache, "reason": self.teacher_cache_reason},
-            "replay_epochs": self.cfg.train.replay_epochs,
-            "allocator": allocator_name(),
-        }
-
-    def teacher_outputs(self, batch: Batch) -> tuple[dict[str, Outputs], ...]:
-        """Every teacher's outputs on the views and taps the method needs (fp32, whatever the teacher's precision)."""
-        n = self.run.needs
-        with self.precision.teacher_autocast():
-            outs = tuple(t.outputs(batch, n.views, n.teacher_taps) for t in self.run.teachers)
-        return tuple(to_float(o) for o in outs)
 
     def _prepare_context(self) -> PrepareContext:
         def batches(taps=()) -> Iterator:
@@ -395,74 +259,6 @@ class Trainer:
         return PrepareContext(teacher_outputs=batches, device=self.run.device)
 
     # ----------------------------------------------------------------------------------------- checkpoint
-    def state_dict(self, progress: Progress) -> dict:
-        """Everything needed to continue exactly from ``progress`` (the next step to run)."""
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "config": to_dict(self.cfg),
-            "progress": {
-                "stage": self._stage_index(progress),
-                "step": progress.step,
-                "epoch": progress.epoch,
-                "step_in_epoch": progress.step_in_epoch,
-                "global_step": self.global_step,
-            },
-            "student": self.run.student.state_dict(),
-            "method": self.run.method.state_dict(),
-            "method_generators": self.run.method.generator_state(),
-            "optimizer": self.optimizer.state_dict(),
-            "aux": [a.state_dict() for a in self.aux],
-            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": rng,
-            "history": self.history,
-            # the running sums of a partly trained epoch: its logged means cover the whole epoch after a resume
-            "epoch_accum": self._epoch_accum if progress.step_in_epoch > 0 else None,
-            "clock": {"train_time": self.train_time, "train_images": self.train_images},
-            "versions": versions(),
-            "world_size": self.world.size,
-        }
-
-    def load_state_dict(self, state: dict) -> Progress:
-        """Restore a :meth:`state_dict`; returns the progress to continue from."""
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{str(self.ckpt_path)!r} is not a kdlab training checkpoint")
-        saved_cfg = state["config"]
-        now = to_dict(self.cfg)
-        for section in ("model", "method", "data"):
-            if saved_cfg.get(section) != now.get(section):
-                raise CheckpointError(
-                    f"the checkpoint in {str(self.run_dir)!r} was written with a different '{section}' config; "
-                    "resume with the same config (see its config.yaml) or start a new run"
-                )
-        self._check_world_size(state)
-        self.run.student.load_state_dict(state["student"])
-        self.run.method.load_state_dict(state["method"])
-        self.run.method.set_generator_state(state["method_generators"])
-        p = state["progress"]
-        self.optimizer = self._make_optimizer(self.stages[p["stage"]])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for aux, s in zip(self.aux, state["aux"]):
-            aux.load_state_dict(s)
-        if self.scaler is not None and state.get("grad_scaler"):
-            self.scaler.load_state_dict(state["grad_scaler"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self.history = list(state["history"])
-        self.train_time = state["clock"]["train_time"]
-        self.train_images = state["clock"]["train_images"]
-        self.global_step = p["global_step"]
-        self._epoch_accum = state.get("epoch_accum") if p["step_in_epoch"] > 0 else None
-        progress = self._stage_progress(p["stage"], p["step"], p["epoch"], p["step_in_epoch"])
-        self._last_checkpoint = progress
-        return progress
-
     def save_checkpoint(self, progress: Progress) -> None:
         """Write ``checkpoint.pt`` atomically (rank 0); a second stop signal waits until the file is complete."""
         if self.world.main:  # several processes: rank 0 writes
@@ -476,36 +272,6 @@ class Trainer:
             raise interrupts.Interrupted(
                 self._stop_signal, f"stopped by a second signal; {self._checkpoint_note()}. Resume with --resume"
             )
-
-    def _checkpoint_note(self) -> str:
-        """Which checkpoint exists now (for messages that must be true)."""
-        p = self._last_checkpoint
-        if p is None or not self.ckpt_path.is_file():
-            return f"no checkpoint was written yet in {str(self.run_dir)!r}"
-        where = f", step {p.step_in_epoch} of epoch {p.epoch + 1}" if p.step_in_epoch else ""
-        stage = "" if p.stage == MAIN_STAGE else f" of stage {p.stage!r}"
-        return (
-            f"the checkpoint {str(self.ckpt_path)!r} (after step {p.step}: {p.epoch} epoch(s){stage} done{where}) "
-            "is kept"
-        )
-
-    def export(self) -> Path:
-        """Write the deployable model (``method.export(student)``) to ``student.pt``."""
-        model = self.run.method.export(self.run.student)
-        path = self.run_dir / "student.pt"
-        if not self.world.main:
-            return path
-        atomic_save(
-            {
-                "format": EXPORT_FORMAT,
-                "config": to_dict(self.cfg),
-                "state_dict": model.state_dict(),
-                "parameters": count_parameters(model, trainable_only=False),
-            },
-            path,
-            what="exported model",
-        )
-        return path
 
     # ------------------------------------------------------------------------------------------- signals
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -740,21 +506,6 @@ class Trainer:
             teachers=teachers,
         )
 
-    def evaluate(self, split: str = "test") -> dict[str, float]:
-        """Accuracy of the exported model on ``split`` (several processes: each its shard, counts summed)."""
-        if not self.world.distributed:
-            return evaluate(
-                self.run.method.export(self.run.student), self.run.data.eval_batches(split), names=self.metric_names
-            )
-        distributed.broadcast_buffers(self.step_module, skip=self._ddp_ignore)  # rank 0's BN statistics everywhere
-        device = self.run.device
-        return evaluate(
-            self.run.method.export(self.run.student),
-            self.run.data.eval_batches(split, shard=True),
-            reduce=lambda t: distributed.reduce_sum(t.to(device)).to(t.device),
-            names=self.metric_names,
-        )
-
     def _finish(self, progress: Progress) -> dict:
         from kdlab.experiments.spec import config_hash
 
@@ -799,102 +550,7 @@ class Trainer:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", "summary")
         return summary
 
-    # ------------------------------------------------------------------------------------------ distributed
-    def _setup_distributed_data(self) -> None:
-        """Several processes: shard the loader (``data.batch_size`` is the global batch) and log the per-rank batch."""
-        w, data = self.world, self.run.data
-        self._ddp_ignore: list[str] = []
-        if not w.distributed:
-            return
-        data.shard(w.rank, w.size)
-        log.info(
-            "distributed: %d processes, global batch %d, per-process batch %d",
-            w.size,
-            data.batch_size,
-            data.batch_size // w.size,
-        )
-
-    def _distributed_step(self, step_module: TrainStep) -> nn.Module:
-        """What the training step calls: ``step_module`` in DistributedDataParallel under several processes
-        (``SyncBatchNorm`` with ``train.sync_bn``), else ``step_module`` itself.
-
-        DDP synchronises the student and the method's adapters only; the method's other parameters and buffers (its
-        own cross-sample state such as CRD's memory, aux objectives' parameters) are the method's to keep consistent.
-        """
-        tc = self.cfg.train
-        if not self.world.distributed:
-            if tc.sync_bn:
-                log.info("train.sync_bn has no effect in a single process")
-            return step_module
-        if tc.sync_bn:
-            if self.run.device.type != "cuda":
-                raise ConfigError(
-                    f"train.sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm does not run on "
-                    f"{self.run.device.type}); set train.sync_bn=false"
-                )
-            nn.SyncBatchNorm.convert_sync_batchnorm(step_module)
-        method = self.run.method
-        own = [*method.named_parameters(), *method.named_buffers()]
-        self._ddp_ignore = [f"method.{n}" for n, _ in own if not n.startswith("adapters.")]
-        return distributed.wrap(step_module, self.run.device, self._ddp_ignore, tc.find_unused_parameters)
-
-    def _sync_step(self, scalars: Tensor) -> Tensor:
-        """Several processes: the step's logged scalars averaged over ranks, and the ranks' agreement on stopping.
-
-        A stop request (SIGINT/SIGTERM) seen by any rank before this point is shared with all ranks here, so every
-        rank finishes the same step, then rank 0 writes the checkpoint: no rank waits in a collective alone.
-        """
-        if not self.world.distributed:
-            return scalars
-        flag = scalars.new_ones(1) if self._stop_signal is not None else scalars.new_zeros(1)
-        total = distributed.reduce_sum(torch.cat([scalars, flag]))
-        if float(total[-1]) > 0:
-            self._stop_agreed = True
-            if self._stop_signal is None:
-                self._stop_signal = signal.SIGTERM
-        return total[:-1] / self.world.size
-
-    def _stopping(self) -> bool:
-        """Whether to stop after the current step (several processes: only once all ranks agree)."""
-        return self._stop_agreed if self.world.distributed else self._stop_signal is not None
-
-    def _check_world_size(self, state: dict) -> None:
-        saved = int(state.get("world_size", 1))
-        if saved != self.world.size:
-            raise ConfigError(
-                f"the checkpoint in {str(self.run_dir)!r} was written by a run of {saved} process(es), this run has "
-                f"{self.world.size}; resume with the same number of processes (e.g. torchrun --nproc_per_node="
-                f"{saved} ... --resume), or start a new run"
-            )
-
 
 def _sentence(text: str) -> str:
     """``text`` with its first letter upper-case (the rest unchanged, unlike ``str.capitalize``)."""
     return text[:1].upper() + text[1:]
-
-
-class _ForwardTaps(nn.Module):
-    """Makes a model's ``forward_taps`` its ``forward``, so ``torch.func.functional_call`` can run it."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor, taps: tuple[str, ...]) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.model.forward_taps(x, taps)
-
-
-def functional_student_outputs(
-    student: nn.Module, params: dict[str, Tensor], batch: Batch, needs: Needs
-) -> dict[str, Outputs]:
-    """The student's outputs with its parameters replaced by ``params`` (name -> tensor), e.g. a virtual
-    "lookahead" step for a hypergradient. Buffers not in ``params`` are the student's own."""
-    wrapper = _ForwardTaps(student)
-    named = {f"model.{k}": v for k, v in params.items()}
-    out = {}
-    for view in needs.views:
-        logits, feats = torch.func.functional_call(
-            wrapper, named, (batch.view(view), tuple(needs.student_taps)), strict=False
-        )
-        out[view] = Outputs(logits, feats)
-    return out

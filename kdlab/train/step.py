@@ -1,0 +1,142 @@
+"""The training step: the trainable module, the student's functional outputs, and the trainer's half of the step.
+
+- :class:`TrainStep`: the student and the method in one module (the only thing wrapped in DDP or compiled); its
+  forward runs the student on the views the method needs and returns the method's :class:`~kdlab.types.LossOut`.
+- :func:`functional_student_outputs`: the student's outputs with substituted parameters (``torch.func``), e.g. for a
+  hypergradient's virtual step.
+- :class:`TrainerStepMixin`: the :class:`~kdlab.train.trainer.Trainer` methods around one step: precision, memory
+  format, compilation and teacher-output reuse set-up, the teachers' outputs, backward and optimiser step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.config import RunConfig
+from kdlab.train.build import Run
+from kdlab.train.precision import CompiledStep, Precision, to_float
+from kdlab.types import Batch, LossOut, Needs, Outputs, Progress, StepIO
+
+
+class TrainStep(nn.Module):
+    """The student and the method in one module: the only thing trained, wrapped in DDP or compiled.
+
+    Args:
+        student: the student model (tap contract).
+        method: the distillation method (its ``adapters`` are trained with the student).
+        needs: what the method reads.
+    """
+
+    def __init__(self, student: nn.Module, method: nn.Module, needs: Needs, precision: Precision | None = None) -> None:
+        super().__init__()
+        self.student = student
+        self.method = method
+        self.needs = needs
+        self.precision = precision or Precision()
+
+    def student_outputs(self, batch: Batch) -> dict[str, Outputs]:
+        """The student's outputs on every view the method needs (one forward per view)."""
+        taps = tuple(self.needs.student_taps)
+        out = {}
+        for view in self.needs.views:
+            logits, feats = self.student.forward_taps(batch.view(view), taps)
+            out[view] = Outputs(logits, feats)
+        return out
+
+    def forward(self, batch: Batch, teachers: tuple, progress: Progress) -> LossOut:
+        # the student's forward in the run's precision; its outputs and the method's loss in fp32 (precision.py)
+        with self.precision.student_autocast():
+            student = self.student_outputs(batch)
+        io = StepIO(to_float(student), teachers, batch, progress)
+        with self.precision.loss_context():
+            return self.method.loss(io)
+
+
+class _ForwardTaps(nn.Module):
+    """Makes a model's ``forward_taps`` its ``forward``, so ``torch.func.functional_call`` can run it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, taps: tuple[str, ...]) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.model.forward_taps(x, taps)
+
+
+def functional_student_outputs(
+    student: nn.Module, params: dict[str, Tensor], batch: Batch, needs: Needs
+) -> dict[str, Outputs]:
+    """The student's outputs with its parameters replaced by ``params`` (name -> tensor), e.g. a virtual
+    "lookahead" step for a hypergradient. Buffers not in ``params`` are the student's own."""
+    wrapper = _ForwardTaps(student)
+    named = {f"model.{k}": v for k, v in params.items()}
+    out = {}
+    for view in needs.views:
+        logits, feats = torch.func.functional_call(
+            wrapper, named, (batch.view(view), tuple(needs.student_taps)), strict=False
+        )
+        out[view] = Outputs(logits, feats)
+    return out
+
+
+class TrainerStepMixin:
+    """The :class:`~kdlab.train.trainer.Trainer`'s step machinery. Reads ``cfg``, ``run`` and ``optimizer``;
+    :meth:`_setup_speed` sets ``precision``, ``step_module``, ``step_call``, ``scaler``, ``teacher_cache`` and
+    ``teacher_cache_reason``. ``_distributed_step`` and ``_data_epoch`` come from the trainer's other parts."""
+
+    cfg: RunConfig
+    run: Run
+    optimizer: torch.optim.Optimizer
+
+    def _setup_speed(self) -> None:
+        """Precision, memory format, compilation and teacher-output reuse (``kdlab.train.precision``,
+        ``kdlab.train.teacher_cache``); builds :attr:`step_module` and the callable :attr:`step_call` that runs it."""
+        from kdlab.train.teacher_cache import build_teacher_cache
+
+        r, tc = self.run, self.cfg.train
+        self.precision = Precision.from_config(tc, r.device)
+        for model in (r.student, *r.teachers):
+            self.precision.prepare_model(model)
+        self.step_module = TrainStep(r.student, r.method, r.needs, self.precision)
+        self.step_call = CompiledStep(self._distributed_step(self.step_module), tc.compile)
+        self.scaler = self.precision.make_scaler()
+        self.teacher_cache, self.teacher_cache_reason = build_teacher_cache(
+            self.cfg, r, self.teacher_outputs, self.precision.prepare_batch
+        )
+
+    def _step_teachers(self, batch: Batch, progress: Progress) -> tuple[dict[str, Outputs], ...]:
+        """The teachers' outputs of a training step: from the teacher cache when one applies."""
+        if self.teacher_cache is None:
+            return self.teacher_outputs(batch)
+        return self.teacher_cache.outputs(batch, self._data_epoch(progress.epoch), progress.step_in_epoch)
+
+    def _backward_step(self, loss: Tensor) -> None:
+        """Backward and optimiser step (loss-scaled in fp16)."""
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def speed_record(self) -> dict:
+        """The effective speed settings of the run (for ``summary.json``)."""
+        from kdlab.allocator import allocator_name
+
+        cache = self.teacher_cache.record() if self.teacher_cache is not None else {"kind": "off"}
+        return {
+            **self.precision.record(),
+            "compile": self.step_call.status,
+            "teacher_cache": {**cache, "reason": self.teacher_cache_reason},
+            "replay_epochs": self.cfg.train.replay_epochs,
+            "allocator": allocator_name(),
+        }
+
+    def teacher_outputs(self, batch: Batch) -> tuple[dict[str, Outputs], ...]:
+        """Every teacher's outputs on the views and taps the method needs (fp32, whatever the teacher's precision)."""
+        n = self.run.needs
+        with self.precision.teacher_autocast():
+            outs = tuple(t.outputs(batch, n.views, n.teacher_taps) for t in self.run.teachers)
+        return tuple(to_float(o) for o in outs)
