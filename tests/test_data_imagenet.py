@@ -341,7 +341,7 @@ def test_cli_trains_two_steps_on_a_jpeg_folder(folder, tmp_path):
 
 
 def test_shipped_imagenet_recipes_are_the_generator_output():
-    """configs/imagenet/** (except tgeo_kd/, written elsewhere) is exactly what scripts/make_imagenet_configs.py
+    """configs/imagenet/** (except tgeo_kd/ and strategies/, written elsewhere) is exactly what scripts/make_imagenet_configs.py
     emits, every distillation config names its pair, and every target is a published top-1 in (0, 100)."""
     import importlib.util
 
@@ -354,7 +354,7 @@ def test_shipped_imagenet_recipes_are_the_generator_output():
     shipped = {
         p.relative_to(REPO): yaml.safe_load(p.read_text())
         for p in (REPO / "configs" / "imagenet").rglob("*.yaml")
-        if "tgeo_kd" not in p.parts
+        if "tgeo_kd" not in p.parts and "strategies" not in p.parts  # strategies: hand-written (issue 18)
     }
     assert shipped == emitted
     methods = {p.parts[2] for p in shipped}
