@@ -55,7 +55,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(
         f"{summary['run']}: test top1 last {summary['last']['top1']:.2f} (epoch {summary['last']['epoch']}), "
         f"best {summary['best']['top1']:.2f} (epoch {summary['best']['epoch']}); "
-        f"{summary['images_per_s']:.0f} img/s; run directory {trainer.run_dir}"
+        + (
+            f"EMA top1 last {summary['last']['ema_top1']:.2f}"
+            + (" (exported to student.pt); " if summary["ema"]["exported"] else "; ")
+            if "ema_top1" in summary["last"]
+            else ""
+        )
+        + f"{summary['images_per_s']:.0f} img/s; run directory {trainer.run_dir}"
     )
     return 0
 

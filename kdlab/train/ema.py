@@ -32,11 +32,16 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from kdlab.config import ConfigError, TrainConfig
+from kdlab.distributed import broadcast_buffers
+from kdlab.methods.base import MAIN_STAGE
+from kdlab.metrics import select_key
+from kdlab.types import Progress
 
 
 def ema_decay_at(decay: float, n: int, warmup: str = "off", power: float = 0.75) -> float:
@@ -133,6 +138,57 @@ def build_ema(cfg: TrainConfig, model: nn.Module) -> ModelEMA | None:
     return ModelEMA(model, cfg.ema_decay, cfg.ema_warmup, cfg.ema_warmup_power)
 
 
+class TrainerEMAMixin:
+    """The :class:`~kdlab.train.trainer.Trainer`'s EMA of the student (``train.ema_decay``). Reads ``cfg``, ``run``
+    and ``world``; :meth:`_setup_ema` sets ``ema`` (None when off) after the trainable step is built (and, under
+    ``torchrun``, after DDP synchronised the ranks' initial weights)."""
+
+    def _setup_ema(self) -> None:
+        r = self.run
+        self._ema_live = r.method.export(r.student)  # the deployable model; shares the student's tensors
+        self.ema = build_ema(self.cfg.train, self._ema_live)
+
+    def _ema_restart(self, progress: Progress) -> None:
+        """At the first step of the main stage: the average starts from the weights the main stage starts from."""
+        if self.ema is not None and progress.stage == MAIN_STAGE and progress.step == 0:
+            self.ema.reset(self._ema_live)
+
+    def _ema_update(self, progress: Progress) -> None:
+        """After each optimiser step of the main stage."""
+        if self.ema is not None and progress.stage == MAIN_STAGE:
+            self.ema.update(self._ema_live)
+
+    def _ema_metrics(self, raw: dict[str, float], evaluate_model: Callable[[nn.Module], dict[str, float]]) -> dict:
+        """``raw`` with the EMA's metrics beside it (:func:`with_ema_metrics`); several processes: rank 0's BatchNorm
+        statistics of the average are copied to every rank first (its parameters are equal on every rank)."""
+        if self.ema is None:
+            return raw
+        broadcast_buffers(self.ema.module)
+        return with_ema_metrics(raw, evaluate_model(self.ema.module))
+
+    def _ema_export_model(self) -> nn.Module | None:
+        """The averaged model when ``train.ema_export`` says it is the one exported, else None."""
+        return self.ema.module if self.ema is not None and self.cfg.train.ema_export else None
+
+    def _ema_summary(self, evals: list[dict]) -> dict:
+        """The summary's ``ema`` entry: settings, update count, and the best evaluation of the average."""
+        if self.ema is None:
+            return {}
+        tc = self.cfg.train
+        by = select_key(tc.select_by)
+        scored = [(h["epoch"], ema_record(h["test"])) for h in evals if ema_record(h["test"])]
+        best = max(scored, key=lambda e: by(e[1])) if scored else None
+        return {
+            "ema": {
+                "decay": tc.ema_decay,
+                "warmup": tc.ema_warmup,
+                "updates": self.ema.updates,
+                "exported": tc.ema_export,
+                "best": {"epoch": best[0], **best[1]} if best else None,
+            }
+        }
+
+
 def with_ema_metrics(raw: dict[str, float], ema: dict[str, float]) -> dict[str, float]:
     """One evaluation record: the raw weights' metrics as they are, the EMA's under ``ema_<name>`` (no ``ema_n``)."""
     return {**raw, **{f"ema_{k}": v for k, v in ema.items() if k != "n"}}
@@ -148,4 +204,12 @@ def half_life_steps(decay: float) -> float:
     return math.log(0.5) / math.log(decay)
 
 
-__all__ = ["ModelEMA", "build_ema", "ema_decay_at", "ema_record", "half_life_steps", "with_ema_metrics"]
+__all__ = [
+    "ModelEMA",
+    "TrainerEMAMixin",
+    "build_ema",
+    "ema_decay_at",
+    "ema_record",
+    "half_life_steps",
+    "with_ema_metrics",
+]

@@ -70,16 +70,23 @@ class TrainerEvaluationMixin:
     _ddp_ignore: list[str]
 
     def evaluate(self, split: str = "test") -> dict[str, float]:
-        """Accuracy of the exported model on ``split`` (several processes: each its shard, counts summed)."""
+        """Accuracy of the exported model on ``split`` (several processes: each its shard, counts summed), and with
+        ``train.ema_decay`` the moving average's beside it as ``ema_<metric>`` (:mod:`kdlab.train.ema`)."""
         if not self.world.distributed:
-            return evaluate(
-                self.run.method.export(self.run.student), self.run.data.eval_batches(split), names=self.metric_names
-            )
-        distributed.broadcast_buffers(self.step_module, skip=self._ddp_ignore)  # rank 0's BN statistics everywhere
-        device = self.run.device
-        return evaluate(
-            self.run.method.export(self.run.student),
-            self.run.data.eval_batches(split, shard=True),
-            reduce=lambda t: distributed.reduce_sum(t.to(device)).to(t.device),
-            names=self.metric_names,
-        )
+
+            def model_metrics(model: nn.Module) -> dict[str, float]:
+                return evaluate(model, self.run.data.eval_batches(split), names=self.metric_names)
+
+        else:
+            distributed.broadcast_buffers(self.step_module, skip=self._ddp_ignore)  # rank 0's BN statistics everywhere
+            device = self.run.device
+
+            def model_metrics(model: nn.Module) -> dict[str, float]:
+                return evaluate(
+                    model,
+                    self.run.data.eval_batches(split, shard=True),
+                    reduce=lambda t: distributed.reduce_sum(t.to(device)).to(t.device),
+                    names=self.metric_names,
+                )
+
+        return self._ema_metrics(model_metrics(self.run.method.export(self.run.student)), model_metrics)

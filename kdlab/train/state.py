@@ -57,6 +57,7 @@ class TrainerCheckpointMixin:
             "method_generators": self.run.method.generator_state(),
             "optimizer": self.optimizer.state_dict(),
             "aux": [a.state_dict() for a in self.aux],
+            "ema": self.ema.state_dict() if self.ema is not None else None,  # train.ema_decay (kdlab/train/ema.py)
             "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng,
             "history": self.history,
@@ -88,6 +89,8 @@ class TrainerCheckpointMixin:
         self.optimizer.load_state_dict(state["optimizer"])
         for aux, s in zip(self.aux, state["aux"]):
             aux.load_state_dict(s)
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         if self.scaler is not None and state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
         rng = state["rng"]
@@ -118,8 +121,10 @@ class TrainerCheckpointMixin:
         )
 
     def export(self) -> Path:
-        """Write the deployable model (``method.export(student)``) to ``student.pt``."""
-        model = self.run.method.export(self.run.student)
+        """Write the deployable model (``method.export(student)``, or its moving average with ``train.ema_export``) to
+        ``student.pt``."""
+        model = self._ema_export_model()
+        model = self.run.method.export(self.run.student) if model is None else model
         path = self.run_dir / "student.pt"
         if not self.world.main:
             return path

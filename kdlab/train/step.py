@@ -26,14 +26,24 @@ class TrainStep(nn.Module):
         student: the student model (tap contract).
         method: the distillation method (its ``adapters`` are trained with the student).
         needs: what the method reads.
+        precision: autocast and loss precision (default fp32).
+        label_smoothing: the run's ``train.label_smoothing``, handed to the method in :class:`~kdlab.types.StepIO`.
     """
 
-    def __init__(self, student: nn.Module, method: nn.Module, needs: Needs, precision: Precision | None = None) -> None:
+    def __init__(
+        self,
+        student: nn.Module,
+        method: nn.Module,
+        needs: Needs,
+        precision: Precision | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
         super().__init__()
         self.student = student
         self.method = method
         self.needs = needs
         self.precision = precision or Precision()
+        self.label_smoothing = label_smoothing
 
     def student_outputs(self, batch: Batch) -> dict[str, Outputs]:
         """The student's outputs on every view the method needs (one forward per view)."""
@@ -48,7 +58,7 @@ class TrainStep(nn.Module):
         # the student's forward in the run's precision; its outputs and the method's loss in fp32 (precision.py)
         with self.precision.student_autocast():
             student = self.student_outputs(batch)
-        io = StepIO(to_float(student), teachers, batch, progress)
+        io = StepIO(to_float(student), teachers, batch, progress, label_smoothing=self.label_smoothing)
         with self.precision.loss_context():
             return self.method.loss(io)
 
@@ -98,7 +108,7 @@ class TrainerStepMixin:
         self.precision = Precision.from_config(tc, r.device)
         for model in (r.student, *r.teachers):
             self.precision.prepare_model(model)
-        self.step_module = TrainStep(r.student, r.method, r.needs, self.precision)
+        self.step_module = TrainStep(r.student, r.method, r.needs, self.precision, tc.label_smoothing)
         self.step_call = CompiledStep(self._distributed_step(self.step_module), tc.compile)
         self.scaler = self.precision.make_scaler()
         self.teacher_cache, self.teacher_cache_reason = build_teacher_cache(

@@ -48,13 +48,16 @@ from kdlab.train.checkpoint import (
 )
 from kdlab.train.ddp import TrainerDistributedMixin
 from kdlab.train.display import ProgressDisplay
+from kdlab.train.ema import TrainerEMAMixin
 from kdlab.train.evaluation import TrainerEvaluationMixin, accuracy, evaluate, run_metrics
 from kdlab.train.header import log_header
+from kdlab.train.optim import make_optimizer
 from kdlab.train.provenance import git_commit, versions
 from kdlab.train.runrecord import RunExistsError, check_resume_config, move_aside, repair_metrics
 from kdlab.train.schedule import learning_rate
 from kdlab.train.state import TrainerCheckpointMixin
 from kdlab.train.step import TrainerStepMixin, TrainStep, functional_student_outputs
+from kdlab.train.strategy import check_strategy
 from kdlab.train.tensorboard import open_tensorboard
 from kdlab.types import Batch, Outputs, Progress
 
@@ -89,7 +92,9 @@ def default_run_name(cfg: RunConfig) -> str:
     return "__".join(p.replace(":", "-").replace("/", "-") for p in parts)
 
 
-class Trainer(TrainerStepMixin, TrainerEvaluationMixin, TrainerCheckpointMixin, TrainerDistributedMixin):
+class Trainer(
+    TrainerStepMixin, TrainerEvaluationMixin, TrainerCheckpointMixin, TrainerDistributedMixin, TrainerEMAMixin
+):
     """Trains one run.
 
     Args:
@@ -180,11 +185,13 @@ class Trainer(TrainerStepMixin, TrainerEvaluationMixin, TrainerCheckpointMixin, 
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
+        check_strategy(cfg)  # label smoothing and EMA settings (kdlab/train/strategy.py)
         self.world, device, self._owns_group = distributed.init(resolve_device(cfg.train.device))
         try:
             self.run: Run = build_run(cfg, device=device)
             self._setup_distributed_data()
             self._setup_speed()
+            self._setup_ema()  # train.ema_decay: the student's moving average (kdlab/train/ema.py)
         except BaseException:
             distributed.teardown(self._owns_group)
             raise
@@ -220,10 +227,7 @@ class Trainer(TrainerStepMixin, TrainerEvaluationMixin, TrainerCheckpointMixin, 
             params += [p for p in r.method.adapters.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"stage {stage.name!r} trains {stage.trains!r}, which has no trainable parameters")
-        lr = stage.lr if stage.lr is not None else o.lr
-        if o.name == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        return make_optimizer(o, params, stage.lr if stage.lr is not None else o.lr)  # kdlab/train/optim.py
 
     def _stage_progress(self, index: int, step: int = 0, epoch: int = 0, step_in_epoch: int = 0) -> Progress:
         stage = self.stages[index]
@@ -414,7 +418,9 @@ class Trainer(TrainerStepMixin, TrainerEvaluationMixin, TrainerCheckpointMixin, 
                         + ("resume or restart" if self._last_checkpoint is not None else "restart (--force)")
                     )
                 self.optimizer.zero_grad(set_to_none=True)
+                self._ema_restart(progress)  # the main stage's first step: the average starts from these weights
                 self._backward_step(loss)
+                self._ema_update(progress)
                 logs = {}
                 self.global_step += 1
                 done = dataclasses.replace(progress, step=progress.step + 1, step_in_epoch=progress.step_in_epoch + 1)
@@ -432,6 +438,7 @@ class Trainer(TrainerStepMixin, TrainerEvaluationMixin, TrainerCheckpointMixin, 
                 acc["time_s"] += dt
                 acc["step_times"].append(dt)
                 acc["images"] += batch.size * self.world.size  # shards are equal: the global batch
+                acc["lr_last"] = lr
                 display.update(self.global_step - 1, epoch, f"loss {values['loss']:.4f} lr {lr:.4g}")
                 progress = done
                 if self._stopping() or self.global_step >= total:
@@ -451,6 +458,8 @@ class Trainer(TrainerStepMixin, TrainerEvaluationMixin, TrainerCheckpointMixin, 
                 "epoch": epoch + 1,
                 "step": progress.step,
                 "lr": epoch_lr,
+                # a schedule that moves every step: the rate of the epoch's last step too
+                **({"lr_last": acc["lr_last"]} if acc.get("lr_last", epoch_lr) != epoch_lr else {}),
                 "train": {k: v / max(acc["n_steps"], 1) for k, v in sums.items()},
                 "images_per_s": acc["images"] / max(acc["time_s"], 1e-9),
                 "step_time_median_s": statistics.median(acc["step_times"]) if acc["step_times"] else 0.0,
@@ -462,7 +471,8 @@ class Trainer(TrainerStepMixin, TrainerEvaluationMixin, TrainerCheckpointMixin, 
                 display.message(
                     f"epoch {epoch + 1}: loss {record['train'].get('loss', float('nan')):.4f} "
                     f"test {format_metrics(record['test'])} "
-                    f"({record['images_per_s']:.0f} img/s)"
+                    + (f"ema top1 {record['test']['ema_top1']:.2f} " if "ema_top1" in record["test"] else "")
+                    + f"({record['images_per_s']:.0f} img/s)"
                 )
             self.history.append(record)
             self._epoch_accum = None
@@ -538,6 +548,7 @@ class Trainer(TrainerStepMixin, TrainerEvaluationMixin, TrainerCheckpointMixin, 
             "student_parameters": count_parameters(self.run.student),
             "exported_parameters": count_parameters(exported, trainable_only=False),
             "export": export_path.name,
+            **self._ema_summary(evals),  # train.ema_decay: the average's settings and best evaluation
             "device": str(self.run.device),
             "threads": torch.get_num_threads(),
             "speed": self.speed_record(),
