@@ -388,3 +388,28 @@ def test_schedule_after_warmup_starts_the_clock_when_the_warmup_ends():
     assert _lr(cos, 200, total_epochs=300) == 5e-4  # step 200 = the end of the 20-epoch warm-up
     assert _lr(cos, 200 + 1400, total_epochs=300) == pytest.approx(1e-5 + 0.5 * (5e-4 - 1e-5))  # half of 280 epochs
     assert _lr(cos, 2999, total_epochs=300) == pytest.approx(1e-5, abs=1e-9)
+
+
+def test_the_run_header_states_the_strategy():
+    from kdlab.config import load_config
+    from kdlab.train.header import format_header
+    from kdlab.train.strategy import describe_strategy
+
+    from conftest import REPO
+
+    b2 = load_config(REPO / "configs" / "imagenet" / "strategies" / "B2.yaml")
+    assert describe_strategy(b2) == (
+        "rmsprop_tf lr 0.048 (alpha 0.9, eps 0.001, momentum 0.9); exp_step x0.97 every 2.4 epochs per step after a "
+        "3-epoch warm-up from 1e-06; wd 1e-05 (not on biases/norms); label smoothing 0.1; EMA 0.9999 (exported)"
+    )
+    header = {
+        "data": {"name": "d", "train": 1, "val": 0, "test": 1, "classes": 2, "input_size": [3, 8, 8]},
+        "student": {"name": "s", "parameters": 1, "macs": 1, "input_mean": None, "input_std": None, "checkpoint": None},
+        "method": {"name": "ce", "changed": {}},
+        "system": {"device": "cpu", "precision": "fp32", "teacher_precision": "fp32", "threads": 1},
+        "schedule": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 1},
+        "teachers": [],
+        "strategy": describe_strategy(b2),
+    }
+    header["system"].update(allocator="default", seed=0, processes=1)
+    assert format_header(header).splitlines()[-1] == f"  strategy {describe_strategy(b2)}"

@@ -226,9 +226,10 @@ def build_header(trainer: Any, measure: bool = True) -> dict:
         measure: score the teachers (:func:`measure_teachers`).
 
     Returns:
-        ``{"data", "student", "teachers", "method", "system", "schedule"}`` (JSON-serialisable).
+        ``{"data", "student", "teachers", "method", "system", "schedule", "strategy"}`` (JSON-serialisable).
     """
     from kdlab.allocator import allocator_name
+    from kdlab.train.strategy import describe_strategy
 
     run, cfg = trainer.run, trainer.cfg
     splits, data = run.splits, run.data
@@ -270,6 +271,7 @@ def build_header(trainer: Any, measure: bool = True) -> dict:
             "max_steps": cfg.train.max_steps,
             "stages": [st.name for st in getattr(trainer, "stages", [])],
         },
+        "strategy": describe_strategy(cfg),  # optimiser, schedule, weight decay, label smoothing, EMA
     }
     measured = measure_teachers(run) if measure else [{} for _ in run.teachers]
     header["teachers"] = [
@@ -336,6 +338,8 @@ def format_header(header: dict) -> str:
         f"{sysinfo['processes']} process(es); {sch['epochs']} epochs x {sch['steps_per_epoch']} steps, "
         f"batch {sch['batch_size']}"
     )
+    if header.get("strategy"):
+        lines.append(f"  strategy {header['strategy']}")
     return "\n".join(lines)
 
 

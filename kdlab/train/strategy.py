@@ -51,4 +51,41 @@ def check_strategy(cfg: RunConfig) -> None:
         raise ConfigError(f"train.ema_warmup={tc.ema_warmup!r} needs an EMA: set train.ema_decay (e.g. 0.9999)")
 
 
-__all__ = ["check_label_smoothing", "check_strategy"]
+def describe_strategy(cfg: RunConfig) -> str:
+    """One line of the run header: optimiser, learning-rate schedule, weight decay, label smoothing and EMA, e.g.
+    ``rmsprop_tf lr 0.048 (alpha 0.9, eps 0.001, momentum 0.9); exp_step x0.97 every 2.4 epochs per step after a
+    3-epoch warm-up from 1e-06; wd 1e-05 (not on biases/norms); label smoothing 0.1; EMA 0.9999 (exported)``."""
+    from kdlab.train.optim import DEFAULT_EPS
+    from kdlab.train.schedule import schedule_updates
+
+    o, t = cfg.optim, cfg.train
+    eps = o.eps if o.eps is not None else DEFAULT_EPS.get(o.name)
+    if o.name == "sgd":
+        opt = f"momentum {o.momentum:g}" + (", nesterov" if o.nesterov else "")
+    elif o.name == "adamw":
+        opt = f"betas {tuple(o.betas)}, eps {eps:g}"
+    else:
+        opt = f"alpha {o.alpha:g}, eps {eps:g}, momentum {o.momentum:g}"
+    if o.schedule == "step":
+        sched = f"step x{o.gamma:g} at epochs {', '.join(map(str, o.milestones))}"
+    elif o.schedule == "exp_step":
+        sched = f"exp_step x{o.gamma:g} every {o.decay_epochs:g} epochs"
+    elif o.schedule == "cosine":
+        sched = f"cosine to {o.min_lr:g}"
+    else:
+        sched = "constant"
+    sched += f" per {schedule_updates(o)}"
+    if o.warmup_epochs > 0:
+        when = "after" if o.schedule_after_warmup else "under"
+        sched += f" {when} a {o.warmup_epochs:g}-epoch warm-up from {o.warmup_lr:g}"
+    wd = f"wd {o.weight_decay:g}" + ("" if o.decay_norm_and_bias or o.weight_decay == 0 else " (not on biases/norms)")
+    parts = [f"{o.name} lr {o.lr:g} ({opt})", sched, wd]
+    if t.label_smoothing > 0:
+        parts.append(f"label smoothing {t.label_smoothing:g}")
+    if t.ema_decay is not None:
+        warm = "" if t.ema_warmup == "off" else f", {t.ema_warmup} warm-up"
+        parts.append(f"EMA {t.ema_decay:g}{warm}" + (" (exported)" if t.ema_export else " (evaluated, not exported)"))
+    return "; ".join(parts)
+
+
+__all__ = ["check_label_smoothing", "check_strategy", "describe_strategy"]
