@@ -149,7 +149,7 @@ def test_graph_sees_known_imports(graph):
     assert "kdlab.config" in graph.module_level["kdlab.methods.base"]
     assert "kdlab.distributed" in graph.module_level["kdlab.methods.crd"]
     assert "kdlab.distributed" in graph.module_level["kdlab.train.distributed"]
-    assert "kdlab.methods.kd" in graph.module_level["kdlab.methods.fusion"]
+    assert "kdlab.methods.kd" in graph.module_level["kdlab.methods.fusion.base"]
     assert "kdlab.train.trainer" in graph.function_level["kdlab.cli.main"]
 
 
