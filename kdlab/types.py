@@ -58,15 +58,20 @@ class Batch:
     Attributes:
         x: ``[B, C, H, W]`` normalised float images of the default view, or token inputs (``[B, L]`` int64 ids, or a
             dict of ``[B, L]`` tensors ``input_ids``, ``attention_mask``, ``token_type_ids``: :mod:`kdlab.data.tokens`).
-        y: ``[B]`` integer labels.
-        index: ``[B]`` dataset position of every sample (CRD, per-sample methods).
+        y: ``[B]`` integer labels; in a Mixup/CutMix batch the dominant label of each mixed image (its own when
+            its weight ``lambda >= 0.5``, else its partner's: :mod:`kdlab.data.augment_mix`).
+        index: ``[B]`` dataset position of every sample (CRD, per-sample methods); in a mixed batch the sample whose
+            image has weight ``lambda``.
         views: extra views by name (e.g. ``"strong"`` for MLKD), each ``[B, C, H, W]``.
+        y_soft: ``[B, K]`` mixed label distributions (rows sum to 1) when the run mixes batches
+            (``data.mixup_alpha``/``data.cutmix_alpha``), else None; :meth:`StepIO.cross_entropy` trains on them.
     """
 
     x: Tensor
     y: Tensor
     index: Tensor
     views: Mapping[str, Tensor] = field(default_factory=dict)
+    y_soft: Tensor | None = None
 
     def view(self, name: str) -> Tensor:
         """The images of view ``name`` (``"x"`` is the default view)."""
@@ -155,12 +160,15 @@ class StepIO:
 
         Every method's cross-entropy with the labels goes through here, so that run-level settings reach all of
         them: label smoothing is the method's own ``label_smoothing`` when it is > 0, else the run's
-        ``train.label_smoothing`` (:attr:`label_smoothing`). Returns a scalar, or ``[B]`` with ``reduction="none"``.
+        ``train.label_smoothing`` (:attr:`label_smoothing`). In a Mixup/CutMix batch the target is the mixed label
+        distribution ``batch.y_soft``, smoothed as ``(1 - eps) y_soft + eps / K`` (timm's ``mixup_target``).
+        Returns a scalar, or ``[B]`` with ``reduction="none"``.
         """
         from kdlab.losses import cross_entropy
 
         eps = label_smoothing if label_smoothing > 0 else self.label_smoothing
-        return cross_entropy(logits, self.y, eps, reduction)
+        target = self.y if self.batch.y_soft is None else self.batch.y_soft
+        return cross_entropy(logits, target, eps, reduction)
 
     def teacher_logits(self, view: str = DEFAULT_VIEW) -> Tensor:
         """``[M, B, K]``: the logits of all ``M`` teachers (or synthetic views) on ``view``, stacked."""

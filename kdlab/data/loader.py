@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from kdlab.config import ConfigError, DataConfig
+from kdlab.data.augment_pipeline import TrainAugment, take
 from kdlab.data.base import DataError, DatasetSplits, ImageSet
 from kdlab.distributed import shard_bounds
 from kdlab.seeding import derive_seed, make_generator
@@ -208,6 +209,7 @@ class DeviceLoader(BatchPlan):
         # normalise as (x_uint8 * scale - shift): one fused multiply-add per batch
         self._scale = 1.0 / (255.0 * self.std)
         self._shift = self.mean / self.std
+        self.train_augment = TrainAugment(cfg, splits.mean, splits.num_classes, seed)
         unknown = set(self.views) - {DEFAULT_VIEW, "strong"}
         if unknown:
             raise ValueError(f"unknown view(s) {sorted(unknown)}; the data layer provides 'x' and 'strong'")
@@ -248,13 +250,15 @@ class DeviceLoader(BatchPlan):
             if self.world_size > 1:
                 per_rank = self._usable(idx.shape[0]) // self.world_size
                 part = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+            aug = self.train_augment
             views = {}
             if "strong" in self.views:
                 from kdlab.data.randaugment import rand_augment
 
-                views["strong"] = self.normalize(rand_augment(self._augment(raw, g), g)[part])
-            x = self.normalize(self._augment(raw, g)[part])
-            yield Batch(x=x, y=self.train.y[idx[part]], index=idx[part], views=views)
+                views["strong"] = self.normalize(rand_augment(self._augment(raw, g), g))
+            x = aug.erase(self.normalize(aug.images(self._augment(raw, g), g)), g)
+            # every draw (and the mixing: pairs may cross shards) is of the global batch; this rank keeps its part
+            yield take(aug.mix(Batch(x=x, y=self.train.y[idx], index=idx, views=views), epoch, step), part)
 
     def eval_batches(self, split: str = "test", limit: int | None = None, shard: bool = False) -> Iterator[Batch]:
         """Un-augmented batches of ``"test"``, ``"val"`` or ``"train"`` in dataset order; with ``shard`` only this

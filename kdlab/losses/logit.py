@@ -105,7 +105,8 @@ def kd(
 
 
 def cross_entropy(logits: Tensor, y: Tensor, label_smoothing: float = 0.0, reduction: str = "mean") -> Tensor:
-    """Cross-entropy of ``[B, K]`` logits against ``[B]`` labels, with optional label smoothing.
+    """Cross-entropy of ``[B, K]`` logits against ``[B]`` labels, with optional label smoothing; ``y`` may also be
+    ``[B, K]`` label distributions (Mixup/CutMix's ``Batch.y_soft``), smoothed the same way: ``(1 - eps) y + eps / K``.
 
     The target is ``q = (1 - eps) * onehot(y) + eps / K`` and the loss ``-sum_k q_k log softmax(z)_k`` per
     sample, equal to MLKD's and hunto's ``CrossEntropyLabelSmooth``. Returns a scalar, or ``[B]`` with

@@ -60,6 +60,8 @@ class FeatureMethod(DistillMethod):
         ctx: the build context; the student's and the (single) teacher's tap shapes come from it.
     """
 
+    mixed_labels = "soft"  # the task term through StepIO.cross_entropy; feature terms read no label
+
     def __init__(self, cfg: FeatureConfig, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)
         self.s_shapes: Mapping[str, tuple[int, ...]] = ctx.student_shapes

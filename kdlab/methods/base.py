@@ -127,6 +127,31 @@ class AuxObjective:
 
 MAIN_STAGE = "main"
 
+#: Values of :attr:`DistillMethod.mixed_labels`.
+MIXED_LABEL_RULES = ("soft", "dominant", "refuse")
+
+
+def strictest_mixed_labels(rules) -> str | None:
+    """The strictest of several methods' rules (a wrapper or a sum of methods): refuse > dominant > soft;
+    an undeclared (None) member makes the whole undeclared."""
+    rules = list(rules)
+    if any(r not in MIXED_LABEL_RULES for r in rules):
+        return None
+    return max(rules, key=MIXED_LABEL_RULES.index, default="soft")
+
+
+def mixed_labels_refusal(method: DistillMethod) -> str | None:
+    """Why ``method`` cannot train on Mixup/CutMix batches, or None when it can (``soft`` or ``dominant``)."""
+    rule = getattr(method, "mixed_labels", None)
+    if rule in ("soft", "dominant"):
+        return None
+    if rule == "refuse":
+        return getattr(method, "mixed_labels_reason", "") or "it needs one hard label per image"
+    return (
+        f"{type(method).__name__} does not declare how it trains on mixed labels "
+        "(DistillMethod.mixed_labels: soft, dominant or refuse)"
+    )
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -185,6 +210,14 @@ class DistillMethod(nn.Module):
     #: Names of the teacher-dependent terms that read only the teachers' feature taps, never their logits (e.g.
     #: CA-MKD's intermediate-feature term). A wrapper that perturbs only the logits (TeKAP(L)) keeps these once.
     logit_free_terms: ClassVar[frozenset[str]] = frozenset()
+    #: How the method trains on Mixup/CutMix batches (``Batch.y_soft`` set, ``Batch.y`` the dominant label):
+    #: ``"soft"``: its loss reads labels only through :meth:`StepIO.cross_entropy` (the mixed targets);
+    #: ``"dominant"``: a hard-label part of its loss (a target-class mask, a teacher-correctness gate) reads
+    #: ``Batch.y``, the dominant label of each mixed image; ``"refuse"``: it cannot, and a run that mixes is refused
+    #: when it is built (:attr:`mixed_labels_reason` says why). None (undeclared) is refused as well.
+    mixed_labels: ClassVar[str | None] = None
+    #: Why a ``"refuse"`` method cannot train on mixed labels (shown in the build error).
+    mixed_labels_reason: ClassVar[str] = ""
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         super().__init__()

@@ -91,6 +91,9 @@ class CAMKD(DistillMethod):
             them) and the teachers' frozen classifiers.
     """
 
+    #: Mixup/CutMix: each teacher's confidence weight is its cross-entropy with the dominant label.
+    mixed_labels = "dominant"
+
     logit_free_terms = frozenset({"feature"})
 
     @dataclass(kw_only=True)

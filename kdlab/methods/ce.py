@@ -18,6 +18,8 @@ from kdlab.types import LossOut, Needs, StepIO
 class CE(DistillMethod):
     """Plain supervised training."""
 
+    mixed_labels = "soft"
+
     @dataclass(kw_only=True)
     class Config(MethodConfig):
         name: str = "ce"

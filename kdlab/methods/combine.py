@@ -42,7 +42,15 @@ from torch import Tensor, nn
 
 from kdlab.config import MethodConfig
 from kdlab.methods import register_method
-from kdlab.methods.base import MAIN_STAGE, AuxObjective, BuildContext, DistillMethod, PrepareContext, Stage
+from kdlab.methods.base import (
+    MAIN_STAGE,
+    AuxObjective,
+    BuildContext,
+    DistillMethod,
+    PrepareContext,
+    Stage,
+    strictest_mixed_labels,
+)
 from kdlab.methods.kd import KD
 from kdlab.ranges import rng
 from kdlab.types import LossOut, Needs, StepIO
@@ -82,6 +90,8 @@ class Sum(DistillMethod):
             self.adapters[prefix] = method.adapters
         self.teacher_free_terms = frozenset().union(*(m.teacher_free_terms for m in self.methods))
         self.averages_teachers = all(m.averages_teachers for m in self.methods)
+        self.mixed_labels = strictest_mixed_labels(m.mixed_labels for m in self.methods)  # Mixup/CutMix
+        self.mixed_labels_reason = "; ".join(m.mixed_labels_reason for m in self.methods if m.mixed_labels_reason)
         # "<prefix>.<stage>" -> (child index, the child's own stage name)
         self._stage_owner: dict[str, tuple[int, str]] = {}
         for i, (prefix, method) in enumerate(zip(self.prefixes, self.methods)):

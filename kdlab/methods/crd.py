@@ -111,6 +111,12 @@ class MemoryUpdate(AuxObjective):
 class CRD(DistillMethod):
     """Contrastive representation distillation on the pooled features (``pool`` taps)."""
 
+    mixed_labels = "refuse"
+    mixed_labels_reason = (
+        "its positives and memory bank are indexed by dataset sample (and its negatives by class), but a "
+        "mixed image is two samples"
+    )
+
     @dataclass(kw_only=True)
     class Config(MethodConfig):
         name: str = "crd"

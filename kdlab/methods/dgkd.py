@@ -83,6 +83,8 @@ class DGKD(DistillMethod):
         ctx: the build context (the run's seed seeds the dropping; the teacher count bounds ``drop_count``).
     """
 
+    mixed_labels = "soft"
+
     @dataclass(kw_only=True)
     class Config(MethodConfig):
         name: str = "dgkd"

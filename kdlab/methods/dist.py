@@ -33,6 +33,8 @@ from kdlab.types import LossOut, StepIO
 class DIST(DistillMethod):
     """Distillation from a stronger teacher by matching Pearson correlations of the predictions."""
 
+    mixed_labels = "soft"
+
     averages_teachers = True
 
     @dataclass(kw_only=True)

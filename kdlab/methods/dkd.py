@@ -48,6 +48,9 @@ def dkd_warmup_factor(progress: Progress, warmup_epochs: float | None) -> float:
 class DKD(DistillMethod):
     """Decoupled knowledge distillation (target-class and non-target-class terms weighted separately)."""
 
+    #: Mixup/CutMix: the target/non-target split (TCKD, NCKD) uses the dominant label of each mixed image.
+    mixed_labels = "dominant"
+
     averages_teachers = True
 
     @dataclass(kw_only=True)

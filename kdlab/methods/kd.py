@@ -26,6 +26,8 @@ from kdlab.types import LossOut, StepIO
 class KD(DistillMethod):
     """Vanilla knowledge distillation."""
 
+    mixed_labels = "soft"
+
     averages_teachers = True
 
     @dataclass(kw_only=True)

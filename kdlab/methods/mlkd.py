@@ -78,6 +78,8 @@ def _masked_mean(values: Tensor, mask: Tensor, quirks: bool) -> Tensor:
 class MLKD(DistillMethod):
     """Multi-level logit distillation over five temperatures and a weak and a strong view."""
 
+    mixed_labels = "soft"  # both views are mixed alike (same pairs, lambda and box)
+
     averages_teachers = True
 
     @dataclass(kw_only=True)

@@ -34,6 +34,8 @@ from kdlab.types import LossOut, StepIO
 class MeanTeacherKD(DistillMethod):
     """KD against the mean of the teachers' softened probabilities (one teacher: ``kd``)."""
 
+    mixed_labels = "soft"
+
     @dataclass(kw_only=True)
     class Config(MethodConfig):
         name: str = "mt_kd"

@@ -66,6 +66,8 @@ def _connector(c_in: int, c_out: int) -> nn.Sequential:
 class OFD(DistillMethod):
     """Overhaul of feature distillation on the pre-activation stage outputs."""
 
+    mixed_labels = "soft"
+
     @dataclass(kw_only=True)
     class Config(MethodConfig):
         name: str = "ofd"

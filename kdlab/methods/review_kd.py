@@ -90,6 +90,8 @@ class ABF(nn.Module):
 class ReviewKD(DistillMethod):
     """Knowledge review: cross-level fusion of the student's features, matched to the teacher's by HCL."""
 
+    mixed_labels = "soft"
+
     @dataclass(kw_only=True)
     class Config(MethodConfig):
         name: str = "review_kd"

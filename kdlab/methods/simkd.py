@@ -229,6 +229,9 @@ class SimKDStudent(nn.Module):
 class SimKD(FeatureMethod):
     """SimKD and the study's extensions (several projectors, KL through the reused classifier, label gating)."""
 
+    #: Mixup/CutMix: with ``label_gating`` the teacher-is-right gate compares with the dominant label.
+    mixed_labels = "dominant"
+
     @dataclass(kw_only=True)
     class Config(FeatureConfig):
         name: str = "simkd"

@@ -59,6 +59,8 @@ class Connector(nn.Module):
 class SRRL(DistillMethod):
     """Softmax regression representation learning on the pooled embeddings."""
 
+    mixed_labels = "soft"
+
     @dataclass(kw_only=True)
     class Config(MethodConfig):
         name: str = "srrl"

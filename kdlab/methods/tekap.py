@@ -102,6 +102,8 @@ class TeKAP(DistillMethod):
         self.adapters = self.inner.adapters
         self.teacher_free_terms = self.inner.teacher_free_terms
         self.logit_free_terms = self.inner.logit_free_terms
+        self.mixed_labels = self.inner.mixed_labels  # Mixup/CutMix: as the inner method
+        self.mixed_labels_reason = self.inner.mixed_labels_reason
         self.generator = make_generator(ctx.device, derive_seed(ctx.seed, _SEED_TAG))
 
     # ------------------------------------------------------------------------------------------ contract

@@ -70,6 +70,8 @@ def _conv1x1(c_in: int, c_out: int) -> nn.Conv2d:
 class VID(DistillMethod):
     """Variational information distillation on every stage output."""
 
+    mixed_labels = "soft"
+
     @dataclass(kw_only=True)
     class Config(MethodConfig):
         name: str = "vid"

@@ -11,12 +11,13 @@ from torch import nn
 from kdlab import models
 from kdlab.config import ConfigError, RunConfig
 from kdlab.data import load_dataset, make_loader
+from kdlab.data.augment_pipeline import mixes_labels
 from kdlab.data.base import DatasetSplits, StreamingSplits
 from kdlab.data.loader import DeviceLoader
 from kdlab.data.streaming import StreamingLoader
 from kdlab.data.tokens import model_build_kwargs, token_refusal
 from kdlab.methods import DistillMethod, build_method
-from kdlab.methods.base import BuildContext
+from kdlab.methods.base import BuildContext, mixed_labels_refusal
 from kdlab.models.base import TapError, probe_taps
 from kdlab.models.input_norm import set_input_normalization
 from kdlab.seeding import seed_everything
@@ -237,6 +238,12 @@ def _check(cfg: RunConfig, method: DistillMethod, needs: Needs, student: nn.Modu
         raise BuildError(
             f"method {name!r} asks for a held-out split of {needs.holdout_fraction:g} of the training set; "
             "the fraction must be in [0, 1)"
+        )
+    why = mixed_labels_refusal(method) if mixes_labels(cfg.data) else None
+    if why:
+        raise BuildError(
+            f"method {name!r} cannot train on Mixup/CutMix batches (data.mixup_alpha/data.cutmix_alpha > 0): {why}. "
+            "Set data.mixup_alpha=0 and data.cutmix_alpha=0, or use a method that can (kdlab list methods)"
         )
     # Every trainable parameter of a method must be an adapter (trained and synced with the student) or belong
     # to an aux objective (its own optimiser); anything else would silently never train or never sync.

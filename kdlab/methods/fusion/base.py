@@ -156,6 +156,11 @@ class SampleFusion(DistillMethod):
     #: dominant label of each mixed image.
     mixed_labels = "dominant"
 
+    #: Mixup/CutMix: the per-sample task term is the mixed-target cross-entropy; the policies' label inputs
+    #: (WLS's weight, ADA's teacher margin, DKD's target mask, the logged teacher-right split) use the
+    #: dominant label of each mixed image.
+    mixed_labels = "dominant"
+
     @dataclass(kw_only=True)
     class Config(MethodConfig):
         name: str = ""

@@ -77,6 +77,12 @@ class LearnedFusion(SampleFusion):
         "label (the trilateral geometry), which a mixed image does not have"
     )
 
+    mixed_labels = "refuse"
+    mixed_labels_reason = (
+        "its fusion policy is learned on held-out batches, which are never mixed, from features of the "
+        "label (the trilateral geometry), which a mixed image does not have"
+    )
+
     @dataclass(kw_only=True)
     class Config(SampleFusion.Config):
         hidden: list[int] = field(default_factory=lambda: [128], metadata=rng(ge=1))
