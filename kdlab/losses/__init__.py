@@ -1,6 +1,7 @@
 """``kdlab.losses``: the math of every method, as plain functions over tensors (student first, teacher second)."""
 
 from kdlab.losses.contrastive import crd_nce, crd_queue_scores, crd_scores
+from kdlab.losses.dense import channel_wise_divergence, dense_cross_entropy, pixel_rows, valid_mask
 from kdlab.losses.feature import (
     activation_boundary,
     at,
@@ -40,11 +41,13 @@ __all__ = [
     "attention_map",
     "batch_correlation",
     "cc",
+    "channel_wise_divergence",
     "class_correlation",
     "crd_nce",
     "crd_queue_scores",
     "crd_scores",
     "cross_entropy",
+    "dense_cross_entropy",
     "dist",
     "dkd",
     "factor_transfer",
@@ -58,6 +61,7 @@ __all__ = [
     "nst",
     "ofd",
     "ofd_margin",
+    "pixel_rows",
     "pkt",
     "reduce",
     "rkd",
@@ -68,5 +72,6 @@ __all__ = [
     "tekap_kd",
     "tekap_views",
     "top_right_singular_vectors",
+    "valid_mask",
     "vid_nll",
 ]

@@ -110,8 +110,13 @@ def cross_entropy(logits: Tensor, y: Tensor, label_smoothing: float = 0.0, reduc
 
     The target is ``q = (1 - eps) * onehot(y) + eps / K`` and the loss ``-sum_k q_k log softmax(z)_k`` per
     sample, equal to MLKD's and hunto's ``CrossEntropyLabelSmooth``. Returns a scalar, or ``[B]`` with
-    ``reduction="none"``.
+    ``reduction="none"``. Dense logits ``[B, K, h, w]`` with ``[B, H, W]`` labels are the segmentation form
+    (:func:`kdlab.losses.dense.dense_cross_entropy`: upsampled, pixels labelled 255 ignored).
     """
+    if logits.dim() == 4:
+        from kdlab.losses.dense import dense_cross_entropy
+
+        return dense_cross_entropy(logits, y, label_smoothing, reduction)
     return F.cross_entropy(logits, y, label_smoothing=label_smoothing, reduction=reduction)
 
 

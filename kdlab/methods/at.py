@@ -32,6 +32,8 @@ from kdlab.types import LossOut, StepIO
 class AT(FeatureMethod):
     """Attention transfer over paired stage maps."""
 
+    dense_outputs = True  # feature maps of any stride; the CE term is dense-aware (io.cross_entropy)
+
     @dataclass(kw_only=True)
     class Config(FeatureConfig):
         name: str = "at"

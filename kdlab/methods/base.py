@@ -203,13 +203,16 @@ class DistillMethod(nn.Module):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     #: Names of the loss terms that read no teacher output (e.g. the cross-entropy). A wrapper that replaces the
     #: teacher by synthetic views (TeKAP) keeps these once instead of re-weighting them per view.
-    teacher_free_terms: ClassVar[frozenset[str]] = frozenset({"ce"})
+    teacher_free_terms: ClassVar[frozenset[str]] = frozenset({"ce", "ce.aux"})
     #: True when ``loss`` given several teachers returns each teacher-dependent term as the mean over teachers of
     #: its single-teacher value. A wrapper may then evaluate many synthetic views in one ``loss`` call.
     averages_teachers: ClassVar[bool] = False
     #: Names of the teacher-dependent terms that read only the teachers' feature taps, never their logits (e.g.
     #: CA-MKD's intermediate-feature term). A wrapper that perturbs only the logits (TeKAP(L)) keeps these once.
     logit_free_terms: ClassVar[frozenset[str]] = frozenset()
+    #: True when ``loss`` accepts dense outputs (segmentation: logits ``[B, K, h, w]``, labels ``[B, H, W]`` with
+    #: ignore index 255; :mod:`kdlab.methods._dense`). Other methods are refused on a dense pair when the run is built.
+    dense_outputs: ClassVar[bool] = False
     #: How the method trains on Mixup/CutMix batches (``Batch.y_soft`` set, ``Batch.y`` the dominant label):
     #: ``"soft"``: its loss reads labels only through :meth:`StepIO.cross_entropy` (the mixed targets);
     #: ``"dominant"``: a hard-label part of its loss (a target-class mask, a teacher-correctness gate) reads

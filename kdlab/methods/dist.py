@@ -11,6 +11,13 @@ recipe ``configs/strategies/distill/dist_cifar.yaml`` (``kd: dist_t4``: tau 4, `
 same weights). The paper's "beta = gamma = 2" is the global weight 2 on beta = gamma = 1. Several teachers: the
 DIST term is averaged over teachers.
 
+Dense outputs (segmentation, hunto/DIST_KD ``segmentation/losses/dist_kd.py`` with ``train_kd.py``): the DIST term
+over one row per labelled pixel at the logits' resolution (the reference's ``transpose(1, 3).reshape(-1, C)``:
+inter-class relation per pixel over classes, intra-class relation per class over the batch's pixels), no
+temperature (``tau: 1``; kdlab's ``tau^2`` factor is then 1), ``ce_weight`` 1, ``dist_weight`` 1, and
+``aux_weight: 0.4`` for the same terms on the auxiliary heads (``configs/cityscapes/dist/``). Pixels labelled 255
+are left out of the DIST term (the reference keeps them); ``gather_logits`` is for classification logits only.
+
 Deviations: none. Note that ``intra`` depends on the batch composition, so under DDP it is computed on each
 process's part of the batch, as in the reference; ``gather_logits: true`` computes the DIST term over the global
 batch instead (all processes' logits gathered, gradients returned to each process's rows), which equals the
@@ -24,9 +31,10 @@ from dataclasses import dataclass, field
 from kdlab import distributed, losses
 from kdlab.config import MethodConfig
 from kdlab.methods import register_method
+from kdlab.methods._dense import aux_needs, is_dense, logit_rows, with_aux
 from kdlab.methods.base import DistillMethod
 from kdlab.ranges import rng
-from kdlab.types import LossOut, StepIO
+from kdlab.types import LossOut, Needs, StepIO
 
 
 @register_method("dist", description="DIST: CE + Pearson-correlation relations (inter- and intra-class)")
@@ -36,6 +44,7 @@ class DIST(DistillMethod):
     mixed_labels = "soft"
 
     averages_teachers = True
+    dense_outputs = True
 
     @dataclass(kw_only=True)
     class Config(MethodConfig):
@@ -56,11 +65,21 @@ class DIST(DistillMethod):
         """Label smoothing epsilon of the cross-entropy term (the DIST recipes use 0)."""
         gather_logits: bool = False
         """Under torchrun: the DIST term over the logits of all processes (the global batch), not each process's."""
+        aux_weight: float = field(default=0.0, metadata=rng(ge=0))
+        """Weight of the same terms on the models' auxiliary heads (``aux`` tap; segmentation models), 0 for none."""
+
+    def needs(self) -> Needs:
+        return aux_needs(Needs(), self.cfg.aux_weight)
 
     def loss(self, io: StepIO) -> LossOut:
+        return with_aux(self._loss, io, self.cfg.aux_weight)
+
+    def _loss(self, io: StepIO) -> LossOut:
         cfg = self.cfg
         s = io.s.logits
-        s_all, t_all = s, io.teacher_logits()  # [B, K], [M, B, K]
+        if is_dense(s) and cfg.gather_logits:
+            raise ValueError("dist: gather_logits is for [B, K] classification logits; set it false for segmentation")
+        s_all, t_all = logit_rows(io, s, io.teacher_logits())  # [B, K], [M, B, K] (dense: [P, K], [M, P, K])
         if cfg.gather_logits and distributed.active():
             s_all = distributed.all_gather_with_grad(s)
             t_all = distributed.gather_rows(t_all.transpose(0, 1))[0].transpose(0, 1)

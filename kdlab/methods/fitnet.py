@@ -82,6 +82,8 @@ class ConvReg(nn.Module):
 class FitNet(FeatureMethod):
     """Hint learning: a convolutional regressor maps the student's hint map onto the teacher's."""
 
+    dense_outputs = True  # feature maps of any stride; the CE term is dense-aware (io.cross_entropy)
+
     @dataclass(kw_only=True)
     class Config(FeatureConfig):
         name: str = "fitnet"

@@ -7,7 +7,11 @@ HobbitLong/RepDistiller ``distiller_zoo/KD.py`` (``DistillKL``), identical value
 CIFAR defaults T=4, CE 0.1, KD 0.9. ``standardize: true`` is logit standardisation (Sun et al., CVPR 2024;
 recipe T=2, kd_weight 9). Several teachers: the KD term is averaged over teachers.
 
-Deviations: none.
+Dense outputs (segmentation): the KD term over one row per labelled pixel at the logits' resolution (the reference's
+pixel-wise ``CriterionKD`` of hunto/DIST_KD ``segmentation/losses/loss.py``: KL ``batchmean`` over pixels times
+``T^2``), plus ``aux_weight`` times every term on the auxiliary heads (:mod:`kdlab.methods._dense`).
+
+Deviations: none (dense: pixels labelled 255 are left out of the KD term; the reference keeps them).
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from dataclasses import dataclass, field
 from kdlab import losses
 from kdlab.config import MethodConfig
 from kdlab.methods import register_method
+from kdlab.methods._dense import aux_needs, logit_rows, with_aux
 from kdlab.methods.base import DistillMethod
 from kdlab.ranges import rng
-from kdlab.types import LossOut, StepIO
+from kdlab.types import LossOut, Needs, StepIO
 
 
 @register_method("kd", description="Hinton KD: CE + T^2 KL(teacher || student) on softened logits")
@@ -29,6 +34,7 @@ class KD(DistillMethod):
     mixed_labels = "soft"
 
     averages_teachers = True
+    dense_outputs = True
 
     @dataclass(kw_only=True)
     class Config(MethodConfig):
@@ -43,12 +49,21 @@ class KD(DistillMethod):
         """Logit standardisation of both logit sets before the temperature."""
         label_smoothing: float = field(default=0.0, metadata=rng(ge=0, lt=1))
         """Label smoothing epsilon of the cross-entropy term."""
+        aux_weight: float = field(default=0.0, metadata=rng(ge=0))
+        """Weight of the same terms on the models' auxiliary heads (``aux`` tap; segmentation models), 0 for none."""
+
+    def needs(self) -> Needs:
+        return aux_needs(Needs(), self.cfg.aux_weight)
 
     def loss(self, io: StepIO) -> LossOut:
+        return with_aux(self._loss, io, self.cfg.aux_weight)
+
+    def _loss(self, io: StepIO) -> LossOut:
         cfg = self.cfg
         s = io.s.logits
-        # All teachers (or TeKAP's synthetic views) in one batched call: [M, B, K] -> [M] -> mean.
-        kd_term = losses.kd(s, io.teacher_logits(), cfg.temperature, standardize=cfg.standardize).mean()
+        # All teachers (or TeKAP's synthetic views) in one batched call: [M, B, K] -> [M] -> mean (dense: pixel rows).
+        s_rows, t_rows = logit_rows(io, s, io.teacher_logits())
+        kd_term = losses.kd(s_rows, t_rows, cfg.temperature, standardize=cfg.standardize).mean()
         return LossOut(
             {
                 "ce": cfg.ce_weight * io.cross_entropy(s, cfg.label_smoothing),

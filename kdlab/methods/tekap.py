@@ -101,6 +101,7 @@ class TeKAP(DistillMethod):
             raise ValueError(f"tekap perturbs the teacher, but the inner method {cfg.inner.name!r} reads none")
         self.adapters = self.inner.adapters
         self.teacher_free_terms = self.inner.teacher_free_terms
+        self.dense_outputs = self.inner.dense_outputs  # kind-agnostic: dense exactly when the inner method is
         self.logit_free_terms = self.inner.logit_free_terms
         self.mixed_labels = self.inner.mixed_labels  # Mixup/CutMix: as the inner method
         self.mixed_labels_reason = self.inner.mixed_labels_reason

@@ -17,6 +17,7 @@ from kdlab.data.loader import DeviceLoader
 from kdlab.data.streaming import StreamingLoader
 from kdlab.data.tokens import model_build_kwargs, token_refusal
 from kdlab.methods import DistillMethod, build_method
+from kdlab.methods._dense import check_output_kind
 from kdlab.methods.base import BuildContext, mixed_labels_refusal
 from kdlab.models.base import TapError, probe_taps
 from kdlab.models.input_norm import set_input_normalization
@@ -123,7 +124,9 @@ def build_run(cfg: RunConfig, device: torch.device | None = None, load_teacher_w
             data.num_train,
             data.train_labels,
         )
-        return build_method(cfg.method, ctx).to(device)
+        method = build_method(cfg.method, ctx).to(device)
+        check_output_kind(method, ctx.student_shapes["logits"], cfg.method.name, cfg.model.student)  # dense pairs
+        return method
 
     rng = _rng_state(device)
     try:
