@@ -252,6 +252,10 @@ class TrainConfig:
     """Under torchrun: BatchNorm statistics over the global batch (``SyncBatchNorm``; CUDA only, a no-op alone)."""
     find_unused_parameters: bool = True
     """Under torchrun: let DDP handle parameters without a gradient in a step (false: slightly faster, errors then)."""
+    weight_scaling: Literal["none", "gradient"] = "none"
+    """``none``: the method's weights as given. ``gradient``: every loss term is rescaled so that at step 0 its gradient
+    relative to the cross-entropy's is what the method's registered defaults give on a CIFAR ResNet pair, where the
+    published weights were tuned (one rule for every method: :mod:`kdlab.methods.scaling`)."""
     metrics: list[str] = field(default_factory=list)
     """Evaluation metrics (``kdlab.metrics``: top1, top5, auc, nll, ece); empty: the dataset's defaults."""
     select_by: str = "top1"

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.config import RunConfig
+from kdlab.methods.scaling import apply_scales
 from kdlab.train.build import Run
 from kdlab.train.precision import CompiledStep, Precision, to_float
 from kdlab.types import Batch, LossOut, Needs, Outputs, Progress, StepIO
@@ -43,6 +44,8 @@ class TrainStep(nn.Module):
         self.method = method
         self.needs = needs
         self.precision = precision or Precision()
+        self.term_scales: dict[str, float] = {}
+        """Factors of the method's loss terms (``train.weight_scaling``, :mod:`kdlab.methods.scaling`); empty: none."""
         self.label_smoothing = label_smoothing
 
     def student_outputs(self, batch: Batch) -> dict[str, Outputs]:
@@ -60,7 +63,7 @@ class TrainStep(nn.Module):
             student = self.student_outputs(batch)
         io = StepIO(to_float(student), teachers, batch, progress, label_smoothing=self.label_smoothing)
         with self.precision.loss_context():
-            return self.method.loss(io)
+            return apply_scales(self.method.loss(io), self.term_scales)
 
 
 class _ForwardTaps(nn.Module):
@@ -103,12 +106,14 @@ class TrainerStepMixin:
         """Precision, memory format, compilation and teacher-output reuse (``kdlab.train.precision``,
         ``kdlab.train.teacher_cache``); builds :attr:`step_module` and the callable :attr:`step_call` that runs it."""
         from kdlab.train.teacher_cache import build_teacher_cache
+        from kdlab.train.weight_scaling import calibrate
 
         r, tc = self.run, self.cfg.train
         self.precision = Precision.from_config(tc, r.device)
         for model in (r.student, *r.teachers):
             self.precision.prepare_model(model)
         self.step_module = TrainStep(r.student, r.method, r.needs, self.precision, tc.label_smoothing)
+        self.step_module.term_scales = calibrate(r)  # train.weight_scaling (kdlab/train/weight_scaling.py)
         self.step_call = CompiledStep(self._distributed_step(self.step_module), tc.compile)
         self.scaler = self.precision.make_scaler()
         self.teacher_cache, self.teacher_cache_reason = build_teacher_cache(
