@@ -53,6 +53,10 @@ def make_loader(splits, cfg, device, seed: int, **kwargs):
     :class:`~kdlab.data.streaming.StreamingLoader` for :class:`StreamingSplits`, :class:`~kdlab.data.tokens.TokenLoader`
     for token data (:class:`~kdlab.data.tokens.TokenSplits`). ``kwargs`` go to the loader
     (``views``, ``holdout_fraction``, and ``rank``/``world_size`` where the loader shards)."""
+    if not isinstance(splits, (DatasetSplits, StreamingSplits)):  # token or segmentation data
+        from kdlab.data.augment_pipeline import refuse_for_non_images
+
+        refuse_for_non_images(cfg, "not an image classification dataset")
     from kdlab.data.tokens import TokenSplits
 
     if isinstance(splits, TokenSplits):

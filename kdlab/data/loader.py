@@ -5,7 +5,8 @@ No per-sample Python work in the hot loop: a batch is one gather from the uint8 
 normalisation. Randomness is a pure function of ``(seed, epoch, step)``: the epoch's order comes from a
 generator seeded by ``(seed, epoch)`` and each batch's augmentation from one seeded by ``(seed, epoch, step)``,
 so a run resumed mid-epoch replays exactly the batches an uninterrupted run would have seen, with no loader
-state to checkpoint.
+state to checkpoint. The per-sample augmentations a config asks for (RandAugment, colour jitter, random erasing) and
+Mixup/CutMix follow, on the whole global batch (:mod:`kdlab.data.augment_pipeline`).
 """
 
 from __future__ import annotations

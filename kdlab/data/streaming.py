@@ -15,6 +15,11 @@ Transforms (the standard ImageNet recipe, written with Pillow, no torchvision):
 - eval: resize the shorter side to ``data.resize_size`` (the longer side to ``int(resize_size * long / short)``),
   then the centre ``data.crop_size`` square (offsets rounded as torchvision's ``CenterCrop``). Both steps are one
   Pillow ``resize`` with a source box, which equals resizing then cropping up to rounding.
+- train, per-sample augmentations (``data.rand_augment``, ``data.color_jitter``, ``data.random_erasing``, Mixup/CutMix;
+  :mod:`kdlab.data.augment_pipeline`): RandAugment and colour jitter run in the worker on the crop (the batched ops
+  of :mod:`kdlab.data.augment` on one image, drawn from a torch generator seeded by the sample's own generator);
+  random erasing runs on the device after normalisation, drawn per ``(seed, epoch, step, rank)``; Mixup/CutMix mixes
+  each rank's part of the batch with the lambda and box of the global batch (drawn per ``(seed, epoch, step)``).
 
 Randomness is a pure function of ``(seed, epoch, sample)``: the epoch's order comes from a generator seeded by
 ``(seed, epoch)`` (the same permutation as :class:`~kdlab.data.loader.DeviceLoader`), each sample's crop and flip
@@ -25,8 +30,9 @@ with no loader state to checkpoint.
 Distributed (:meth:`StreamingLoader.shard`, the interface of ``DeviceLoader.shard``): each step's global batch
 (``data.batch_size`` samples of the permutation) is cut into ``world_size`` contiguous, equal parts and rank ``r``
 loads only part ``r``; a last partial batch is trimmed to a multiple of ``world_size``. Because augmentation is per
-sample, the union of the ranks' batches equals the single-process batch (the ``strong`` view excepted: its
-RandAugment draws are per rank and step). ``eval_batches(..., shard=True)`` gives each rank a contiguous part of
+sample, the union of the ranks' batches equals the single-process batch (excepted: the ``strong`` view, whose
+RandAugment draws are per rank and step, random erasing, drawn per rank and step, and Mixup/CutMix, which pairs
+images within a rank's part). ``eval_batches(..., shard=True)`` gives each rank a contiguous part of
 the split.
 """
 
@@ -42,6 +48,8 @@ import torch
 from torch import Tensor
 
 from kdlab.config import DataConfig
+from kdlab.data.augment import BatchAugment
+from kdlab.data.augment_pipeline import ERASE_STREAM, TrainAugment
 from kdlab.data.base import DataError, FileSet, StreamingSplits
 from kdlab.data.loader import BatchPlan
 from kdlab.seeding import derive_seed, make_generator
@@ -137,16 +145,25 @@ class ImageTransform:
         scale: area range of the random-resized crop.
         train: training transform (random) or evaluation transform (deterministic).
         augment: ``data.augment`` (``crop_flip``, ``flip``, ``none``); only read when ``train``.
+        ops: the per-sample RandAugment and colour jitter of the training transform (after the flip; drawn from a
+            torch generator seeded by the sample's own ``rng``); None or inactive: none.
     """
 
     def __init__(
-        self, crop_size: int, resize_size: int, scale: tuple[float, float], train: bool, augment: str = "crop_flip"
+        self,
+        crop_size: int,
+        resize_size: int,
+        scale: tuple[float, float],
+        train: bool,
+        augment: str = "crop_flip",
+        ops: BatchAugment | None = None,
     ) -> None:
         self.crop_size = crop_size
         self.resize_size = resize_size
         self.scale = scale
         self.random_crop = train and augment == "crop_flip"
         self.flip = train and augment in ("crop_flip", "flip")
+        self.ops = ops if train and ops is not None and ops.uint8_active else None
 
     def __call__(self, img, rng: np.random.Generator | None = None) -> np.ndarray:
         """``img`` (an RGB PIL image) -> ``[S, S, 3]`` uint8; ``rng`` is required for the training transform."""
@@ -160,7 +177,12 @@ class ImageTransform:
         out = img.resize((s, s), image_mod.Resampling.BILINEAR, box=box)
         if self.flip and rng.random() < 0.5:
             out = out.transpose(image_mod.Transpose.FLIP_LEFT_RIGHT)
-        return np.asarray(out, dtype=np.uint8)
+        arr = np.asarray(out, dtype=np.uint8)
+        if self.ops is not None:  # RandAugment, colour jitter: the batched ops on this one image, in the worker
+            g = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
+            img = torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0)
+            arr = self.ops.uint8_stage(img, g)[0].permute(1, 2, 0).numpy()
+        return arr
 
 
 class _FileDataset(torch.utils.data.Dataset):
@@ -268,7 +290,9 @@ class StreamingLoader(BatchPlan):
         self._shift = mean / std
         self._pin = device.type == "cuda"
         self._schedule = _Schedule()
-        dataset = _FileDataset(train, ImageTransform(cfg.crop_size, cfg.resize_size, scale, True, cfg.augment), seed)
+        self.train_augment = TrainAugment(cfg, splits.mean, splits.num_classes, seed)
+        transform = ImageTransform(cfg.crop_size, cfg.resize_size, scale, True, cfg.augment, self.train_augment.ops)
+        dataset = _FileDataset(train, transform, seed)
         self._train_loader = self._loader(dataset, self._schedule, persistent=True)
 
     def _loader(self, dataset: _FileDataset, sampler, persistent: bool = False) -> torch.utils.data.DataLoader:
@@ -322,7 +346,10 @@ class StreamingLoader(BatchPlan):
 
                 g = make_generator(self.device, derive_seed(self.seed, epoch, step, _STREAM_STRONG, self.rank))
                 views["strong"] = self.normalize(rand_augment(raw, g))
-            yield Batch(x=self.normalize(raw), y=self._train_labels[index], index=index, views=views)
+            g = make_generator(self.device, derive_seed(self.seed, epoch, step, ERASE_STREAM, self.rank))
+            x = self.train_augment.erase(self.normalize(raw), g)
+            batch = Batch(x=x, y=self._train_labels[index], index=index, views=views)
+            yield self.train_augment.mix(batch, epoch, step)  # this rank's part, with the global batch's lambda/box
 
     def eval_batches(self, split: str = "test", limit: int | None = None, shard: bool = False) -> Iterator[Batch]:
         """Un-augmented (resized, centre-cropped) batches of ``"test"``, ``"val"`` or ``"train"`` in dataset order;
