@@ -136,13 +136,18 @@ class DataConfig:
     """Long-tailed training split: ratio of the largest to the smallest class size (e.g. 100 for CIFAR-100-LT)."""
     imbalance_profile: Literal["exp", "step"] = "exp"
     """Long-tailed profile: ``exp`` n_c = n_max * ratio^(-c/(K-1)); ``step`` halves at n_max and n_max / ratio."""
-    crop_size: int = field(default=224, metadata=rng(ge=1))
+    crop_size: int | list[int] = field(default=224, metadata=rng(ge=1))
     """Streamed datasets (``imagenet``, ``imagefolder``): side of the random-resized training crop and of the
-    evaluation centre crop, in pixels."""
+    evaluation centre crop, in pixels. Segmentation (``cityscapes``, ``voc``): ``[height, width]`` of the random
+    training crop (e.g. ``[512, 1024]``; one number is a square); evaluation uses whole images."""
     resize_size: int = field(default=256, metadata=rng(ge=1))
     """Streamed datasets: evaluation images are resized so their shorter side is this, then centre-cropped."""
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0], metadata=rng(gt=0, le=1))
     """Streamed datasets: range of the area fraction of the random-resized training crop."""
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0], metadata=rng(gt=0))
+    """Segmentation: ``[low, high]`` of the random training scale (steps of 0.1, as the CIRKD / DIST recipe)."""
+    voc_augmented: bool = False
+    """``voc``: train on the SBD-augmented list (``train_aug.txt``, ``SegmentationClassAug``) instead of ``train``."""
     workers: int = field(default=4, metadata=rng(ge=0))
     """Streamed datasets: decoding worker processes (0 decodes in the training process)."""
     tabular: TabularConfig = field(default_factory=TabularConfig)
@@ -187,9 +192,10 @@ class OptimConfig:
     eps: float | None = field(default=None, metadata=rng(gt=0))
     """Epsilon of ``adamw`` and ``rmsprop_tf``; None: 1e-8 for ``adamw``, 1e-3 for ``rmsprop_tf`` (TensorFlow's
     EfficientNet recipe; added inside the square root there)."""
-    schedule: Literal["step", "cosine", "constant", "exp_step"] = "step"
+    schedule: Literal["step", "cosine", "constant", "exp_step", "poly"] = "step"
     """``step``: multiply by ``gamma`` after each milestone epoch; ``cosine``: cosine decay to ``min_lr``;
-    ``exp_step``: multiply by ``gamma`` every ``decay_epochs`` (fractional periods allowed: x0.97 every 2.4 epochs)."""
+    ``exp_step``: multiply by ``gamma`` every ``decay_epochs`` (fractional periods allowed: x0.97 every 2.4 epochs);
+    ``poly``: ``min_lr + (lr - min_lr) (1 - step / total_steps) ** power`` (the segmentation recipes)."""
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210], metadata=rng(ge=1))
     """``step`` schedule: epochs after which the LR is multiplied by ``gamma`` (1-based, as the references)."""
     gamma: float = field(default=0.1, metadata=rng(gt=0))
@@ -200,7 +206,9 @@ class OptimConfig:
     """How often the schedule moves: ``step`` (every optimiser step, from fractional epochs), ``epoch`` (at epoch
     starts), ``auto`` (``step`` and ``constant`` per epoch, ``cosine`` and ``exp_step`` per step)."""
     min_lr: float = field(default=0.0, metadata=rng(ge=0))
-    """``cosine`` schedule: final learning rate."""
+    """``cosine`` and ``poly`` schedules: final learning rate."""
+    power: float = field(default=0.9, metadata=rng(gt=0))
+    """``poly`` schedule: exponent of the decay (0.9 in the DeepLab / CIRKD / DIST segmentation recipes)."""
     warmup_epochs: float = field(default=0.0, metadata=rng(ge=0))
     """Linear warm-up from ``warmup_lr`` over this many epochs (per step)."""
     warmup_lr: float = field(default=0.0, metadata=rng(ge=0))

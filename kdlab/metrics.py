@@ -283,9 +283,10 @@ class MeanIoU(ConfusionMatrix):
         iou = iou[~iou.isnan()]
         return 100.0 * float(iou.mean()) if iou.numel() else math.nan
 
-    def details(self) -> dict[str, list[float]]:
-        """``{"miou_per_class": [K] IoUs in percent (NaN: class absent)}``."""
-        return {"miou_per_class": [100.0 * v for v in self.iou().tolist()]}
+    def details(self) -> dict[str, list[float | None]]:
+        """``{"miou_per_class": [K] IoUs in percent, None for a class absent from labels and predictions}`` (None, not
+        NaN, so that ``summary.json`` and ``metrics.jsonl`` stay standard JSON)."""
+        return {"miou_per_class": [None if math.isnan(v) else 100.0 * v for v in self.iou().tolist()]}
 
 
 class PixelAccuracy(ConfusionMatrix):

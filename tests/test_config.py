@@ -98,6 +98,9 @@ NUM_CLASSES.update({"criteo": 2, "tabular_csv": 2, "breast_cancer": 2})
 INPUT = {"cifar100": (3, 32, 32), "cifar10": (3, 32, 32), "digits": (1, 8, 8), "imagenet": (3, 224, 224)}
 # token data: (L,) = [CLS] + one token per field (Criteo: 39 fields; HAI: about 80 sensor/actuator columns)
 INPUT.update({"criteo": (40,), "tabular_csv": (80,), "breast_cancer": (31,)})
+# segmentation: the probe size of DenseSplits.input_size (the crop divided by 8)
+NUM_CLASSES.update({"cityscapes": 19, "voc": 21})
+INPUT.update({"cityscapes": (3, 64, 128), "voc": (3, 64, 64)})
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(REPO / "configs")) for p in SHIPPED])

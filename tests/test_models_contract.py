@@ -163,8 +163,13 @@ def _batch(name: str, model: nn.Module, seed: int = 1) -> torch.Tensor:
     return torch.randn(BATCH, *_input_shape(name, model), generator=gen)
 
 
-# Image models; token models (``inputs="tokens"``, the BERTs) have their own contract in tests/test_bert.py.
-IMAGE_MODELS = [n for n in model_names() if MODELS.meta(n).get("inputs", "images") == "images"]
+# Image classifiers; token models (``inputs="tokens"``, the BERTs) have their own contract in tests/test_bert.py and
+# dense-prediction models (``outputs="dense"``) theirs in tests/test_segmentation_models.py.
+IMAGE_MODELS = [
+    n
+    for n in model_names()
+    if MODELS.meta(n).get("inputs", "images") == "images" and MODELS.meta(n).get("outputs") != "dense"
+]
 
 
 # Models registered with ``heavy=True`` (ResNet-101/152: 45-60 M parameters, tens of seconds per model here) run

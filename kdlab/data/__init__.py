@@ -36,6 +36,13 @@ def load_dataset(cfg) -> DatasetSplits:
     from kdlab.data.split import subset_splits
 
     _load_sources()
+    if not isinstance(cfg.crop_size, int) and not DATASETS.meta(cfg.name).get("dense", False):
+        from kdlab.config import ConfigError
+
+        raise ConfigError(
+            f"data.crop_size={cfg.crop_size!r}: a [height, width] crop is for segmentation datasets (cityscapes, voc); "
+            f"dataset {cfg.name!r} takes one side in pixels"
+        )
     splits = DATASETS.get(cfg.name)(cfg)
     splits = subset_splits(splits, cfg.train_per_class, cfg.test_limit, cfg.split_seed)
     return apply_imbalance(splits, cfg.imbalance_ratio, cfg.imbalance_profile, cfg.split_seed)
@@ -50,6 +57,7 @@ def is_streaming(name: str) -> bool:
 
 def make_loader(splits, cfg, device, seed: int, **kwargs):
     """The loader of a dataset: :class:`~kdlab.data.loader.DeviceLoader` for in-memory :class:`DatasetSplits`,
+    :class:`~kdlab.data.dense.DenseLoader` for segmentation pairs (:class:`~kdlab.data.dense.DenseSplits`),
     :class:`~kdlab.data.streaming.StreamingLoader` for :class:`StreamingSplits`, :class:`~kdlab.data.tokens.TokenLoader`
     for token data (:class:`~kdlab.data.tokens.TokenSplits`). ``kwargs`` go to the loader
     (``views``, ``holdout_fraction``, and ``rank``/``world_size`` where the loader shards)."""
@@ -57,8 +65,13 @@ def make_loader(splits, cfg, device, seed: int, **kwargs):
         from kdlab.data.augment_pipeline import refuse_for_non_images
 
         refuse_for_non_images(cfg, "not an image classification dataset")
+    from kdlab.data.dense import DenseSplits
     from kdlab.data.tokens import TokenSplits
 
+    if isinstance(splits, DenseSplits):
+        from kdlab.data.dense import DenseLoader
+
+        return DenseLoader(splits, cfg, device, seed, **kwargs)
     if isinstance(splits, TokenSplits):
         from kdlab.data.tokens import TokenLoader
 

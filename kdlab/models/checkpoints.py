@@ -265,6 +265,25 @@ REFERENCE_LAYOUTS: tuple[ReferenceLayout, ...] = (
         "TimmTapModel",
         (("", "model."),),
     ),
+    ReferenceLayout(
+        "winycg/CIRKD and hunto/DIST_KD segmentation/models/{deeplabv3,pspnet,segbase}.py (e.g. the DIST teacher "
+        "deeplabv3_resnet101_citys_best_model.pth; kdlab.models.segmentation.nets)",
+        "SegmentationNet",
+        (
+            ("pretrained.", "backbone."),
+            ("head.aspp.b0.", "head.0.convs.0."),
+            ("head.aspp.b1.block.", "head.0.convs.1."),
+            ("head.aspp.b2.block.", "head.0.convs.2."),
+            ("head.aspp.b3.block.", "head.0.convs.3."),
+            ("head.aspp.b4.gap.", "head.0.convs.4."),
+            ("head.aspp.project.", "head.0.project."),
+            ("head.psp.", "head.0."),
+            ("head.block.4.", "classifier."),
+            ("head.classifier.", "classifier."),
+            ("head.block.", "head.1."),
+            ("auxlayer.block.", "aux_head."),
+        ),
+    ),
 )
 
 

@@ -13,6 +13,7 @@ from kdlab.config import ConfigError, RunConfig
 from kdlab.data import load_dataset, make_loader
 from kdlab.data.augment_pipeline import mixes_labels
 from kdlab.data.base import DatasetSplits, StreamingSplits
+from kdlab.data.dense import dense_model_check
 from kdlab.data.loader import DeviceLoader
 from kdlab.data.streaming import StreamingLoader
 from kdlab.data.tokens import model_build_kwargs, token_refusal
@@ -90,6 +91,7 @@ def build_run(cfg: RunConfig, device: torch.device | None = None, load_teacher_w
     data = make_loader(splits, cfg.data, device, cfg.train.seed)  # in memory or streamed, by the dataset's kind
     k, in_ch = splits.num_classes, splits.input_size[0]
     extra = model_build_kwargs(splits, [cfg.model.student, *[t.name for t in cfg.model.teachers]])
+    dense_model_check(splits, [cfg.model.student, *[t.name for t in cfg.model.teachers]])  # per-pixel labels
 
     student = models.create(cfg.model.student, num_classes=k, in_channels=in_ch, **extra).to(device)
     mc = cfg.model
@@ -280,5 +282,6 @@ def check_on_meta(
         ]
     ctx = build_context(student, teachers, num_classes, input_size, meta, num_train=num_train)
     method = build_method(cfg.method, ctx)
+    check_output_kind(method, ctx.student_shapes["logits"], cfg.method.name, cfg.model.student)
     check_method(cfg, method, student, teachers)
     return method

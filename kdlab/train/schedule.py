@@ -8,6 +8,9 @@ The schedules of the training strategies (DIST, Huang et al., NeurIPS 2022, Tabl
   ``exponential_decay(..., staircase=True)`` over the global step as in the EfficientNet recipe (B2: x0.97 every 2.4
   epochs), the same rule as timm's ``StepLRScheduler(decay_t=2.4, decay_rate=0.97)``.
 - ``cosine``: from ``lr`` to ``min_lr`` (B3).
+- ``poly``: ``min_lr + (lr - min_lr) * (1 - s / S) ** power`` over the ``S`` optimiser steps of the stage (``s``
+  0-based, per step), the DeepLab "poly" policy of the segmentation recipes (CIRKD / DIST_KD ``train_kd.py``:
+  ``1e-4 + (0.02 - 1e-4) * (1 - iter / max_iter) ** 0.9``, i.e. ``min_lr: 1e-4``, ``power: 0.9``).
 - ``constant``.
 
 ``t`` is the progress in epochs. ``optim.schedule_updates`` decides whether it moves every optimiser step (fractional
@@ -30,7 +33,7 @@ from kdlab.config import OptimConfig
 from kdlab.types import Progress
 
 #: The granularity ``optim.schedule_updates: auto`` gives each schedule.
-AUTO_UPDATES = {"step": "epoch", "constant": "epoch", "cosine": "step", "exp_step": "step"}
+AUTO_UPDATES = {"step": "epoch", "constant": "epoch", "cosine": "step", "exp_step": "step", "poly": "step"}
 
 
 def schedule_updates(cfg: OptimConfig) -> str:
@@ -80,6 +83,9 @@ def learning_rate(cfg: OptimConfig, progress: Progress) -> float:
         else:
             frac = progress.step / max(progress.total_steps, 1)
         lr = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(frac, 1.0)))
+    elif cfg.schedule == "poly":
+        frac = t / max(progress.total_epochs - _offset_epochs(cfg), 1e-12)
+        lr = cfg.min_lr + (cfg.lr - cfg.min_lr) * max(1.0 - frac, 0.0) ** cfg.power
     else:
         lr = cfg.lr
     if cfg.warmup_epochs > 0:

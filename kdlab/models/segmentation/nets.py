@@ -43,8 +43,8 @@ ResNet-101), ``head`` (the feature before the classifier, stride 8) and ``aux`` 
 stride 8). There is no ``pool`` and no pre-activation tap: methods that need them are refused when the run is built.
 
 Reference checkpoint layout (``deeplabv3_resnet101_citys_best_model.pth`` of the DIST/CIRKD READMEs): see
-:func:`reference_key`; :func:`convert_reference_state` maps a whole state dict, and checkpoint loading applies it
-automatically (:meth:`SegmentationNet.convert_state_dict`).
+:func:`reference_key`; :func:`convert_reference_state` maps a whole state dict, and checkpoint loading
+(:func:`kdlab.models.checkpoints.load_state_dict_flexible`, e.g. ``model.teachers.0.checkpoint``) applies it by itself.
 
 Deviations:
     - ``classifier`` is the final 1x1 convolution (``[B, D, h, w] -> [B, K, h, w]``), not an ``nn.Linear``.
@@ -54,7 +54,6 @@ Deviations:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import torch
@@ -168,17 +167,18 @@ class SegmentationNet(TapModel):
             out["aux"] = self.aux_head(stages[2])
         return self.classifier(feat), out
 
-    def convert_state_dict(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """``state`` in kdlab's layout: a reference (CIRKD / DIST) checkpoint is mapped by :func:`reference_key`;
-        a state dict already in kdlab's layout is returned unchanged."""
-        return convert_reference_state(state, self.head_kind)
+
+def _layout():
+    from kdlab.models.checkpoints import REFERENCE_LAYOUTS
+
+    return next(layout for layout in REFERENCE_LAYOUTS if layout.model_class == "SegmentationNet")
 
 
-_ASPP_BRANCH = re.compile(r"^head\.aspp\.b([0-4])\.(?:block\.|gap\.)?(\d+)\.(.*)$")
-
-
-def reference_key(key: str, head: str = "aspp") -> str:
+def reference_key(key: str) -> str:
     """The kdlab name of parameter/buffer ``key`` of a reference (CIRKD / DIST_KD) segmentation checkpoint.
+
+    The mapping is the ``SegmentationNet`` entry of :data:`kdlab.models.checkpoints.REFERENCE_LAYOUTS` (prefix
+    renames, first match wins), which checkpoint loading applies by itself when a state dict does not match:
 
     ==================================  ==========================================
     reference (CIRKD / DIST_KD)         kdlab
@@ -189,38 +189,20 @@ def reference_key(key: str, head: str = "aspp") -> str:
     ``head.aspp.b4.gap.<i>.*``          ``head.0.convs.4.<i>.*`` (torchvision ``ASPPPooling``)
     ``head.aspp.project.*``             ``head.0.project.*``
     ``head.psp.conv<j>.<i>.*``          ``head.0.conv<j>.<i>.*``
-    ``head.block.{0,1}.*``              ``head.1.{0,1}.*`` (conv3x3, BN)
     ``head.block.4.*`` (DeepLabV3)      ``classifier.*``
     ``head.classifier.*`` (PSPNet)      ``classifier.*``
+    ``head.block.{0,1}.*``              ``head.1.{0,1}.*`` (conv3x3, BN)
     ``auxlayer.block.<i>.*``            ``aux_head.<i>.*``
     ==================================  ==========================================
 
     A key already in kdlab's layout is returned unchanged.
     """
-    del head  # both heads share the mapping; kept for symmetry with convert_reference_state
-    if key.startswith("pretrained."):
-        return "backbone." + key.removeprefix("pretrained.")
-    m = _ASPP_BRANCH.match(key)
-    if m:
-        return f"head.0.convs.{m.group(1)}.{m.group(2)}.{m.group(3)}"
-    for old, new in (
-        ("head.aspp.project.", "head.0.project."),
-        ("head.psp.", "head.0."),
-        ("head.block.4.", "classifier."),
-        ("head.classifier.", "classifier."),
-        ("auxlayer.block.", "aux_head."),
-    ):
-        if key.startswith(old):
-            return new + key.removeprefix(old)
-    m = re.match(r"^head\.block\.([01])\.(.*)$", key)
-    if m:
-        return f"head.1.{m.group(1)}.{m.group(2)}"
-    return key
+    return next(iter(convert_reference_state({key: None})))
 
 
-def convert_reference_state(state: Mapping[str, Tensor], head: str = "aspp") -> dict[str, Tensor]:
+def convert_reference_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Map every key of a reference-layout state dict with :func:`reference_key` (kdlab keys pass unchanged)."""
-    return {reference_key(k, head): v for k, v in state.items()}
+    return _layout().to_kdlab(state)
 
 
 def _register(name: str, arch: tuple, params: int, doc: str) -> None:
