@@ -362,9 +362,10 @@ def test_shipped_imagenet_recipes_are_the_generator_output():
     for path, cfg in shipped.items():
         assert cfg["data"]["name"] == "imagenet" and cfg["description"]
         if path.parts[2] != "ce":
-            assert path.stem == f"{cfg['model']['teachers'][0]['name']}__{cfg['model']['student']}"
+            names = (cfg["model"]["teachers"][0]["name"], cfg["model"]["student"])
+            assert path.stem == "__".join(script.file_name(n) for n in names)
         if path.parts[2] != "mlkd":
-            assert 60.0 < cfg["target"]["top1"] < 80.0
+            assert 60.0 < cfg["target"]["top1"] < 90.0  # DIST Table 4's Swin students reach 82.3
 
 
 @pytest.mark.parametrize("method", ["mlkd", "crd"])

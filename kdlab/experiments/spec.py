@@ -12,8 +12,13 @@ A spec (``configs/sweeps/*.yaml``)::
       - label: "KD"               # row label in the report
         config: ../cifar100/kd/resnet32x4__resnet8x4.yaml   # relative to the spec file (or an inline mapping)
         overrides: {method.temperature: 2}                    # optional
-        target: 73.33             # optional published top-1 (else the config's target.top1)
+        target: 73.33             # optional published top-1 (else the config's target.top1), or a mapping of the
+                                  # published metrics, e.g. {top1: 72.89, top5: 91.80}
         pair: "resnet32x4→resnet8x4"  # optional report column (default: teacher(s)→student of the config)
+    analysis:                     # optional: analyses of the trained runs (``kdlab analyze``), the seed's numbers
+      - name: robustness          # one of kdlab.analysis.ANALYSES
+        args: [--attacks, pgd]    # optional extra ``kdlab analyze`` arguments (the assumptions, written down)
+        targets: {KD: {top1: 21.12, top5: 44.04}}  # optional: published numbers by row label
 
 A run's identity is (row label, pair, grid point, seed); the report groups by (row label, pair, grid point) and
 gives mean +- std over seeds. Run directories are ``<run_dir>/<name>/<label>__<pair>[__<grid>]__s<seed>``.
@@ -31,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SPEC_KEYS = ("name", "description", "run_dir", "seeds", "overrides", "grid", "rows")
+SPEC_KEYS = ("name", "description", "run_dir", "seeds", "overrides", "grid", "rows", "analysis")
+ANALYSIS_KEYS = ("name", "args", "targets", "description")
 ROW_KEYS = ("label", "config", "overrides", "target", "pair")
 # Config keys that do not change what a run computes: left out of the config hash.
 HASH_EXCLUDED = (
@@ -64,6 +70,22 @@ class RowSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     target: float | None = None
     pair: str | None = None
+    targets: dict[str, float] = field(default_factory=dict)
+    """Every published metric of the row (``top1``, ``top5``, ...); ``target`` is its ``top1``."""
+
+
+@dataclass
+class AnalysisSpec:
+    """An analysis (``kdlab analyze NAME RUN ARGS``) of a sweep's trained runs, with the seed's numbers.
+
+    ``targets`` maps a row label to its published metrics (e.g. ``{"KD": {"top1": 21.12, "top5": 44.04}}``); the
+    analysis applies to the rows it names, or to every row when it names none.
+    """
+
+    name: str
+    args: list[str] = field(default_factory=list)
+    targets: dict[str, dict[str, float]] = field(default_factory=dict)
+    description: str = ""
 
 
 @dataclass
@@ -78,6 +100,7 @@ class SweepSpec:
     run_dir: str = "runs/sweeps"
     overrides: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
+    analysis: list[AnalysisSpec] = field(default_factory=list)
 
     def grid_points(self) -> list[dict[str, Any]]:
         """Every grid point as ``{dotted key: value}`` (one empty point without a grid)."""
@@ -102,6 +125,8 @@ class PlannedRun:
     run_dir: Path
     config: dict
     config_hash: str
+    targets: dict[str, float] = field(default_factory=dict)
+    """Every published metric of the run's row (``top1``, ``top5``, ...)."""
 
     @property
     def key(self) -> str:
@@ -132,6 +157,71 @@ def _check_keys(data: dict, allowed: tuple[str, ...], where: str) -> None:
             hint = closest(str(key), list(allowed))
             did = f" Did you mean {hint!r}?" if hint else ""
             raise _config_error(f"{where}: unknown key {key!r}.{did} Valid keys: {', '.join(allowed)}")
+
+
+def _metrics(value: Any, where: str) -> dict[str, float]:
+    """A published-numbers mapping ``{metric: number}`` (a bare number is the top-1)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {"top1": float(value)}
+    if not isinstance(value, dict) or not value:
+        raise _config_error(
+            f"{where} must be a number (the published top-1) or a mapping such as {{top1: 72.9, top5: "
+            f"91.1}}; got {value!r}"
+        )
+    out = {}
+    for metric, number in value.items():
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise _config_error(f"{where}.{metric} must be a number, got {number!r}")
+        out[str(metric)] = float(number)
+    return out
+
+
+def _analyses(raw: Any, where: str, labels: set[str]) -> list[AnalysisSpec]:
+    """The ``analysis`` entries of a spec (one mapping or a list of them), checked against ``kdlab analyze``'s names
+    and the spec's row labels."""
+    if raw is None:
+        return []
+    from kdlab.analysis import ANALYSES  # only for specs that name an analysis (it imports torch)
+
+    entries = raw if isinstance(raw, list) else [raw]
+    out = []
+    for i, entry in enumerate(entries):
+        aw = f"{where}: analysis.{i}"
+        if not isinstance(entry, dict):
+            raise _config_error(f"{aw} must be a mapping with name (one of {', '.join(ANALYSES)}), args and targets")
+        _check_keys(entry, ANALYSIS_KEYS, aw)
+        name = entry.get("name")
+        if name not in ANALYSES:
+            raise _config_error(f"{aw}: name must be one of {', '.join(ANALYSES)} (kdlab analyze), got {name!r}")
+        args = entry.get("args", [])
+        if not isinstance(args, list) or not all(isinstance(a, (str, int, float)) for a in args):
+            raise _config_error(f"{aw}: args must be a list of kdlab analyze arguments, e.g. [--attacks, pgd]")
+        targets_raw = entry.get("targets") or {}
+        if not isinstance(targets_raw, dict):
+            raise _config_error(f"{aw}: targets must map row labels to published numbers")
+        unknown = sorted(set(map(str, targets_raw)) - labels)
+        if unknown:
+            raise _config_error(f"{aw}: targets name row label(s) {unknown} that no row has; rows: {sorted(labels)}")
+        out.append(
+            AnalysisSpec(
+                name=name,
+                args=[str(a) for a in args],
+                targets={str(k): _metrics(v, f"{aw}.targets.{k}") for k, v in targets_raw.items()},
+                description=str(entry.get("description", "")),
+            )
+        )
+    return out
+
+
+def analysis_commands(spec: SweepSpec, runs: list[PlannedRun]) -> list[list[str]]:
+    """The ``kdlab analyze`` command lines of ``spec``'s analyses over its planned ``runs``: one per analysis and run
+    of a row the analysis names (every run when it names no row), in spec order."""
+    commands = []
+    for analysis in spec.analysis:
+        for run in runs:
+            if not analysis.targets or run.label in analysis.targets:
+                commands.append(["kdlab", "analyze", analysis.name, str(run.run_dir), *analysis.args])
+    return commands
 
 
 def parse_spec(data: dict, path: Path | None = None) -> SweepSpec:
@@ -175,8 +265,7 @@ def parse_spec(data: dict, path: Path | None = None) -> SweepSpec:
         if not (isinstance(config, str) and config) and not isinstance(config, dict):
             raise _config_error(f"{rw}: 'config' must be a config file (relative to the spec) or an inline mapping")
         target = raw.get("target")
-        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))):
-            raise _config_error(f"{rw}: target must be a number (the published top-1), got {target!r}")
+        targets = {} if target is None else _metrics(target, f"{rw}: target")
         pair = raw.get("pair")
         if pair is not None and not isinstance(pair, str):
             raise _config_error(f"{rw}: pair must be a string, got {pair!r}")
@@ -185,8 +274,9 @@ def parse_spec(data: dict, path: Path | None = None) -> SweepSpec:
                 label=raw["label"],
                 config=base / config if isinstance(config, str) else config,
                 overrides=_mapping(raw.get("overrides"), f"{rw}.overrides"),
-                target=None if target is None else float(target),
+                target=targets.get("top1"),
                 pair=pair,
+                targets=targets,
             )
         )
     description = data.get("description", "")
@@ -202,6 +292,7 @@ def parse_spec(data: dict, path: Path | None = None) -> SweepSpec:
         run_dir=run_dir,
         overrides=_mapping(data.get("overrides"), f"{where}: overrides"),
         grid=grid,
+        analysis=_analyses(data.get("analysis"), where, {r.label for r in rows}),
     )
 
 
@@ -314,6 +405,7 @@ def expand(spec: SweepSpec, threads: int | None = None) -> list[PlannedRun]:
                 run_dir = Path(spec.run_dir) / spec.name / name
                 config["train"]["run_dir"] = str(run_dir.parent)
                 config["train"]["name"] = name
+                targets = dict(row.targets) if row.targets else dict(config.get("target", {}))  # one source
                 target = row.target if row.target is not None else config.get("target", {}).get("top1")
                 runs.append(
                     PlannedRun(
@@ -326,6 +418,7 @@ def expand(spec: SweepSpec, threads: int | None = None) -> list[PlannedRun]:
                         run_dir=run_dir,
                         config=config,
                         config_hash=config_hash(config),
+                        targets=targets,
                     )
                 )
     return runs
