@@ -190,7 +190,7 @@ def test_bn_before_relu_is_the_bn_that_produces_the_pre_activation(name):
 
 def test_review_kd_warmup_and_shapes():
     student, teacher, ctx = tiny_ctx()
-    m = method("review_kd", ctx)
+    m = method("review_kd", ctx, warmup_epochs=20)  # the reference's ramp, set explicitly (default: 20/240 of the run)
     assert [m.warmup_factor(e) for e in (0, 9, 19, 30)] == [1 / 20, 10 / 20, 1.0, 1.0]
     io = step_io(student, teacher, m, range(4))
     fused = m.fuse([m._as_map(io.s.taps[t]) for t in m.student_inputs])

@@ -21,6 +21,9 @@ abound -a 0 -b 1``: the main stage's distillation term is ``loss_kd = 0``, so th
 has no effect). Connectors for resnet32x4 -> resnet8x4: all identities (every stage has equal shapes), 0 parameters.
 
 Deviations:
+- The init stage's default length is a fraction of the run (:mod:`kdlab.schedule`'s rule: 30 / 240 of ``train.epochs``
+  in whole epochs), not a fixed 30 epochs: a 240-epoch run gets the reference's 30, a 20-epoch run 3, where a fixed 30
+  would be longer than the run it prepares. The CIFAR-100 recipes set 30 explicitly.
 - The init stage's optimiser holds every student parameter (``trains="all"``) where the reference's holds the
   feature modules only (``get_feat_modules()``, without the classifier); the classifier gets no gradient from the AB
   loss, and the optimiser skips a parameter without a gradient (no momentum, no weight decay), so the updates are
@@ -49,10 +52,13 @@ from kdlab.methods._feature import FeatureConfig, FeatureMethod, stage_taps
 from kdlab.methods.base import BuildContext, Stage
 from kdlab.methods.fitnet import ConvReg
 from kdlab.ranges import rng
+from kdlab.schedule import reference_fraction, scaled_stage_epochs
 from kdlab.types import LossOut, StepIO
 
 #: Name of AB's initialisation stage (``io.progress.stage`` while it runs).
 INIT_STAGE = "init"
+#: The init stage's default length as a share of the run: RepDistiller's ``--init_epochs 30`` of 240 epochs.
+INIT_FRACTION = reference_fraction(30)
 
 
 def preact_stage_taps(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
@@ -74,8 +80,9 @@ class AB(FeatureMethod):
     @dataclass(kw_only=True)
     class Config(FeatureConfig):
         name: str = "ab"
-        init_epochs: int = field(default=30, metadata=rng(ge=0))
-        """Epochs of the initialisation stage (RepDistiller's ``--init_epochs``); 0 skips it."""
+        init_epochs: int | None = field(default=None, metadata=rng(ge=0, note="0: no init stage"))
+        """Epochs of the initialisation stage (RepDistiller's ``--init_epochs``); 0 skips it; None: 1/8 of
+        ``train.epochs`` in whole epochs (the reference's 30 of 240; :mod:`kdlab.schedule`)."""
         init_lr: float | None = field(default=None, metadata=rng(gt=0))
         """Constant learning rate of the init stage; None: the run's ``optim.lr`` (as the reference)."""
         init_student_mode: Literal["eval", "train"] = "eval"
@@ -93,8 +100,10 @@ class AB(FeatureMethod):
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)
-        if cfg.init_epochs < 0:
+        if cfg.init_epochs is not None and cfg.init_epochs < 0:
             raise ValueError(f"method.init_epochs must be >= 0, got {cfg.init_epochs}")
+        #: epochs of the init stage: ``init_epochs``, or the reference's 30 of 240 as a share of the run
+        self.init_epochs = scaled_stage_epochs(cfg.init_epochs, INIT_FRACTION, ctx.total_epochs)
         self.student_tap_names, self.teacher_tap_names = self.resolve_stage_taps(
             cfg.student_taps or preact_stage_taps(self.s_shapes), cfg.teacher_taps or preact_stage_taps(self.t_shapes)
         )
@@ -112,12 +121,12 @@ class AB(FeatureMethod):
 
     def stages(self) -> Sequence[Stage]:
         """The init stage: student and connectors together (``trains="all"``) at a constant learning rate."""
-        if self.cfg.init_epochs == 0:
+        if self.init_epochs == 0:
             return ()
         return (
             Stage(
                 INIT_STAGE,
-                self.cfg.init_epochs,
+                self.init_epochs,
                 trains="all",
                 lr=self.cfg.init_lr,
                 student_mode=self.cfg.init_student_mode,

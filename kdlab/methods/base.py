@@ -37,6 +37,8 @@ class BuildContext:
         train_labels: ``[N]`` labels of the training set (for class-aware sampling), on the device.
         device: the training device.
         seed: the run's seed (for method-owned generators).
+        total_epochs: epochs of the main stage (``train.epochs``); schedule-bound defaults such as an initialisation
+            stage's length scale with it (:mod:`kdlab.schedule`); 0 when unknown (the reference's 240 are assumed).
     """
 
     num_classes: int
@@ -51,6 +53,7 @@ class BuildContext:
     train_labels: Tensor | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
+    total_epochs: int = 0
 
 
 @dataclass

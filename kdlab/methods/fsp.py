@@ -22,6 +22,9 @@ The CRD tables have FSP numbers for the same-architecture pairs only (and N/A fo
 channel counts differ); pairs with different channel counts fail when the run is built.
 
 Deviations:
+- The init stage's default length is a fraction of the run (:mod:`kdlab.schedule`'s rule: 30 / 240 of ``train.epochs``
+  in whole epochs), not a fixed 30 epochs: a 240-epoch run gets the reference's 30, a 20-epoch run 3, where a fixed 30
+  would be longer than the run it prepares. The CIFAR-100 recipes set 30 explicitly.
 - The init stage's optimiser holds every student parameter (``trains="all"``) where the reference's holds the
   feature modules only (``get_feat_modules()``); the classifier gets no gradient from the FSP loss and the optimiser
   skips parameters without one (no momentum, no weight decay), so the updates are the same.
@@ -39,10 +42,13 @@ from kdlab.methods import register_method
 from kdlab.methods._feature import FeatureConfig, FeatureMethod, stage_taps
 from kdlab.methods.base import BuildContext, Stage
 from kdlab.ranges import rng
+from kdlab.schedule import reference_fraction, scaled_stage_epochs
 from kdlab.types import LossOut, StepIO
 
 #: Name of FSP's initialisation stage (``io.progress.stage`` while it runs).
 INIT_STAGE = "init"
+#: The init stage's default length as a share of the run: RepDistiller's ``--init_epochs 30`` of 240 epochs.
+INIT_FRACTION = reference_fraction(30)
 
 
 # The contract tests' default tiny pair (convnet_xs -> convnet_s) has different channel counts; FSP is tested with a
@@ -59,8 +65,9 @@ class FSP(FeatureMethod):
     @dataclass(kw_only=True)
     class Config(FeatureConfig):
         name: str = "fsp"
-        init_epochs: int = field(default=30, metadata=rng(ge=0))
-        """Epochs of the initialisation stage (RepDistiller's ``--init_epochs``); 0 skips it."""
+        init_epochs: int | None = field(default=None, metadata=rng(ge=0, note="0: no init stage"))
+        """Epochs of the initialisation stage (RepDistiller's ``--init_epochs``); 0 skips it; None: 1/8 of
+        ``train.epochs`` in whole epochs (the reference's 30 of 240; :mod:`kdlab.schedule`)."""
         init_lr: float | None = field(default=None, metadata=rng(gt=0))
         """Constant learning rate of the init stage; None: the run's ``optim.lr`` (as the reference)."""
         init_student_mode: Literal["eval", "train"] = "eval"
@@ -76,8 +83,10 @@ class FSP(FeatureMethod):
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)
-        if cfg.init_epochs < 0:
+        if cfg.init_epochs is not None and cfg.init_epochs < 0:
             raise ValueError(f"method.init_epochs must be >= 0, got {cfg.init_epochs}")
+        #: epochs of the init stage: ``init_epochs``, or the reference's 30 of 240 as a share of the run
+        self.init_epochs = scaled_stage_epochs(cfg.init_epochs, INIT_FRACTION, ctx.total_epochs)
         s_taps, t_taps = self.resolve_stage_taps(
             cfg.student_taps or self._default_taps(self.s_shapes), cfg.teacher_taps or self._default_taps(self.t_shapes)
         )
@@ -105,12 +114,12 @@ class FSP(FeatureMethod):
 
     def stages(self) -> Sequence[Stage]:
         """The init stage: the student alone (``trains="all"``; there are no adapters) at a constant learning rate."""
-        if self.cfg.init_epochs == 0:
+        if self.init_epochs == 0:
             return ()
         return (
             Stage(
                 INIT_STAGE,
-                self.cfg.init_epochs,
+                self.init_epochs,
                 trains="all",
                 lr=self.cfg.init_lr,
                 student_mode=self.cfg.init_student_mode,

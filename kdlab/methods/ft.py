@@ -22,6 +22,9 @@ mode during a stage that trains only the adapters, and the translator gets no gr
 it), so only the paraphraser changes; in the main stage the paraphraser gets no gradient and is skipped in turn.
 
 Deviations:
+- The init stage's default length is a fraction of the run (:mod:`kdlab.schedule`'s rule: 30 / 240 of ``train.epochs``
+  in whole epochs), not a fixed 30 epochs: a 240-epoch run gets the reference's 30, a 20-epoch run 3, where a fixed 30
+  would be longer than the run it prepares. The CIFAR-100 recipes set 30 explicitly.
 - ``init_lr`` defaults to the reference's 0.01 (its value for ResNet/WRN students, e.g. resnet8x4); a method cannot
   see the student's name, so for other students set ``init_lr: null`` (the run's ``optim.lr``), as the shipped
   recipes do for VGG, MobileNetV2 and ShuffleNet students.
@@ -45,10 +48,13 @@ from kdlab.methods import register_method
 from kdlab.methods._feature import LAST_STAGE, FeatureConfig, FeatureMethod
 from kdlab.methods.base import BuildContext, Stage
 from kdlab.ranges import rng
+from kdlab.schedule import reference_fraction, scaled_stage_epochs
 from kdlab.types import LossOut, StepIO
 
 #: Name of FT's initialisation stage (``io.progress.stage`` while it runs).
 INIT_STAGE = "init"
+#: The init stage's default length as a share of the run: RepDistiller's ``--init_epochs 30`` of 240 epochs.
+INIT_FRACTION = reference_fraction(30)
 
 
 def _conv_block(c_in: int, c_out: int, bn: bool, transposed: bool = False) -> list[nn.Module]:
@@ -154,16 +160,19 @@ class FT(FeatureMethod):
         """Student map fed to the translator; ``last`` is the last stage (the reference's ``feat[-2]``)."""
         teacher_tap: str = LAST_STAGE
         """Teacher map fed to the paraphraser."""
-        init_epochs: int = field(default=30, metadata=rng(ge=0))
-        """Epochs of the paraphraser's initialisation stage (RepDistiller's ``--init_epochs``); 0 skips it."""
+        init_epochs: int | None = field(default=None, metadata=rng(ge=0, note="0: no init stage"))
+        """Epochs of the paraphraser's initialisation stage (RepDistiller's ``--init_epochs``); 0 skips it; None: 1/8 of
+        ``train.epochs`` in whole epochs (the reference's 30 of 240; :mod:`kdlab.schedule`)."""
         init_lr: float | None = field(default=0.01, metadata=rng(gt=0))
         """Constant learning rate of the init stage: the reference's 0.01 for ResNet/WRN students; None: the run's
         ``optim.lr`` (the reference's choice for other students)."""
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)
-        if cfg.init_epochs < 0:
+        if cfg.init_epochs is not None and cfg.init_epochs < 0:
             raise ValueError(f"method.init_epochs must be >= 0, got {cfg.init_epochs}")
+        #: epochs of the init stage: ``init_epochs``, or the reference's 30 of 240 as a share of the run
+        self.init_epochs = scaled_stage_epochs(cfg.init_epochs, INIT_FRACTION, ctx.total_epochs)
         s_tap = self.resolve_tap("student", cfg.student_tap)
         t_tap = self.resolve_tap("teacher", cfg.teacher_tap)
         s_shape, t_shape = self.s_shapes[s_tap], self.t_shapes[t_tap]
@@ -175,9 +184,9 @@ class FT(FeatureMethod):
 
     def stages(self) -> Sequence[Stage]:
         """The init stage: the adapters (the paraphraser; the translator gets no gradient) at ``init_lr``."""
-        if self.cfg.init_epochs == 0:
+        if self.init_epochs == 0:
             return ()
-        return (Stage(INIT_STAGE, self.cfg.init_epochs, trains="adapters", lr=self.cfg.init_lr),)
+        return (Stage(INIT_STAGE, self.init_epochs, trains="adapters", lr=self.cfg.init_lr),)
 
     def init_loss(self, io: StepIO) -> LossOut:
         """The initialisation stage's loss: the paraphraser's reconstruction of the teacher map."""

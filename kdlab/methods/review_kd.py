@@ -4,10 +4,11 @@ Objective: the student's stage outputs and pooled embedding, from the deepest to
 attention-based fusion (ABF) modules, each fusing its level with the fused result of the level below; every fused
 map is compared with the teacher's map of the same level by the hierarchical context loss (:func:`kdlab.losses.hcl`)::
 
-    L = ce_weight * CE + review_weight * min((epoch + 1) / warmup_epochs, 1) * hcl(ABF(f_s), f_t)
+    L = ce_weight * CE + review_weight * min((epoch + 1) / E, 1) * hcl(ABF(f_s), f_t)
 
-(``epoch`` 0-based, so the factor is ``1/20`` during the first epoch, as mdistiller's ``epoch / 20`` with 1-based
-epochs).
+(``epoch`` 0-based, so with ``E = 20`` the factor is ``1/20`` during the first epoch, as mdistiller's ``epoch / 20``
+with 1-based epochs). ``E = warmup_epochs`` when set, else 1/12 of the run (the reference's 20 of 240 epochs;
+:mod:`kdlab.schedule`).
 
 Reference: megvii-research/mdistiller@a08d46f ``mdistiller/distillers/ReviewKD.py`` (``ReviewKD``, ``ABF``,
 ``hcl_loss``) with ``configs/cifar100/reviewkd.yaml`` (REVIEWKD_WEIGHT 5.0 on CIFAR-100, CE 1, warm-up 20 epochs).
@@ -27,6 +28,10 @@ Reference: megvii-research/mdistiller@a08d46f ``mdistiller/distillers/ReviewKD.p
 
 Deviations:
 - Sizes are (H, W) pairs taken from the models' taps instead of square sizes from the config.
+- The default warm-up is a fraction of the run (:mod:`kdlab.schedule`'s rule, as DKD's: 20 / 240 of ``train.epochs``),
+  not a fixed 20 epochs: a 240-epoch run gets the reference's 20, a 20-epoch run 1.67 (factor 0.6, then 1), where a
+  fixed 20 epochs would keep the HCL term below full weight for the whole run. The CIFAR-100 recipes set 20 and the
+  ImageNet ones 1 explicitly.
 """
 
 from __future__ import annotations
@@ -43,7 +48,11 @@ from kdlab.methods import register_method
 from kdlab.methods.base import BuildContext, DistillMethod
 from kdlab.methods.vid import stage_taps
 from kdlab.ranges import rng
+from kdlab.schedule import REFERENCE_EPOCHS, reference_fraction, scaled_epochs, warmup_factor
 from kdlab.types import LossOut, Needs, StepIO
+
+#: ReviewKD's default warm-up as a share of the run: the reference's 20 of 240 epochs.
+WARMUP_FRACTION = reference_fraction(20)
 
 
 class ABF(nn.Module):
@@ -99,8 +108,9 @@ class ReviewKD(DistillMethod):
         """Weight of the HCL term (mdistiller's CIFAR-100 ``REVIEWKD_WEIGHT``; 1 on ImageNet)."""
         ce_weight: float = field(default=1.0, metadata=rng(ge=0))
         """Weight of the cross-entropy."""
-        warmup_epochs: int = field(default=20, metadata=rng(ge=0))
-        """The HCL term is scaled by ``min((epoch + 1) / warmup_epochs, 1)``."""
+        warmup_epochs: int | None = field(default=None, metadata=rng(ge=0, note="0: no ramp"))
+        """The HCL term is scaled by ``min((epoch + 1) / warmup_epochs, 1)`` (0: no ramp); None: 1/12 of
+        ``train.epochs`` (the reference's 20 of 240; :mod:`kdlab.schedule`)."""
         max_mid_channels: int = field(default=512, metadata=rng(ge=1))
         """Upper bound of the ABF width (which is the student's embedding width below it)."""
         levels: list[int] = field(default_factory=lambda: [4, 2, 1], metadata=rng(ge=1))
@@ -146,10 +156,9 @@ class ReviewKD(DistillMethod):
     def _as_map(x: Tensor) -> Tensor:
         return x if x.dim() == 4 else x.reshape(x.shape[0], -1, 1, 1)
 
-    def warmup_factor(self, epoch: int) -> float:
-        """``min((epoch + 1) / warmup_epochs, 1)`` for a 0-based epoch."""
-        w = self.cfg.warmup_epochs
-        return 1.0 if w <= 0 else min((epoch + 1) / w, 1.0)
+    def warmup_factor(self, epoch: int, total_epochs: int = REFERENCE_EPOCHS) -> float:
+        """``min((epoch + 1) / E, 1)`` for a 0-based epoch of a ``total_epochs`` run (``E``: see ``warmup_epochs``)."""
+        return warmup_factor(epoch, scaled_epochs(self.cfg.warmup_epochs, WARMUP_FRACTION, total_epochs))
 
     def fuse(self, s_feats: list[Tensor]) -> list[Tensor]:
         """Student maps (shallowest first, the embedding last as ``[B, D, 1, 1]``) -> fused maps of the teacher's
@@ -167,7 +176,7 @@ class ReviewKD(DistillMethod):
         fused = self.fuse([self._as_map(io.s.taps[t]) for t in self.student_inputs])
         targets = [self._as_map(io.t.taps[t]) for t in self.teacher_targets]
         hcl = losses.hcl(fused, targets, tuple(cfg.levels))
-        factor = self.warmup_factor(io.progress.epoch)
+        factor = self.warmup_factor(io.progress.epoch, io.progress.total_epochs)
         return LossOut(
             {
                 "ce": cfg.ce_weight * io.cross_entropy(io.s.logits),

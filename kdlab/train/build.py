@@ -125,6 +125,7 @@ def build_run(cfg: RunConfig, device: torch.device | None = None, load_teacher_w
             cfg.train.seed,
             data.num_train,
             data.train_labels,
+            total_epochs=cfg.train.epochs,
         )
         method = build_method(cfg.method, ctx).to(device)
         check_output_kind(method, ctx.student_shapes["logits"], cfg.method.name, cfg.model.student)  # dense pairs
@@ -170,6 +171,7 @@ def build_context(
     seed: int = 0,
     num_train: int = 0,
     train_labels: torch.Tensor | None = None,
+    total_epochs: int = 0,
 ) -> BuildContext:
     """The :class:`BuildContext` of a student and its (unwrapped) teachers: taps and shapes from one dry run."""
     s_taps = _all_taps(student)
@@ -187,6 +189,7 @@ def build_context(
         train_labels=train_labels,
         device=device,
         seed=seed,
+        total_epochs=total_epochs,
     )
 
 
