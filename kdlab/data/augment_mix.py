@@ -111,7 +111,7 @@ def mix_images(x: Tensor, params: MixParams) -> Tensor:
         return x
     other = x.flip(0)
     if params.box is None:
-        return params.lam * x + (1.0 - params.lam) * other
+        return torch.lerp(other, x, params.lam)  # lam x + (1 - lam) other, one pass after the flip
     y0, y1, x0, x1 = params.box
     out = x.clone()
     out[:, :, y0:y1, x0:x1] = other[:, :, y0:y1, x0:x1]
