@@ -156,3 +156,55 @@ def test_timm_table4_models_on_meta(name: str, params: int, taps: list) -> None:
     assert count_parameters(model) == params
     assert [(t.channels, t.stride) for t in model.tap_info()] == taps
     assert model.input_size == (3, 224, 224)
+
+
+@pytest.mark.slow  # about 15 s on the loaded 2-core machine; fast siblings: test_timm_weights_from_local_file and
+# tests/test_teacher_cache_views.py
+def test_table4_recipe_with_a_local_timm_teacher_through_the_cli(tmp_path) -> None:
+    """DIST Table 4's KD recipe (strategy B2: RandAugment, random erasing, RMSpropTF, EMA) distils from a timm teacher
+    whose weights are a local ``.safetensors`` file (timm's own key names), in bf16 autocast and channels-last, on
+    synthetic 32-pixel data; ``train.teacher_cache=auto`` explains that B2's random views rule the cache out."""
+    import json
+
+    timm = pytest.importorskip("timm")
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    from kdlab.cli.main import main
+
+    from conftest import REPO
+
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18.safetensors"
+    safetensors_torch.save_file(timm.create_model("resnet18", num_classes=4).state_dict(), str(weights))
+    recipe = REPO / "configs" / "imagenet" / "kd" / "timm-resnet50__resnet18.yaml"
+    args = [
+        "train",
+        str(recipe),
+        "data.name=synthetic",
+        "data.image_size=32",
+        "data.num_classes=4",
+        "data.train_size=32",
+        "data.test_size=16",
+        "data.batch_size=16",
+        "data.eval_batch_size=16",
+        "model.student=convnet_xs",
+        "model.teachers.0.name=timm:resnet18",  # the recipe's timm:resnet50, smaller for a test
+        f"model.teachers.0.checkpoint={weights}",
+        "train.teacher_precision=bf16",
+        "train.channels_last=true",
+        "train.teacher_cache=auto",
+        "train.epochs=1",
+        "train.device=cpu",
+        "train.threads=1",
+        f"train.run_dir={tmp_path / 'runs'}",
+        "train.name=t4",
+        "log.progress=off",
+    ]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "runs" / "t4" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["finished"]
+    speed = summary["speed"]
+    assert speed["teacher_precision"] == "bf16" and speed["channels_last"] is True
+    assert speed["teacher_cache"]["kind"] == "off"
+    assert "data.rand_augment" in speed["teacher_cache"]["reason"]
+    assert main([*args[:-2], "train.name=t4_bad", "train.teacher_cache=on", "log.progress=off"]) == 2
+    assert not (tmp_path / "runs" / "t4_bad").exists()
