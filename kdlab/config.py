@@ -25,7 +25,7 @@ import yaml
 
 from kdlab.paths import why_unusable
 from kdlab.ranges import field_range, out_of_range_message, rng, violations
-from kdlab.registry import METHODS, closest
+from kdlab.registry import METHOD_CONFIGS, METHODS, closest
 from kdlab.augment_config import RandAugmentConfig, RandomErasingConfig
 from kdlab.tabular_config import TabularConfig
 
@@ -357,9 +357,12 @@ def _type_name(tp: Any) -> str:
 
 
 def _method_config_class(name: object, path: str) -> type[MethodConfig]:
-    """The ``Config`` class of method ``name`` from the method registry (which imports the method modules)."""
+    """The ``Config`` class of method ``name`` from :data:`~kdlab.registry.METHOD_CONFIGS` (torch-free modules); an
+    unknown name, or a method whose config is not registered there, asks the method registry (importing the methods)."""
     if not isinstance(name, str):
         raise ConfigError(f"{path}.name must be a method name (a string), got {name!r}")
+    if name in METHOD_CONFIGS:
+        return METHOD_CONFIGS.get(name)
     try:
         return METHODS.get(name).Config
     except KeyError as err:

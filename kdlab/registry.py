@@ -107,6 +107,10 @@ class Registry(Generic[T]):
 
 
 #: Every distillation method, by registry name: filled by the modules of :mod:`kdlab.methods` (each class registers
-#: with :func:`kdlab.methods.register_method`). The run config resolves ``method.name`` to the method's ``Config``
-#: here, without importing :mod:`kdlab.methods` itself.
+#: with :func:`kdlab.methods.register_method`).
 METHODS: Registry[type] = Registry("method", package="kdlab.methods")
+
+#: The ``Config`` dataclass of every method, by the method's registry name: filled by the torch-free modules of
+#: :mod:`kdlab.method_configs` (:func:`kdlab.method_configs.register_config`). The run config resolves
+#: ``method.name`` here, so reading a config imports neither torch nor :mod:`kdlab.methods`.
+METHOD_CONFIGS: Registry[type] = Registry("method", package="kdlab.method_configs")

@@ -290,3 +290,71 @@ def test_train_logs_its_first_line_before_importing_torch():
         i for i, line in enumerate(lines) if line.startswith("import time:") and line.split("|")[-1].strip() == "torch"
     )
     assert first < torch_done
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Method configs: torch-free modules (kdlab/method_configs), so `kdlab show` and every config check read a config
+# without importing torch or the methods.
+
+
+def test_every_method_config_lives_in_the_torch_free_registry():
+    from kdlab.registry import METHOD_CONFIGS, METHODS
+
+    wrong = [n for n in METHODS if n not in METHOD_CONFIGS or METHOD_CONFIGS.get(n) is not METHODS.get(n).Config]
+    assert not wrong, (
+        f"methods {wrong}: move the nested Config dataclass to kdlab/method_configs/<module>.py (decorated with "
+        "@register_config(name)) and set `Config = <Name>Config` in the method class"
+    )
+    assert set(METHOD_CONFIGS.names()) == set(METHODS.names())
+
+
+def test_method_configs_import_only_the_config_layer(graph):
+    allowed = ("kdlab.config", "kdlab.ranges", "kdlab.registry", "kdlab.method_configs")
+    for edges in (graph.module_level, graph.function_level):
+        for m, targets in edges.items():
+            if m == "kdlab.method_configs" or m.startswith("kdlab.method_configs."):
+                bad = sorted(t for t in targets if not t.startswith(allowed) and t != "kdlab")
+                assert not bad, f"{m} imports {bad}: method configs stay torch-free"
+
+
+_LOAD = """
+import json, sys
+from kdlab.config import dump_config, load_config
+for path in sys.argv[1:]:
+    dump_config(load_config(path))
+print(json.dumps({"torch": "torch" in sys.modules, "methods": "kdlab.methods" in sys.modules}), file=sys.stderr)
+"""
+
+
+def test_show_answers_without_torch(tmp_path):
+    config = Path(__file__).resolve().parents[1] / "configs" / "debug" / "digits_kd.yaml"
+    result, out = _fresh(["show", str(config), "method.temperature=2"], tmp_path)
+    assert result["code"] == 0 and "temperature: 2" in out and "kd_weight:" in out
+    assert not result["torch"], "kdlab show imported torch"
+
+
+def test_one_shipped_config_of_every_method_loads_without_torch():
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from kdlab.registry import METHOD_CONFIGS
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    first: dict[str, Path] = {}
+    for path in sorted(root.rglob("*.yaml")):
+        if "sweeps" in path.parts:
+            continue
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        name = (raw.get("method") or {}).get("name", "ce") if isinstance(raw, dict) else None
+        if isinstance(name, str):
+            first.setdefault(name, path)
+    assert len(first) >= 20 and set(first) <= set(METHOD_CONFIGS.names())
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD, *map(str, first.values())], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert result == {"torch": False, "methods": False}, f"reading the configs of {sorted(first)} imported {result}"

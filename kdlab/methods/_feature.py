@@ -11,34 +11,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from kdlab.config import MethodConfig
+from kdlab.method_configs._feature import LAST_STAGE, FeatureConfig
 from kdlab.methods.base import BuildContext, DistillMethod
 from kdlab.models.base import TapError
-from kdlab.ranges import rng
 from kdlab.types import Needs, StepIO
-
-#: Config value of a single-tap field meaning "the last stage map" (``stageN``).
-LAST_STAGE = "last"
 
 _STAGE = re.compile(r"stage(\d+)")
 
 
 class PairError(TapError):
     """A method cannot pair the student's taps with the teacher's (counts or shapes); raised when the run is built."""
-
-
-@dataclass(kw_only=True)
-class FeatureConfig(MethodConfig):
-    """Fields every feature-level method has: the cross-entropy term next to the feature term."""
-
-    ce_weight: float = field(default=1.0, metadata=rng(ge=0))
-    """Weight of the cross-entropy term (RepDistiller's ``-r``, 1 in every CRD-benchmark run)."""
-    label_smoothing: float = field(default=0.0, metadata=rng(ge=0, lt=1))
-    """Label smoothing epsilon of the cross-entropy term."""
 
 
 def stage_taps(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:

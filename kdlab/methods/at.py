@@ -18,13 +18,11 @@ Deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from kdlab import losses
+from kdlab.method_configs.at import ATConfig
 from kdlab.methods import register_method
-from kdlab.methods._feature import FeatureConfig, FeatureMethod
+from kdlab.methods._feature import FeatureMethod
 from kdlab.methods.base import BuildContext
-from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -34,17 +32,7 @@ class AT(FeatureMethod):
 
     dense_outputs = True  # feature maps of any stride; the CE term is dense-aware (io.cross_entropy)
 
-    @dataclass(kw_only=True)
-    class Config(FeatureConfig):
-        name: str = "at"
-        at_weight: float = field(default=1000.0, metadata=rng(ge=0))
-        """Weight of the attention-transfer term."""
-        p: float = field(default=2.0, metadata=rng(gt=0))
-        """Power of the attention map ``mean_c f^p``."""
-        student_taps: list[str] = field(default_factory=list)
-        """Student maps, paired with ``teacher_taps`` by position; empty: every stage (stage1..stageN)."""
-        teacher_taps: list[str] = field(default_factory=list)
-        """Teacher maps; empty: every stage."""
+    Config = ATConfig
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

@@ -35,8 +35,6 @@ Deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -44,10 +42,10 @@ from torch import Tensor, nn
 from kdlab import losses
 from kdlab.config import MethodConfig
 from kdlab.losses.logit import confidence_weights
+from kdlab.method_configs.ca_mkd import CAMKDConfig
 from kdlab.methods import register_method
 from kdlab.methods._feature import LAST_STAGE, PairError, stage_taps
 from kdlab.methods.base import BuildContext, DistillMethod
-from kdlab.ranges import rng
 from kdlab.types import DEFAULT_VIEW, LossOut, Needs, StepIO
 
 
@@ -96,25 +94,7 @@ class CAMKD(DistillMethod):
 
     logit_free_terms = frozenset({"feature"})
 
-    @dataclass(kw_only=True)
-    class Config(MethodConfig):
-        name: str = "ca_mkd"
-        temperature: float = field(default=4.0, metadata=rng(gt=0))
-        """Softmax temperature T."""
-        ce_weight: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of the cross-entropy term (the reference's ``-r 1``)."""
-        kd_weight: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of the confidence-weighted KD term (``-a 1``)."""
-        feature_weight: float = field(default=50.0, metadata=rng(ge=0))
-        """Weight of the confidence-weighted feature term (``-b 50``); 0 builds no adapters."""
-        student_tap: str = LAST_STAGE
-        """Student map fed to the adapters (``last``: its last stage map, the reference's ``feat[-2]``)."""
-        teacher_tap: str = LAST_STAGE
-        """Teacher map the adapters regress (``last``: each teacher's last stage map)."""
-        feature_start_epoch: int = field(default=1, metadata=rng(ge=0))
-        """The feature term is 0 before this (0-based) epoch (the reference skips it in its first epoch)."""
-        divide_by_teachers: bool = True
-        """Divide both weighted sums by the teacher count M as the reference does (see Deviations)."""
+    Config = CAMKDConfig
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

@@ -17,15 +17,14 @@ flattened as ``LinearEmbed`` does).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
 from kdlab import losses
+from kdlab.method_configs.cc import CCConfig
 from kdlab.methods import register_method
-from kdlab.methods._feature import FeatureConfig, FeatureMethod
+from kdlab.methods._feature import FeatureMethod
 from kdlab.methods.base import BuildContext
-from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -53,17 +52,7 @@ class LinearEmbed(nn.Module):
 class CC(FeatureMethod):
     """Correlation congruence on linearly embedded pooled features."""
 
-    @dataclass(kw_only=True)
-    class Config(FeatureConfig):
-        name: str = "cc"
-        cc_weight: float = field(default=0.02, metadata=rng(ge=0))
-        """Weight of the correlation-congruence term."""
-        embed_dim: int = field(default=128, metadata=rng(ge=1))
-        """Output size of the two linear embeddings (RepDistiller's ``--feat_dim``)."""
-        student_tap: str = "pool"
-        """Student feature that is embedded (flattened if spatial)."""
-        teacher_tap: str = "pool"
-        """Teacher feature that is embedded."""
+    Config = CCConfig
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

@@ -8,13 +8,10 @@ Dense outputs (segmentation): the cross-entropy over labelled pixels of the logi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from kdlab.config import MethodConfig
+from kdlab.method_configs.ce import CEConfig
 from kdlab.methods import register_method
 from kdlab.methods._dense import aux_needs, with_aux
 from kdlab.methods.base import DistillMethod
-from kdlab.ranges import rng
 from kdlab.types import LossOut, Needs, StepIO
 
 
@@ -26,13 +23,7 @@ class CE(DistillMethod):
 
     mixed_labels = "soft"
 
-    @dataclass(kw_only=True)
-    class Config(MethodConfig):
-        name: str = "ce"
-        label_smoothing: float = field(default=0.0, metadata=rng(ge=0, lt=1))
-        """Label smoothing epsilon of the cross-entropy."""
-        aux_weight: float = field(default=0.0, metadata=rng(ge=0))
-        """Weight of the same loss on the model's auxiliary head (``aux`` tap; segmentation models), 0 for none."""
+    Config = CEConfig
 
     def needs(self) -> Needs:
         return aux_needs(Needs(teacher=False), self.cfg.aux_weight)

@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
 from kdlab.config import MethodConfig
+from kdlab.method_configs.combine import SumConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import (
     MAIN_STAGE,
@@ -51,8 +51,6 @@ from kdlab.methods.base import (
     Stage,
     strictest_mixed_labels,
 )
-from kdlab.methods.kd import KD
-from kdlab.ranges import rng
 from kdlab.types import LossOut, Needs, StepIO
 
 
@@ -65,13 +63,7 @@ class Sum(DistillMethod):
         ctx: handed to every child.
     """
 
-    @dataclass(kw_only=True)
-    class Config(MethodConfig):
-        name: str = "sum"
-        terms: list[MethodConfig] = field(default_factory=lambda: [KD.Config()])
-        """The methods to add up (each a full method config with its own ``name``)."""
-        weights: list[float] = field(default_factory=list, metadata=rng(ge=0))
-        """One weight per entry of ``terms``; empty: all 1."""
+    Config = SumConfig
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

@@ -58,17 +58,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from kdlab import distributed, losses
 from kdlab.config import MethodConfig
+from kdlab.method_configs.crd import CRDConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import AuxObjective, BuildContext, DistillMethod
-from kdlab.ranges import rng
 from kdlab.seeding import derive_seed
 from kdlab.types import Batch, LossOut, Needs, StepIO
 
@@ -117,31 +115,7 @@ class CRD(DistillMethod):
         "mixed image is two samples"
     )
 
-    @dataclass(kw_only=True)
-    class Config(MethodConfig):
-        name: str = "crd"
-        crd_weight: float = field(default=0.8, metadata=rng(ge=0))
-        """Weight of the contrastive term (the reference's ``-b 0.8``)."""
-        ce_weight: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of the cross-entropy (``-r 1``)."""
-        kd_weight: float = field(default=0.0, metadata=rng(ge=0))
-        """Weight of an optional KD term (``-a``; 0 in the CRD recipe, 1 for "CRD+KD")."""
-        kd_temperature: float = field(default=4.0, metadata=rng(gt=0))
-        """Temperature of the optional KD term."""
-        embed_dim: int = field(default=128, metadata=rng(ge=1))
-        """Embedding width (``--feat_dim``)."""
-        num_negatives: int = field(default=16384, metadata=rng(ge=1))
-        """K, negatives per sample (``--nce_k``); with ``memory: queue``, the queue length."""
-        temperature: float = field(default=0.07, metadata=rng(gt=0))
-        """T of the similarities (``--nce_t``)."""
-        momentum: float = field(default=0.5, metadata=rng(ge=0, le=1))
-        """Momentum of the memory update (``--nce_m``)."""
-        memory: Literal["bank", "queue"] = "bank"
-        """``bank``: one row per training sample (the reference); ``queue``: FIFO of recent embeddings."""
-        negatives: Literal["other_classes", "other_samples"] = "other_classes"
-        """``memory: bank``: draw negatives from samples of other classes (the reference) or any other sample."""
-        reference_quirks: bool = False
-        """Update the memory on every ``loss`` call of a step (the released TeKAP code's double update)."""
+    Config = CRDConfig
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

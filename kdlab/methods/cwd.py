@@ -28,16 +28,13 @@ Deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from torch import nn
 
 from kdlab import losses
-from kdlab.config import MethodConfig
+from kdlab.method_configs.cwd import CWDConfig
 from kdlab.methods import register_method
 from kdlab.methods._dense import AUX_TAP, DenseOutputError, is_dense
 from kdlab.methods.base import BuildContext, DistillMethod
-from kdlab.ranges import rng
 from kdlab.types import LossOut, Needs, StepIO
 
 
@@ -50,23 +47,7 @@ class CWD(DistillMethod):
 
     dense_outputs = True
 
-    @dataclass(kw_only=True)
-    class Config(MethodConfig):
-        name: str = "cwd"
-        ce_weight: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of the cross-entropy term."""
-        cwd_weight: float = field(default=3.0, metadata=rng(ge=0))
-        """Weight of CWD on the logits (CIRKD's ``--lambda-cwd-logit 3``)."""
-        tau: float = field(default=4.0, metadata=rng(gt=0))
-        """Temperature of the spatial softmax (CIRKD's ``CriterionCWD``: 4)."""
-        feature_weight: float = field(default=50.0, metadata=rng(ge=0))
-        """Weight of CWD on ``student_tap`` / ``teacher_tap`` (CIRKD's ``--lambda-cwd-fea 50``), 0 for none."""
-        student_tap: str = "last"
-        """Student feature map of the feature term; ``last`` is the last stage (``stageN``)."""
-        teacher_tap: str = "last"
-        """Teacher feature map of the feature term; ``last`` is the last stage."""
-        aux_weight: float = field(default=0.0, metadata=rng(ge=0))
-        """Weight of the cross-entropy of the student's auxiliary head (``aux`` tap), 0 for none."""
+    Config = CWDConfig
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

@@ -30,16 +30,14 @@ Deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import Tensor
 
 from kdlab import losses
 from kdlab.config import MethodConfig
+from kdlab.method_configs.dgkd import DGKDConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import BuildContext, DistillMethod
-from kdlab.ranges import rng
 from kdlab.seeding import derive_seed
 from kdlab.types import LossOut, StepIO
 
@@ -85,20 +83,7 @@ class DGKD(DistillMethod):
 
     mixed_labels = "soft"
 
-    @dataclass(kw_only=True)
-    class Config(MethodConfig):
-        name: str = "dgkd"
-        temperature: float = field(default=4.0, metadata=rng(gt=0))
-        """Softmax temperature T."""
-        ce_weight: float = field(default=0.1, metadata=rng(ge=0))
-        """Weight of the cross-entropy term."""
-        kd_weight: float = field(default=0.9, metadata=rng(ge=0))
-        """Weight of every kept guide's KD term (the terms are summed, not averaged)."""
-        drop_rate: float = field(default=0.0, metadata=rng(ge=0, lt=1))
-        """Probability of dropping each guide at a step (one guide is kept when all would be dropped)."""
-        drop_count: int = field(default=1, metadata=rng(ge=0, note="0 uses drop_rate"))
-        """Drop exactly this many guides every step (the released code's ``--drop-num``, default 1); 0 to use
-        ``drop_rate``. With one guide nothing is dropped."""
+    Config = DGKDConfig
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

@@ -24,13 +24,10 @@ Deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from kdlab import losses
-from kdlab.config import MethodConfig
+from kdlab.method_configs.dkd import DKDConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import DistillMethod
-from kdlab.ranges import rng
 from kdlab.schedule import reference_fraction, scaled_epochs, warmup_factor
 from kdlab.types import LossOut, Progress, StepIO
 
@@ -53,24 +50,7 @@ class DKD(DistillMethod):
 
     averages_teachers = True
 
-    @dataclass(kw_only=True)
-    class Config(MethodConfig):
-        name: str = "dkd"
-        ce_weight: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of the cross-entropy term."""
-        alpha: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of TCKD (target-class KD)."""
-        beta: float = field(default=8.0, metadata=rng(ge=0))
-        """Weight of NCKD (non-target-class KD); the recipes override it per pair."""
-        temperature: float = field(default=4.0, metadata=rng(gt=0))
-        """Softmax temperature T (1 on ImageNet)."""
-        warmup_epochs: int | None = field(default=None, metadata=rng(ge=0, note="0: no ramp"))
-        """The DKD term ramps linearly to full weight over this many epochs (1 on ImageNet, 0 for none); None: 1/12 of
-        ``train.epochs`` (the reference's 20 of 240; :mod:`kdlab.schedule`)."""
-        standardize: bool = False
-        """Logit standardisation of both logit sets before the temperature."""
-        label_smoothing: float = field(default=0.0, metadata=rng(ge=0, lt=1))
-        """Label smoothing epsilon of the cross-entropy term."""
+    Config = DKDConfig
 
     def loss(self, io: StepIO) -> LossOut:
         cfg = self.cfg

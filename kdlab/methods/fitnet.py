@@ -19,15 +19,13 @@ Deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from torch import Tensor, nn
 
 from kdlab import losses
+from kdlab.method_configs.fitnet import FitNetConfig
 from kdlab.methods import register_method
-from kdlab.methods._feature import FeatureConfig, FeatureMethod
+from kdlab.methods._feature import FeatureMethod
 from kdlab.methods.base import BuildContext
-from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -84,15 +82,7 @@ class FitNet(FeatureMethod):
 
     dense_outputs = True  # feature maps of any stride; the CE term is dense-aware (io.cross_entropy)
 
-    @dataclass(kw_only=True)
-    class Config(FeatureConfig):
-        name: str = "fitnet"
-        hint_weight: float = field(default=100.0, metadata=rng(ge=0))
-        """Weight of the hint (MSE) term."""
-        student_tap: str = "stage2"
-        """Student tap of the hint (the references' hint layer 2); ``last`` is the last stage map."""
-        teacher_tap: str = "stage2"
-        """Teacher tap of the hint."""
+    Config = FitNetConfig
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

@@ -16,14 +16,11 @@ Deviations: none (dense: pixels labelled 255 are left out of the KD term; the re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from kdlab import losses
-from kdlab.config import MethodConfig
+from kdlab.method_configs.kd import KDConfig
 from kdlab.methods import register_method
 from kdlab.methods._dense import aux_needs, logit_rows, with_aux
 from kdlab.methods.base import DistillMethod
-from kdlab.ranges import rng
 from kdlab.types import LossOut, Needs, StepIO
 
 
@@ -36,21 +33,7 @@ class KD(DistillMethod):
     averages_teachers = True
     dense_outputs = True
 
-    @dataclass(kw_only=True)
-    class Config(MethodConfig):
-        name: str = "kd"
-        temperature: float = field(default=4.0, metadata=rng(gt=0))
-        """Softmax temperature T."""
-        ce_weight: float = field(default=0.1, metadata=rng(ge=0))
-        """Weight of the cross-entropy term."""
-        kd_weight: float = field(default=0.9, metadata=rng(ge=0))
-        """Weight of the KD term."""
-        standardize: bool = False
-        """Logit standardisation of both logit sets before the temperature."""
-        label_smoothing: float = field(default=0.0, metadata=rng(ge=0, lt=1))
-        """Label smoothing epsilon of the cross-entropy term."""
-        aux_weight: float = field(default=0.0, metadata=rng(ge=0))
-        """Weight of the same terms on the models' auxiliary heads (``aux`` tap; segmentation models), 0 for none."""
+    Config = KDConfig
 
     def needs(self) -> Needs:
         return aux_needs(Needs(), self.cfg.aux_weight)

@@ -31,14 +31,11 @@ Deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
 from kdlab import losses
+from kdlab.method_configs.kdsvd import KDSVDConfig
 from kdlab.methods import register_method
-from kdlab.methods._feature import FeatureConfig, FeatureMethod
+from kdlab.methods._feature import FeatureMethod
 from kdlab.methods.base import BuildContext
-from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -52,19 +49,7 @@ from kdlab.types import LossOut, StepIO
 class KDSVD(FeatureMethod):
     """Self-supervised KD with singular value decomposition over paired stage maps."""
 
-    @dataclass(kw_only=True)
-    class Config(FeatureConfig):
-        name: str = "kdsvd"
-        kdsvd_weight: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of the KDSVD term."""
-        k: int = field(default=1, metadata=rng(ge=1))
-        """Number of the teacher's leading singular vectors (the student keeps k + 3 candidates)."""
-        layout: Literal["channels", "width"] = "channels"
-        """``channels``: maps as [H*W, C] (paper, RepDistiller); ``width``: as [C*H, W] (mdistiller)."""
-        student_taps: list[str] = field(default_factory=list)
-        """Student maps, paired with ``teacher_taps`` by position; empty: every stage (stage1..stageN)."""
-        teacher_taps: list[str] = field(default_factory=list)
-        """Teacher maps; empty: every stage."""
+    Config = KDSVDConfig
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

@@ -34,17 +34,15 @@ code, are not part of the loss; the strong-view instance terms are not masked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab import losses
 from kdlab.config import MethodConfig
+from kdlab.method_configs.mlkd import MLKDConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import BuildContext, DistillMethod
-from kdlab.ranges import rng
 from kdlab.types import DEFAULT_VIEW, LossOut, Needs, StepIO
 
 STRONG_VIEW = "strong"
@@ -82,23 +80,7 @@ class MLKD(DistillMethod):
 
     averages_teachers = True
 
-    @dataclass(kw_only=True)
-    class Config(MethodConfig):
-        name: str = "mlkd"
-        ce_weight: float = field(default=0.1, metadata=rng(ge=0))
-        """Weight of the cross-entropy term (applied to both views' CE)."""
-        kd_weight: float = field(default=0.9, metadata=rng(ge=0))
-        """Weight of every distillation term (instance, class, batch; ImageNet: CE 0.5, KD 0.5)."""
-        temperature: float = field(default=4.0, metadata=rng(gt=0))
-        """The configurable temperature (1 on ImageNet)."""
-        extra_temperatures: list[float] = field(default_factory=lambda: [3.0, 5.0, 2.0, 6.0], metadata=rng(gt=0))
-        """The other temperatures of "prediction augmentation" (hard-coded in the reference)."""
-        standardize: bool = False
-        """Logit standardisation of the instance-level KD terms (logit-standardisation fork)."""
-        label_smoothing: float = field(default=0.0, metadata=rng(ge=0, lt=1))
-        """Label smoothing epsilon of the cross-entropy terms."""
-        reference_quirks: bool = False
-        """Reproduce the released code exactly (masks reduced to constants, weak logits in two strong terms)."""
+    Config = MLKDConfig
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

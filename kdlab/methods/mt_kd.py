@@ -20,13 +20,10 @@ Deviations: none.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from kdlab.config import MethodConfig
 from kdlab.losses.logit import mean_teacher_kd
+from kdlab.method_configs.mt_kd import MeanTeacherKDConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import DistillMethod
-from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -36,15 +33,7 @@ class MeanTeacherKD(DistillMethod):
 
     mixed_labels = "soft"
 
-    @dataclass(kw_only=True)
-    class Config(MethodConfig):
-        name: str = "mt_kd"
-        temperature: float = field(default=4.0, metadata=rng(gt=0))
-        """Softmax temperature T."""
-        ce_weight: float = field(default=0.1, metadata=rng(ge=0))
-        """Weight of the cross-entropy term."""
-        kd_weight: float = field(default=0.9, metadata=rng(ge=0))
-        """Weight of the KD term against the averaged teacher distribution."""
+    Config = MeanTeacherKDConfig
 
     def loss(self, io: StepIO) -> LossOut:
         cfg = self.cfg

@@ -17,13 +17,11 @@ Deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from kdlab import losses
+from kdlab.method_configs.nst import NSTConfig
 from kdlab.methods import register_method
-from kdlab.methods._feature import FeatureConfig, FeatureMethod
+from kdlab.methods._feature import FeatureMethod
 from kdlab.methods.base import BuildContext
-from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -31,15 +29,7 @@ from kdlab.types import LossOut, StepIO
 class NST(FeatureMethod):
     """Neuron selectivity transfer over paired stage maps."""
 
-    @dataclass(kw_only=True)
-    class Config(FeatureConfig):
-        name: str = "nst"
-        nst_weight: float = field(default=50.0, metadata=rng(ge=0))
-        """Weight of the MMD term."""
-        student_taps: list[str] = field(default_factory=list)
-        """Student maps, paired with ``teacher_taps`` by position; empty: every stage (stage1..stageN)."""
-        teacher_taps: list[str] = field(default_factory=list)
-        """Teacher maps; empty: every stage."""
+    Config = NSTConfig
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

@@ -33,17 +33,16 @@ Deviations:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab import losses
 from kdlab.config import MethodConfig
+from kdlab.method_configs.ofd import OFDConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import BuildContext, DistillMethod
 from kdlab.models.base import TapError, pre_tap_stage
-from kdlab.ranges import rng
 from kdlab.types import LossOut, Needs, StepIO
 
 
@@ -68,13 +67,7 @@ class OFD(DistillMethod):
 
     mixed_labels = "soft"
 
-    @dataclass(kw_only=True)
-    class Config(MethodConfig):
-        name: str = "ofd"
-        ofd_weight: float = field(default=0.001, metadata=rng(ge=0))
-        """Weight of the distillation term (mdistiller's ``FEAT_WEIGHT``)."""
-        ce_weight: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of the cross-entropy."""
+    Config = OFDConfig
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

@@ -15,13 +15,11 @@ flattened).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from kdlab import losses
+from kdlab.method_configs.pkt import PKTConfig
 from kdlab.methods import register_method
-from kdlab.methods._feature import FeatureConfig, FeatureMethod
+from kdlab.methods._feature import FeatureMethod
 from kdlab.methods.base import BuildContext
-from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -29,15 +27,7 @@ from kdlab.types import LossOut, StepIO
 class PKT(FeatureMethod):
     """Probabilistic knowledge transfer on the pooled embeddings."""
 
-    @dataclass(kw_only=True)
-    class Config(FeatureConfig):
-        name: str = "pkt"
-        pkt_weight: float = field(default=30000.0, metadata=rng(ge=0))
-        """Weight of the PKT term."""
-        student_tap: str = "pool"
-        """Student embedding (flattened if spatial)."""
-        teacher_tap: str = "pool"
-        """Teacher embedding."""
+    Config = PKTConfig
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

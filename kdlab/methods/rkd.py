@@ -15,13 +15,11 @@ flattened as in the references).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from kdlab import losses
+from kdlab.method_configs.rkd import RKDConfig
 from kdlab.methods import register_method
-from kdlab.methods._feature import FeatureConfig, FeatureMethod
+from kdlab.methods._feature import FeatureMethod
 from kdlab.methods.base import BuildContext
-from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -29,19 +27,7 @@ from kdlab.types import LossOut, StepIO
 class RKD(FeatureMethod):
     """Relational knowledge distillation (distance-wise and angle-wise potentials)."""
 
-    @dataclass(kw_only=True)
-    class Config(FeatureConfig):
-        name: str = "rkd"
-        rkd_weight: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of the whole RKD term."""
-        distance_weight: float = field(default=25.0, metadata=rng(ge=0))
-        """Weight of the distance potential inside the RKD term."""
-        angle_weight: float = field(default=50.0, metadata=rng(ge=0))
-        """Weight of the angle potential inside the RKD term."""
-        student_tap: str = "pool"
-        """Student embedding (flattened if spatial)."""
-        teacher_tap: str = "pool"
-        """Teacher embedding."""
+    Config = RKDConfig
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

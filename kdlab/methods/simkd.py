@@ -65,20 +65,18 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab import losses
+from kdlab.method_configs.simkd import SimKDConfig
 from kdlab.methods import register_method
-from kdlab.methods._feature import FeatureConfig, FeatureMethod, PairError, stage_taps
+from kdlab.methods._feature import FeatureMethod, PairError, stage_taps
 from kdlab.methods._teacher_head import FrozenHead
 from kdlab.methods.base import BuildContext
 from kdlab.models.base import TapError
-from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 log = logging.getLogger("kdlab")
@@ -232,34 +230,7 @@ class SimKD(FeatureMethod):
     #: Mixup/CutMix: with ``label_gating`` the teacher-is-right gate compares with the dominant label.
     mixed_labels = "dominant"
 
-    @dataclass(kw_only=True)
-    class Config(FeatureConfig):
-        name: str = "simkd"
-        simkd_weight: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of the projector terms (the reference's ``-b 1``)."""
-        ce_weight: float = field(default=0.0, metadata=rng(ge=0))
-        """Weight of the cross-entropy on the student's own logits (``-c 0``)."""
-        kd_weight: float = field(default=0.0, metadata=rng(ge=0))
-        """Weight of KD on the student's own logits (``-d 0``)."""
-        factor: int = field(default=2, metadata=rng(ge=1))
-        """Projector inner width is teacher channels // factor (2, 4, 8 in the reference's README)."""
-        projectors: Literal["last", "multi", "all"] = "last"
-        """``last`` (SimKD), ``multi`` (also after ~2/3 of the student's stages), ``all`` (after every stage)."""
-        loss: Literal["l2", "kl"] = "l2"
-        """``l2``: MSE on the last projector's map; ``kl``: KL of predictions through the reused classifier."""
-        temperature: float = field(default=4.0, metadata=rng(gt=0))
-        """Softmax temperature of ``loss: kl`` and of the KD term."""
-        label_gating: bool = False
-        """Learn from a sample only if the teacher classifies it correctly (teacher-dependent terms)."""
-
-        def __post_init__(self) -> None:
-            if self.factor < 1:
-                raise ValueError(f"method.factor must be a positive integer (2, 4 or 8 in SimKD), got {self.factor}")
-            if self.temperature <= 0:
-                raise ValueError(f"method.temperature must be positive, got {self.temperature}")
-            for field_name in ("simkd_weight", "ce_weight", "kd_weight"):
-                if getattr(self, field_name) < 0:
-                    raise ValueError(f"method.{field_name} must be >= 0, got {getattr(self, field_name)}")
+    Config = SimKDConfig
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

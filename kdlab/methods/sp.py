@@ -13,13 +13,11 @@ Deviations: none (the map is named: ``student_tap``/``teacher_tap``, default ``l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from kdlab import losses
+from kdlab.method_configs.sp import SPConfig
 from kdlab.methods import register_method
-from kdlab.methods._feature import LAST_STAGE, FeatureConfig, FeatureMethod
+from kdlab.methods._feature import FeatureMethod
 from kdlab.methods.base import BuildContext
-from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -27,15 +25,7 @@ from kdlab.types import LossOut, StepIO
 class SP(FeatureMethod):
     """Similarity-preserving distillation on one map (the last stage)."""
 
-    @dataclass(kw_only=True)
-    class Config(FeatureConfig):
-        name: str = "sp"
-        sp_weight: float = field(default=3000.0, metadata=rng(ge=0))
-        """Weight of the similarity-preserving term."""
-        student_tap: str = LAST_STAGE
-        """Student map; ``last`` is the last stage (stageN)."""
-        teacher_tap: str = LAST_STAGE
-        """Teacher map; ``last`` is the last stage (stageN)."""
+    Config = SPConfig
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

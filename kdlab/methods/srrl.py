@@ -25,16 +25,14 @@ Deviations: none. (The SRRL paper's own code is not public; SimKD's re-implement
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from torch import Tensor, nn
 
 from kdlab import losses
 from kdlab.config import MethodConfig
+from kdlab.method_configs.srrl import SRRLConfig
 from kdlab.methods import register_method
 from kdlab.methods._teacher_head import FrozenHead
 from kdlab.methods.base import BuildContext, DistillMethod
-from kdlab.ranges import rng
 from kdlab.types import LossOut, Needs, StepIO
 
 
@@ -61,17 +59,7 @@ class SRRL(DistillMethod):
 
     mixed_labels = "soft"
 
-    @dataclass(kw_only=True)
-    class Config(MethodConfig):
-        name: str = "srrl"
-        srrl_weight: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of the feature + softmax-regression term (``-b 1``)."""
-        ce_weight: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of the cross-entropy (``-c 1``)."""
-        kd_weight: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of the KD term (``-d 1``)."""
-        temperature: float = field(default=4.0, metadata=rng(gt=0))
-        """KD temperature."""
+    Config = SRRLConfig
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

@@ -47,18 +47,15 @@ Deviations:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 from kdlab import losses
 from kdlab.config import MethodConfig
+from kdlab.method_configs.tekap import TeKAPConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import MAIN_STAGE, AuxObjective, BuildContext, DistillMethod, PrepareContext, Stage
-from kdlab.methods.kd import KD
-from kdlab.ranges import rng
 from kdlab.seeding import derive_seed, make_generator
 from kdlab.types import LossOut, Needs, Outputs, StepIO
 
@@ -70,25 +67,7 @@ _SEED_TAG = 0x7E4A9
 class TeKAP(DistillMethod):
     """Teacher knowledge augmentation: the inner method also distils from N perturbed copies of the teacher."""
 
-    @dataclass(kw_only=True)
-    class Config(MethodConfig):
-        name: str = "tekap"
-        inner: MethodConfig = field(default_factory=KD.Config)
-        """The wrapped method (any registered method that reads a teacher); default ``kd`` (TeKAP(L))."""
-        num_views: int = field(default=3, metadata=rng(ge=1))
-        """N, the number of perturbed teacher views per step."""
-        noise_weight: float = field(default=0.1, metadata=rng(ge=0))
-        """Mixing weight ``a`` of the noise: ``view = (1 - a) * teacher + a * noise``."""
-        clean_weight: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of the inner method's teacher terms on the clean teacher (lambda in the paper's convex form)."""
-        view_weight: float = field(default=0.8, metadata=rng(ge=0))
-        """Weight of the sum over views (1 - lambda in the paper's convex form)."""
-        noise_std: float = field(default=1.0, metadata=rng(ge=0))
-        """Standard deviation of the Gaussian noise (0.1 in the released feature-level code)."""
-        perturb: Literal["logits", "features", "both"] = "logits"
-        """What the views perturb: the teacher's logits, its feature taps, or both."""
-        feature_taps: list[str] = field(default_factory=list)
-        """Teacher taps perturbed when ``perturb`` includes features; empty: every tap the inner method reads."""
+    Config = TeKAPConfig
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

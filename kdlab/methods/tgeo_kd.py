@@ -36,18 +36,15 @@ Deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
 import torch
 from torch import Tensor
 
 from kdlab.config import ConfigError, MethodConfig
 from kdlab.losses import fusion as fusion_losses
+from kdlab.method_configs.tgeo_kd import TGeoKDConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import BuildContext, PrepareContext
 from kdlab.methods.fusion import LearnedFusion, SampleTerms
-from kdlab.ranges import rng
 from kdlab.types import StepIO
 
 
@@ -57,13 +54,7 @@ from kdlab.types import StepIO
 class TGeoKD(LearnedFusion):
     """Sample-wise knowledge fusion ratios learned from the trilateral geometry of student, teacher and label."""
 
-    @dataclass(kw_only=True)
-    class Config(LearnedFusion.Config):
-        name: str = "tgeo_kd"
-        feature_set: Literal["edges", "intra", "intra_inter"] = "intra_inter"
-        """Inputs of f_omega: the edges, the intra-sample triangle, or both triangles (the paper's full model)."""
-        feature_temperature: float = field(default=1.0, metadata=rng(gt=0))
-        """Softmax temperature of the predictions S, T and Tbar in the features."""
+    Config = TGeoKDConfig
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         if cfg.feature_set not in fusion_losses.FEATURE_SETS:

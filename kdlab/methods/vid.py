@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -38,9 +37,9 @@ from torch import Tensor, nn
 
 from kdlab import losses
 from kdlab.config import MethodConfig
+from kdlab.method_configs.vid import VIDConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import BuildContext, DistillMethod
-from kdlab.ranges import rng
 from kdlab.types import LossOut, Needs, StepIO
 
 _STAGE = re.compile(r"stage(\d+)")
@@ -72,17 +71,7 @@ class VID(DistillMethod):
 
     mixed_labels = "soft"
 
-    @dataclass(kw_only=True)
-    class Config(MethodConfig):
-        name: str = "vid"
-        vid_weight: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of the summed per-stage negative log-likelihoods (the reference's ``-b 1``)."""
-        ce_weight: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of the cross-entropy."""
-        init_variance: float = field(default=5.0, metadata=rng(gt=0))
-        """Initial variance of every channel."""
-        eps: float = field(default=1e-5, metadata=rng(gt=0))
-        """Variance floor."""
+    Config = VIDConfig
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

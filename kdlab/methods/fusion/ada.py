@@ -13,16 +13,14 @@ Deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from torch import Tensor
 
 from kdlab.config import ConfigError, MethodConfig
 from kdlab.losses import fusion as fusion_losses
+from kdlab.method_configs.fusion import MarginFusionConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import BuildContext
 from kdlab.methods.fusion.base import SampleFusion, SampleTerms
-from kdlab.ranges import rng
 from kdlab.types import StepIO
 
 
@@ -30,11 +28,7 @@ from kdlab.types import StepIO
 class MarginFusion(SampleFusion):
     """Per-sample ratio from the teacher's confidence on the true class against the mean of the others."""
 
-    @dataclass(kw_only=True)
-    class Config(SampleFusion.Config):
-        name: str = "ada_kd"
-        margin_temperature: float = field(default=1.0, metadata=rng(gt=0))
-        """Softmax temperature of the teacher probabilities the margin reads."""
+    Config = MarginFusionConfig
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

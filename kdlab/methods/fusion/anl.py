@@ -13,16 +13,14 @@ Deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from torch import Tensor
 
 from kdlab.config import MethodConfig
 from kdlab.losses import fusion as fusion_losses
+from kdlab.method_configs.fusion import AnnealedFusionConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import MAIN_STAGE, BuildContext
 from kdlab.methods.fusion.base import SampleFusion, SampleTerms, _check_unit, _ratio_metrics
-from kdlab.ranges import rng
 from kdlab.types import LossOut, StepIO
 
 
@@ -30,13 +28,7 @@ from kdlab.types import LossOut, StepIO
 class AnnealedFusion(SampleFusion):
     """Teacher annealing: one ratio for all samples, moving linearly over training."""
 
-    @dataclass(kw_only=True)
-    class Config(SampleFusion.Config):
-        name: str = "anl_kd"
-        alpha_start: float = field(default=1.0, metadata=rng(ge=0, le=1))
-        """Ratio of the distillation term at the start of training."""
-        alpha_end: float = field(default=0.0, metadata=rng(ge=0, le=1))
-        """Ratio at the end of training."""
+    Config = AnnealedFusionConfig
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

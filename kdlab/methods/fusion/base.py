@@ -39,7 +39,7 @@ Reference: the formulas of the papers of each policy (their files); TGeo-KD's pu
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,11 +48,11 @@ from torch import Tensor, nn
 
 from kdlab import losses
 from kdlab.config import ConfigError, MethodConfig
+from kdlab.method_configs.fusion import SampleFusionConfig
 from kdlab.methods.base import MAIN_STAGE, AuxObjective, BuildContext, DistillMethod, PrepareContext, Stage
 from kdlab.methods.dist import DIST
 from kdlab.methods.dkd import DKD, dkd_warmup_factor
 from kdlab.methods.kd import KD
-from kdlab.ranges import rng
 from kdlab.types import LossOut, Needs, StepIO
 
 
@@ -161,13 +161,7 @@ class SampleFusion(DistillMethod):
     #: dominant label of each mixed image.
     mixed_labels = "dominant"
 
-    @dataclass(kw_only=True)
-    class Config(MethodConfig):
-        name: str = ""
-        inner: MethodConfig = field(default_factory=KD.Config)
-        """The wrapped method: ``kd`` (default), ``dkd`` or ``dist`` (any method with a per-sample form)."""
-        histogram_bins: int = field(default=10, metadata=rng(ge=1))
-        """Bins of the logged ratio histogram over [0, 1] (per step, split by teacher correctness); 0 for none."""
+    Config = SampleFusionConfig
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

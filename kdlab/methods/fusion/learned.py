@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from kdlab.config import ConfigError, MethodConfig
+from kdlab.method_configs.fusion import LearnedFusionConfig
 from kdlab.methods.base import AuxObjective, BuildContext
 from kdlab.methods.fusion.base import SampleFusion, SampleTerms, _check_unit
 from kdlab.methods.fusion.hypergradient import HypergradientStep
-from kdlab.ranges import rng
 from kdlab.types import Needs, StepIO
 
 
@@ -83,22 +82,7 @@ class LearnedFusion(SampleFusion):
         "label (the trilateral geometry), which a mixed image does not have"
     )
 
-    @dataclass(kw_only=True)
-    class Config(SampleFusion.Config):
-        hidden: list[int] = field(default_factory=lambda: [128], metadata=rng(ge=1))
-        """Hidden widths of f_omega (ReLU MLP ending in a sigmoid)."""
-        init_ratio: float = field(default=0.5, metadata=rng(gt=0, lt=1))
-        """The ratio every sample starts at (f_omega's last layer starts at zero weights and this bias)."""
-        holdout_fraction: float = field(default=0.1, metadata=rng(gt=0, lt=1))
-        """Share of the training set held out for omega (stratified; used when data.val_fraction is 0)."""
-        meta_every: int = field(default=1, metadata=rng(ge=1))
-        """Update omega every this many student steps (k)."""
-        meta_lr: float = field(default=1e-3, metadata=rng(gt=0))
-        """Learning rate of omega's Adam optimiser."""
-        meta_weight_decay: float = field(default=0.0, metadata=rng(ge=0))
-        """Weight decay of omega's optimiser."""
-        virtual_lr: float | None = field(default=None, metadata=rng(gt=0))
-        """Step size of the virtual student step; None: the main optimiser's current learning rate."""
+    Config = LearnedFusionConfig
 
     feature_dim: int = 0
 

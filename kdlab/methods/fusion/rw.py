@@ -13,17 +13,15 @@ Deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import Tensor
 
 from kdlab.config import MethodConfig
+from kdlab.method_configs.fusion import ReweightFusionConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import BuildContext
 from kdlab.methods.fusion.base import SampleTerms
 from kdlab.methods.fusion.learned import LearnedFusion
-from kdlab.ranges import rng
 from kdlab.types import StepIO
 
 
@@ -33,11 +31,7 @@ from kdlab.types import StepIO
 class ReweightFusion(LearnedFusion):
     """RW-KD: ``alpha_i = f_omega([G_i, K_i])`` meta-learned against a held-out split."""
 
-    @dataclass(kw_only=True)
-    class Config(LearnedFusion.Config):
-        name: str = "rw_kd"
-        hidden: list[int] = field(default_factory=lambda: [64], metadata=rng(ge=1))
-        """Hidden widths of the meta-learner."""
+    Config = ReweightFusionConfig
 
     def feature_dim_for(self, cfg: MethodConfig, ctx: BuildContext) -> int:
         return 2

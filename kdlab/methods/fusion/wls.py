@@ -13,15 +13,12 @@ Deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from torch import Tensor
 
-from kdlab.config import MethodConfig
 from kdlab.losses import fusion as fusion_losses
+from kdlab.method_configs.fusion import WeightedSoftLabelFusionConfig
 from kdlab.methods import register_method
 from kdlab.methods.fusion.base import SampleFusion, SampleTerms
-from kdlab.methods.kd import KD
 from kdlab.types import StepIO
 
 
@@ -30,11 +27,7 @@ class WeightedSoftLabelFusion(SampleFusion):
     """Weighted soft labels: the distillation term of each sample is scaled by how much worse the student fits the
     label than the teacher; the label term keeps the inner method's weight."""
 
-    @dataclass(kw_only=True)
-    class Config(SampleFusion.Config):
-        name: str = "wls_kd"
-        inner: MethodConfig = field(default_factory=lambda: KD.Config(temperature=2.0, ce_weight=1.0, kd_weight=2.5))
-        """The wrapped method; default ``kd`` at mmrazor's WSLD setting (tau 2, weight 2.5, CE 1)."""
+    Config = WeightedSoftLabelFusionConfig
 
     def ratio(self, io: StepIO, terms: SampleTerms) -> Tensor:
         return fusion_losses.weighted_soft_label_weight(io.s.logits, io.teacher_logits(), io.y)
