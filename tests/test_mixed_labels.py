@@ -154,3 +154,19 @@ def test_cli_refuses_a_mixing_run_of_a_refusing_method(tmp_path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "cannot train on Mixup/CutMix batches" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_run_header_states_the_augmentations(tmp_path) -> None:
+    from kdlab.data.augment_pipeline import describe_augment
+    from kdlab.train.header import build_header, format_header
+
+    aug = ("data.rand_augment.magnitude=9", "data.color_jitter=0.4", "data.random_erasing.probability=0.25")
+    trainer = Trainer(_config(tmp_path, "dkd", *aug, "train.max_steps=1"))
+    line = describe_augment(trainer.cfg.data, trainer.run.method.mixed_labels)
+    assert line == (
+        "RandAugment n2 m9 mstd0.5 p0.5, colour jitter 0.4, random erasing p0.25 pixel, Mixup 0.8 / CutMix 1 "
+        "(switch 0.5, prob 1, one lambda per batch); cross-entropy on the mixed labels, the dominant label where "
+        "the method needs a hard one"
+    )
+    assert f"  augment  {line}" in format_header(build_header(trainer, measure=False)).splitlines()
+    assert describe_augment(Trainer(tiny_config(tmp_path, "train.name=plain")).cfg.data) == ""

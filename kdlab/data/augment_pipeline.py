@@ -63,6 +63,32 @@ def mixes_labels(cfg) -> bool:
     return MixSettings.from_config(cfg).active
 
 
+def describe_augment(cfg, mixed_labels: str | None = None) -> str:
+    """One line of the run header for the per-sample augmentations of data config ``cfg`` (empty when none is on),
+    e.g. ``RandAugment n2 m9 mstd0.5 p0.5, colour jitter 0.4, random erasing p0.25 pixel, Mixup 0.8 / CutMix 1
+    (switch 0.5, prob 1, one lambda per batch); cross-entropy on the mixed labels``."""
+    parts = []
+    ra = cfg.rand_augment
+    if ra is not None:
+        parts.append(f"RandAugment n{ra.num_ops} m{ra.magnitude:g} mstd{ra.magnitude_std:g} p{ra.probability:g}")
+    if cfg.color_jitter > 0:
+        parts.append(f"colour jitter {cfg.color_jitter:g}")
+    re_cfg = cfg.random_erasing
+    if re_cfg is not None and re_cfg.probability > 0:
+        parts.append(f"random erasing p{re_cfg.probability:g} {re_cfg.mode}")
+    mix = MixSettings.from_config(cfg)
+    if mix.active:
+        ops = [f"Mixup {mix.mixup_alpha:g}"] * (mix.mixup_alpha > 0) + [f"CutMix {mix.cutmix_alpha:g}"] * (
+            mix.cutmix_alpha > 0
+        )
+        switch = f"switch {mix.switch_prob:g}, " if len(ops) == 2 else ""
+        line = f"{' / '.join(ops)} ({switch}prob {mix.mix_prob:g}, one lambda per batch)"
+        how = {"soft": "; cross-entropy on the mixed labels", "dominant": "; cross-entropy on the mixed labels, the "
+               "dominant label where the method needs a hard one"}.get(mixed_labels or "", "")  # fmt: skip
+        parts.append(line + how)
+    return ", ".join(parts)
+
+
 class TrainAugment:
     """The per-sample augmentations and the mixing a :class:`~kdlab.config.DataConfig` asks for.
 

@@ -229,6 +229,7 @@ def build_header(trainer: Any, measure: bool = True) -> dict:
         ``{"data", "student", "teachers", "method", "system", "schedule", "strategy"}`` (JSON-serialisable).
     """
     from kdlab.allocator import allocator_name
+    from kdlab.data.augment_pipeline import describe_augment
     from kdlab.train.strategy import describe_strategy
 
     run, cfg = trainer.run, trainer.cfg
@@ -271,6 +272,7 @@ def build_header(trainer: Any, measure: bool = True) -> dict:
             "max_steps": cfg.train.max_steps,
             "stages": [st.name for st in getattr(trainer, "stages", [])],
         },
+        "augment": describe_augment(cfg.data, getattr(run.method, "mixed_labels", None)),  # per-sample ops, mixing
         "strategy": describe_strategy(cfg),  # optimiser, schedule, weight decay, label smoothing, EMA
     }
     measured = measure_teachers(run) if measure else [{} for _ in run.teachers]
@@ -338,6 +340,8 @@ def format_header(header: dict) -> str:
         f"{sysinfo['processes']} process(es); {sch['epochs']} epochs x {sch['steps_per_epoch']} steps, "
         f"batch {sch['batch_size']}"
     )
+    if header.get("augment"):
+        lines.append(f"  augment  {header['augment']}")
     if header.get("strategy"):
         lines.append(f"  strategy {header['strategy']}")
     return "\n".join(lines)
