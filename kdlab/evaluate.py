@@ -51,18 +51,27 @@ ECE_BINS = 15
 
 # ------------------------------------------------------------------------------------------------------ scoring
 @torch.no_grad()
-def score(model: nn.Module, batches: Iterator[Batch], num_bins: int = ECE_BINS) -> dict[str, float]:
+def score(
+    model: nn.Module, batches: Iterator[Batch], num_bins: int = ECE_BINS, extra: Sequence[str] = ()
+) -> dict[str, float]:
     """Top-1/top-5 accuracy (%), NLL and ECE of ``model`` over ``batches`` (eval mode; the mode is restored).
 
     Args:
-        model: ``[B, C, H, W] -> [B, K]`` logits.
+        model: ``[B, C, H, W] -> [B, K]`` logits, or dense ``[B, K, h, w]`` with ``[B, H, W]`` labels (segmentation:
+            every labelled pixel is a sample, :func:`kdlab.metrics.dense_rows`).
         batches: normalised evaluation batches.
         num_bins: equal-width confidence bins of the ECE.
+        extra: further registered metrics (:mod:`kdlab.metrics`, e.g. the dataset's ``miou``), computed in the
+            same pass.
 
     Returns:
         ``{"top1", "top5", "loss", "nll", "ece", "n"}``: ``loss`` and ``nll`` are the mean cross-entropy
-        (natural log), ``ece`` is in ``[0, 1]`` with bins ``((m-1)/M, m/M]`` (Guo et al., ICML 2017).
+        (natural log), ``ece`` is in ``[0, 1]`` with bins ``((m-1)/M, m/M]`` (Guo et al., ICML 2017); plus the
+        ``extra`` metrics and what they add (``miou_per_class``).
     """
+    from kdlab.metrics import METRICS, dense_rows
+
+    others: dict = {}
     was = model.training
     model.eval()
     n, c1, c5, nll = 0, 0, 0, 0.0
@@ -70,8 +79,11 @@ def score(model: nn.Module, batches: Iterator[Batch], num_bins: int = ECE_BINS) 
     edges = torch.linspace(0.0, 1.0, num_bins + 1, dtype=torch.float64)[1:-1]
     try:
         for batch in batches:
-            logits = model(batch.x).float()
-            y = batch.y
+            logits, y = dense_rows(model(batch.x).float(), batch.y)
+            for name in extra:
+                if name not in others:
+                    others[name] = METRICS.get(name)(logits.shape[1], logits.device)
+                others[name].update(logits, y)
             k5 = min(5, logits.shape[1])
             top = logits.topk(k5, dim=1).indices
             hit = top == y[:, None]
@@ -93,7 +105,11 @@ def score(model: nn.Module, batches: Iterator[Batch], num_bins: int = ECE_BINS) 
     if n == 0:
         raise ValueError("evaluation saw no samples")
     ece = float(((conf_sum - acc_sum).abs() / n).sum())
-    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": nll / n, "nll": nll / n, "ece": ece, "n": n}
+    out = {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": nll / n, "nll": nll / n, "ece": ece, "n": n}
+    for name, metric in others.items():
+        out[name] = metric.compute()
+        out.update(metric.details() if hasattr(metric, "details") else {})
+    return out
 
 
 def split_batches(splits, data_cfg, split: str, device: torch.device) -> Iterator[Batch]:
@@ -309,12 +325,14 @@ def evaluate_file(
     """Top-1, top-5, NLL and ECE of the model in ``path`` on its dataset's ``split`` (see :func:`load_model_for_eval`).
 
     Returns:
-        ``{"top1", "top5", "loss", "nll", "ece", "n", "file", "kind", "model", "dataset", "split"}``.
+        ``{"top1", "top5", "loss", "nll", "ece", "n", "file", "kind", "model", "dataset", "split"}``, plus the
+        dataset's own declared metrics (e.g. ``auc``; ``miou`` and ``miou_per_class`` for segmentation).
     """
     loaded = load_model_for_eval(path, list(data_overrides or ()), device, model, input_mean, input_std)
     param = next(iter(loaded.model.parameters()), None)
     dev = param.device if param is not None else torch.device("cpu")
-    result = score(loaded.model, split_batches(loaded.splits, loaded.data_cfg, split, dev))
+    extra = [m for m in getattr(loaded.splits, "metrics", ()) if m not in ("top1", "top5", "nll", "ece")]
+    result = score(loaded.model, split_batches(loaded.splits, loaded.data_cfg, split, dev), extra=extra)
     if not math.isfinite(result["nll"]):
         log.warning("the NLL is not finite: the model's logits overflow on this data")
     return {

@@ -40,3 +40,26 @@ def make_cityscapes(root: Path, n_train: int = 6, n_val: int = 2, size: tuple[in
             Image.fromarray(image).save(img_dir / f"{stem}_leftImg8bit.png")
             Image.fromarray(label, mode="L").save(lab_dir / f"{stem}_gtFine_labelIds.png")
     return root
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """``kdlab ARGS`` through :func:`kdlab.cli.main.main` in this process: ``(exit code, stdout, stderr + logs)``."""
+    import contextlib
+    import io
+    import logging
+
+    from kdlab.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    logger = logging.getLogger("kdlab")
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+    return code, out.getvalue(), err.getvalue()

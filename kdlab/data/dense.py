@@ -378,6 +378,8 @@ class DenseLoader(BatchPlan):
         self._views = tuple(views)
 
     def _loader(self, dataset, sampler, persistent: bool = False) -> torch.utils.data.DataLoader:
+        # its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG, which would
+        # shift the model's dropout masks after a mid-epoch resume (one extra iterator is created then)
         return torch.utils.data.DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -385,6 +387,7 @@ class DenseLoader(BatchPlan):
             collate_fn=_collate,
             pin_memory=self._pin,
             persistent_workers=persistent and self.cfg.workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     @property

@@ -77,14 +77,30 @@ def aux_needs(needs: Needs, aux_weight: float) -> Needs:
     return needs.union(extra)
 
 
+def accepts_dense(method_cfg: object) -> bool:
+    """Whether the method a config names accepts dense outputs, known before it is built: its class's
+    ``dense_outputs``, or, for a wrapper with an ``inner`` method (TeKAP), the inner method's."""
+    from kdlab.registry import METHODS
+
+    inner = getattr(method_cfg, "inner", None)
+    if inner is not None and hasattr(inner, "name"):
+        return accepts_dense(inner)
+    return bool(getattr(METHODS.get(method_cfg.name), "dense_outputs", False))
+
+
 def check_output_kind(method: object, logits_shape: tuple[int, ...], method_name: str, model_name: str) -> None:
     """Refuse a method without dense support on a model whose logits are dense (``logits_shape`` is ``(K, h, w)``,
-    the probe's shape without the batch dimension).
+    the probe's shape without the batch dimension). ``method`` is a built method or a method config (checked before
+    the method is built, so that a classification method never meets segmentation taps).
 
     Raises:
         DenseOutputError: naming the method, the model and the methods that accept dense outputs.
     """
-    if len(logits_shape) != 3 or getattr(method, "dense_outputs", False):
+    if hasattr(method, "name") and not isinstance(method, type) and not hasattr(method, "loss"):
+        dense = accepts_dense(method)  # a config
+    else:
+        dense = getattr(method, "dense_outputs", False)
+    if len(logits_shape) != 3 or dense:
         return
     from kdlab.registry import METHODS
 
@@ -99,6 +115,7 @@ def check_output_kind(method: object, logits_shape: tuple[int, ...], method_name
 __all__ = [
     "AUX_TAP",
     "DenseOutputError",
+    "accepts_dense",
     "aux_needs",
     "aux_view",
     "check_output_kind",

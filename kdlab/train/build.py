@@ -127,9 +127,8 @@ def build_run(cfg: RunConfig, device: torch.device | None = None, load_teacher_w
             data.train_labels,
             total_epochs=cfg.train.epochs,
         )
-        method = build_method(cfg.method, ctx).to(device)
-        check_output_kind(method, ctx.student_shapes["logits"], cfg.method.name, cfg.model.student)  # dense pairs
-        return method
+        check_output_kind(cfg.method, ctx.student_shapes["logits"], cfg.method.name, cfg.model.student)  # dense pairs
+        return build_method(cfg.method, ctx).to(device)
 
     rng = _rng_state(device)
     try:
@@ -284,7 +283,7 @@ def check_on_meta(
             models.create(t.name, num_classes=num_classes, in_channels=input_size[0]) for t in cfg.model.teachers
         ]
     ctx = build_context(student, teachers, num_classes, input_size, meta, num_train=num_train)
+    check_output_kind(cfg.method, ctx.student_shapes["logits"], cfg.method.name, cfg.model.student)
     method = build_method(cfg.method, ctx)
-    check_output_kind(method, ctx.student_shapes["logits"], cfg.method.name, cfg.model.student)
     check_method(cfg, method, student, teachers)
     return method

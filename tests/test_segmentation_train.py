@@ -1,0 +1,153 @@
+"""Acceptance of the segmentation path (issue #19) through the real CLI on a tiny Cityscapes-layout folder: the
+shipped ce recipe trains a (tiny) teacher and reports mIoU; the shipped DIST recipe distils it into a tiny PSPNet;
+``kdlab eval`` scores the run; a run cut mid-epoch resumes to the bitwise state of an uninterrupted one; impossible
+pairs exit 2 naming the problem. The recipes' own models (ResNet-101/18) only change the cost."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from segmentation_util import cli, make_cityscapes
+
+from kdlab.config import load_config
+from kdlab.train.checkpoint import read_file
+from kdlab.train.trainer import Trainer, TrainingInterrupted
+
+from conftest import REPO, sigterm_during_step
+
+SMALL = [
+    "data.crop_size=[32,48]",
+    "data.batch_size=2",
+    "data.eval_batch_size=2",
+    "data.workers=0",
+    "train.epochs=2",
+    "train.eval_every=1",
+    "train.device=cpu",
+    "train.threads=1",
+    "log.progress=off",
+]
+CE = str(REPO / "configs/cityscapes/ce/deeplabv3_r101.yaml")
+DIST = str(REPO / "configs/cityscapes/dist/deeplabv3_r101__pspnet_r18.yaml")
+
+
+@pytest.fixture(scope="module")
+def cs_root(tmp_path_factory):
+    return make_cityscapes(tmp_path_factory.mktemp("cityscapes"), n_train=6, n_val=2)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(cs_root, tmp_path_factory):
+    """``kdlab train configs/cityscapes/ce/deeplabv3_r101.yaml`` with the tiny DeepLabV3 (2 epochs x 3 steps)."""
+    runs = tmp_path_factory.mktemp("runs")
+    code, out, err = cli(
+        "train", CE, f"data.root={cs_root}", "model.student=deeplabv3_tiny", *SMALL, f"train.run_dir={runs}",
+        "train.name=teacher",
+    )  # fmt: skip
+    assert code == 0, err[-3000:]
+    assert "test top1 last" in out
+    return runs / "teacher"
+
+
+def test_ce_recipe_reports_miou_and_selects_by_it(teacher_run) -> None:
+    summary = json.loads((teacher_run / "summary.json").read_text())
+    assert summary["select_by"] == "miou" and summary["dataset"] == "cityscapes" and summary["steps"] == 6
+    assert {"miou", "pixel_acc", "top1"} <= set(summary["metrics"])
+    for part in ("last", "best"):
+        assert 0.0 <= summary[part]["miou"] <= 100.0 and len(summary[part]["miou_per_class"]) == 19
+        assert summary[part]["top1"] == pytest.approx(summary[part]["pixel_acc"])  # pixel accuracy, two ways
+    records = [json.loads(line) for line in (teacher_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and all("miou" in r["test"] for r in records)
+    assert any("ce.aux" in k for k in records[0]["train"])  # the auxiliary head's term (aux_weight 0.4)
+    code, out, _ = cli("eval", str(teacher_run))  # the run directory scored again: the same numbers
+    assert code == 0
+    scored = json.loads(out)
+    assert scored["miou"] == pytest.approx(summary["last"]["miou"]) and scored["n"] == summary["last"]["n"]
+
+
+def _dist_config(cs_root, teacher, runs, name):
+    return load_config(
+        DIST,
+        [
+            f"data.root={cs_root}",
+            "model.student=pspnet_tiny",
+            "model.teachers.0.name=deeplabv3_tiny",
+            f"model.teachers.0.checkpoint={teacher}",
+            *SMALL,
+            f"train.run_dir={runs}",
+            f"train.name={name}",
+        ],
+    )
+
+
+@pytest.mark.slow
+def test_dist_recipe_distils_and_resumes_bitwise(cs_root, teacher_run, tmp_path) -> None:
+    teacher = teacher_run / "checkpoint.pt"
+    full = Trainer(_dist_config(cs_root, teacher, tmp_path, "full"))
+    done = full.fit()
+    assert done["finished"] and done["steps"] == 6 and "miou" in done["last"]
+    record = json.loads((full.run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"ce", "dist", "ce.aux", "dist.aux"} <= set(record["train"])
+
+    part = Trainer(_dist_config(cs_root, teacher, tmp_path, "part"))
+    sigterm_during_step(part, 5)  # the 5th step: epoch 2, mid-epoch
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        part.fit()
+    assert read_file(part.ckpt_path)["progress"]["step_in_epoch"] == 2
+    resumed = Trainer(_dist_config(cs_root, teacher, tmp_path, "part"), resume=True).fit()
+    assert resumed["steps"] == 6
+    a, b = read_file(full.ckpt_path), read_file(part.ckpt_path)
+    assert a["student"].keys() == b["student"].keys()
+    assert all(torch.equal(a["student"][k], b["student"][k]) for k in a["student"])
+    assert json.loads((full.run_dir / "summary.json").read_text())["last"] == resumed["last"]
+
+
+def test_dist_recipe_takes_a_step_from_the_teacher_run(cs_root, teacher_run, tmp_path) -> None:
+    """The fast sibling of the resume test: the shipped DIST recipe builds on the tiny pair and trains one step."""
+    cfg = _dist_config(cs_root, teacher_run / "checkpoint.pt", tmp_path, "one")
+    trainer = Trainer(cfg)
+    batch = next(trainer.run.data.train_batches(0))
+    assert batch.y.shape == (2, 32, 48)
+    out = trainer.step_module(batch, trainer.teacher_outputs(batch), trainer.start)
+    assert {"ce", "dist", "ce.aux", "dist.aux"} == set(out.terms)
+    out.total.backward()
+    assert all(p.grad is not None for p in trainer.run.student.parameters())
+
+
+@pytest.mark.parametrize(
+    ("method", "override", "message"),
+    [
+        ("crd", "train.name=bad", "method 'crd' does not support dense (per-pixel) outputs"),
+        ("ofd", "train.name=bad", "method 'ofd' does not support dense (per-pixel) outputs"),
+        ("kd", "model.student=resnet8", "is a classifier"),
+        ("kd", "data.crop_size=[32,48,3]", "give [height, width]"),
+    ],
+)
+def test_impossible_pairs_exit_2_naming_the_problem(cs_root, teacher_run, tmp_path, method, override, message) -> None:
+    config = tmp_path / "pair.yaml"
+    teacher = f"{{name: deeplabv3_tiny, checkpoint: {teacher_run}/checkpoint.pt}}"
+    config.write_text(
+        f"model: {{student: pspnet_tiny, teachers: [{teacher}]}}\n"
+        f"data: {{name: cityscapes, root: {cs_root}}}\nmethod: {{name: {method}}}\n"
+    )
+    args = ["train", str(config), *SMALL, f"train.run_dir={tmp_path}", "train.name=bad", override]
+    code, _, err = cli(*args)
+    assert code == 2 and message in err and "Traceback" not in err, err[-2000:]
+    assert not (tmp_path / "bad").exists()
+
+
+def test_shipped_segmentation_configs_are_the_generator_output(tmp_path) -> None:
+    before = {p: p.read_text() for p in (REPO / "configs").glob("*/*/*.yaml") if p.parts[-3] in ("cityscapes", "voc")}
+    before[REPO / "configs/sweeps/dist_segmentation.yaml"] = (
+        REPO / "configs/sweeps/dist_segmentation.yaml"
+    ).read_text()
+    assert len(before) == 19
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts/make_segmentation_configs.py")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    after = {p: p.read_text() for p in before}
+    assert after == before
