@@ -34,14 +34,12 @@ Deviations:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
 
 from kdlab import losses
+from kdlab.method_configs.fsp import FSPConfig
 from kdlab.methods import register_method
-from kdlab.methods._feature import FeatureConfig, FeatureMethod, stage_taps
+from kdlab.methods._feature import FeatureMethod, stage_taps
 from kdlab.methods.base import BuildContext, Stage
-from kdlab.ranges import rng
 from kdlab.schedule import reference_fraction, scaled_stage_epochs
 from kdlab.types import LossOut, StepIO
 
@@ -62,24 +60,7 @@ class FSP(FeatureMethod):
     """Flow of solution procedure: an init stage that matches the student's FSP matrices to the teacher's, then
     plain cross-entropy training. No adapters."""
 
-    @dataclass(kw_only=True)
-    class Config(FeatureConfig):
-        name: str = "fsp"
-        init_epochs: int | None = field(default=None, metadata=rng(ge=0, note="0: no init stage"))
-        """Epochs of the initialisation stage (RepDistiller's ``--init_epochs``); 0 skips it; None: 1/8 of
-        ``train.epochs`` in whole epochs (the reference's 30 of 240; :mod:`kdlab.schedule`)."""
-        init_lr: float | None = field(default=None, metadata=rng(gt=0))
-        """Constant learning rate of the init stage; None: the run's ``optim.lr`` (as the reference)."""
-        init_student_mode: Literal["eval", "train"] = "eval"
-        """The student's mode in the init stage: ``eval`` as the reference (``model_s.eval()``: BN layers are affine
-        maps with their running statistics, which stay put), ``train`` for batch statistics."""
-        fsp_weight: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of the FSP loss in the init stage (the reference's init loss is unweighted)."""
-        student_taps: list[str] = field(default_factory=list)
-        """Student maps in network order (consecutive ones are paired), paired with ``teacher_taps`` by position;
-        empty: ``stem`` and every stage."""
-        teacher_taps: list[str] = field(default_factory=list)
-        """Teacher maps in network order; empty: ``stem`` and every stage."""
+    Config = FSPConfig
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

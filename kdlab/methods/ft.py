@@ -37,17 +37,16 @@ Deviations:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab import losses
+from kdlab.method_configs.ft import FTConfig
 from kdlab.methods import register_method
-from kdlab.methods._feature import LAST_STAGE, FeatureConfig, FeatureMethod
+from kdlab.methods._feature import FeatureMethod
 from kdlab.methods.base import BuildContext, Stage
-from kdlab.ranges import rng
 from kdlab.schedule import reference_fraction, scaled_stage_epochs
 from kdlab.types import LossOut, StepIO
 
@@ -147,25 +146,7 @@ class FT(FeatureMethod):
     ``adapters["translator"]`` (:class:`Translator`, trained with the student in the main stage).
     """
 
-    @dataclass(kw_only=True)
-    class Config(FeatureConfig):
-        name: str = "ft"
-        ft_weight: float = field(default=200.0, metadata=rng(ge=0))
-        """Weight of the factor-transfer term (RepDistiller's ``-b 200``)."""
-        rate: float = field(default=0.5, metadata=rng(gt=0))
-        """Channel ratio of the factor (the paraphraser's and translator's ``k``)."""
-        p: float = field(default=2.0, metadata=rng(gt=0))
-        """Power of the factor's attention map ``mean_c F^p``."""
-        student_tap: str = LAST_STAGE
-        """Student map fed to the translator; ``last`` is the last stage (the reference's ``feat[-2]``)."""
-        teacher_tap: str = LAST_STAGE
-        """Teacher map fed to the paraphraser."""
-        init_epochs: int | None = field(default=None, metadata=rng(ge=0, note="0: no init stage"))
-        """Epochs of the paraphraser's initialisation stage (RepDistiller's ``--init_epochs``); 0 skips it; None: 1/8 of
-        ``train.epochs`` in whole epochs (the reference's 30 of 240; :mod:`kdlab.schedule`)."""
-        init_lr: float | None = field(default=0.01, metadata=rng(gt=0))
-        """Constant learning rate of the init stage: the reference's 0.01 for ResNet/WRN students; None: the run's
-        ``optim.lr`` (the reference's choice for other students)."""
+    Config = FTConfig
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)

@@ -36,18 +36,16 @@ Deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab import losses
 from kdlab.config import MethodConfig
+from kdlab.method_configs.review_kd import ReviewKDConfig
 from kdlab.methods import register_method
 from kdlab.methods.base import BuildContext, DistillMethod
 from kdlab.methods.vid import stage_taps
-from kdlab.ranges import rng
 from kdlab.schedule import REFERENCE_EPOCHS, reference_fraction, scaled_epochs, warmup_factor
 from kdlab.types import LossOut, Needs, StepIO
 
@@ -101,24 +99,7 @@ class ReviewKD(DistillMethod):
 
     mixed_labels = "soft"
 
-    @dataclass(kw_only=True)
-    class Config(MethodConfig):
-        name: str = "review_kd"
-        review_weight: float = field(default=5.0, metadata=rng(ge=0))
-        """Weight of the HCL term (mdistiller's CIFAR-100 ``REVIEWKD_WEIGHT``; 1 on ImageNet)."""
-        ce_weight: float = field(default=1.0, metadata=rng(ge=0))
-        """Weight of the cross-entropy."""
-        warmup_epochs: int | None = field(default=None, metadata=rng(ge=0, note="0: no ramp"))
-        """The HCL term is scaled by ``min((epoch + 1) / warmup_epochs, 1)`` (0: no ramp); None: 1/12 of
-        ``train.epochs`` (the reference's 20 of 240; :mod:`kdlab.schedule`)."""
-        max_mid_channels: int = field(default=512, metadata=rng(ge=1))
-        """Upper bound of the ABF width (which is the student's embedding width below it)."""
-        levels: list[int] = field(default_factory=lambda: [4, 2, 1], metadata=rng(ge=1))
-        """HCL pyramid sizes."""
-        student_preact: bool = False
-        """Use the student's ``stageK.pre`` taps instead of ``stageK``."""
-        teacher_preact: bool = True
-        """Use the teacher's ``stageK.pre`` taps (when it has them) instead of ``stageK``."""
+    Config = ReviewKDConfig
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)
