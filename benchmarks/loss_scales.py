@@ -53,22 +53,15 @@ def setting_config(setting: str, method: str, data_dir: Path, demo_teacher: str 
 
 
 def term_scales(raw: dict) -> dict[str, tuple[float, float]]:
-    """``{term: (value, |grad| on the student's parameters)}`` on the first training batch of ``raw``."""
+    """``{term: (value, |grad| on the student's parameters)}`` on the first training batch of ``raw``, the student at
+    its initial weights and the terms at mid-run of a 240-epoch schedule (after any warm-up;
+    :func:`kdlab.train.weight_scaling.measure_terms`, the measurement ``train.weight_scaling`` uses)."""
     from kdlab.config import build_config
-    from kdlab.methods.scaling import gradient_norms
     from kdlab.train.build import build_run
-    from kdlab.train.trainer import TrainStep
-    from kdlab.types import Progress
+    from kdlab.train.weight_scaling import measure_terms
 
     run = build_run(build_config(raw))
-    step = TrainStep(run.student, run.method, run.needs)
-    step.train()
-    batch = next(iter(run.data.train_batches(0)))
-    teachers = tuple(t.outputs(batch, run.needs.views, run.needs.teacher_taps) for t in run.teachers)
-    progress = Progress(step=0, epoch=0, step_in_epoch=0, steps_per_epoch=run.data.steps_per_epoch(), total_epochs=240)
-    out = step(batch, teachers, progress)
-    norms = gradient_norms(out.terms, run.student.parameters())
-    return {name: (float(value.detach()), norms[name]) for name, value in out.terms.items()}
+    return measure_terms(run, run.method, total_epochs=240)
 
 
 def write_reference(table: dict, path: Path) -> None:

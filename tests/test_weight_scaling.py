@@ -108,6 +108,14 @@ def test_a_changed_weight_keeps_its_ratio_to_the_default(tmp_path):
     assert after["at"] == pytest.approx(0.5 * reference_ratios("at")["at"], rel=1e-4)
 
 
+def test_warm_ups_are_over_where_the_terms_are_measured(tmp_path):
+    # DKD ramps its term over the first 1/12 of the run: the ratio must not depend on the run's length
+    short = build_run(tiny_config(tmp_path, "train.epochs=3", method="dkd"))
+    long = build_run(tiny_config(tmp_path, "train.epochs=36", method="dkd"))
+    a, b = measure_ratios(short, short.method), measure_ratios(long, long.method)
+    assert a["dkd"] > 0 and a["dkd"] == pytest.approx(b["dkd"], rel=1e-5)
+
+
 def test_measuring_changes_nothing_of_the_run(tmp_path):
     run = build_run(tiny_config(tmp_path, "train.weight_scaling=gradient", method="fitnet"))
     student = {k: v.clone() for k, v in run.student.state_dict().items()}

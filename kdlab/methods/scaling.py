@@ -8,17 +8,21 @@ Gram and similarity matrices, Pearson correlations, contrastive embeddings) pull
 the cross-entropy than on the CIFAR pair, and the student matches maps instead of learning labels
 (``benchmarks/loss_scales.py`` measures it; README, "The demo's verdicts").
 
-The rule (``train.weight_scaling: gradient``): at step 0, on the run's first training batch, each loss term ``t``
-of the method at its registered defaults has the gradient ratio ``r_run(t) = |d t / d theta| / |d CE / d theta|``
-over the student's parameters ``theta``. On the reference setting (:data:`REFERENCE_SETTING`) the same term had
-``r_ref(t)`` (:func:`reference_ratios`, measured by ``benchmarks/loss_scales.py --write-reference``). Every term
-of the run is multiplied by ``s(t) = r_ref(t) / r_run(t)`` for the whole run, so at step 0 each term pulls with
-the published balance. The factor is measured at the registered defaults and applied to the run's method: a
-weight changed from its default keeps its ratio to the default (``at_weight=500`` is half the pull of the
-default). Terms without a reference (a method or term not measured on the reference setting, or whose reference
-gradient is zero) and the cross-entropy itself keep the factor 1. With ``train.weight_scaling: none`` (the
-default) the weights are the published ones, unchanged: the scaling is for settings far from the reference
-(tiny students, tiny inputs), where it is the documented alternative to re-tuning methods one by one.
+The rule (``train.weight_scaling: gradient``): on the run's first training batch, with the student's initial
+weights, each loss term ``t`` of the method at its registered defaults has the gradient ratio
+``r_run(t) = |d t / d theta| / |d CE / d theta|`` over the student's parameters ``theta``, with every weight
+schedule at mid-run (after any warm-up: the term at the full weight the paper publishes). On the reference setting
+(:data:`REFERENCE_SETTING`) the same term had ``r_ref(t)`` (:func:`reference_ratios`, measured the same way by
+``benchmarks/loss_scales.py --write-reference``). Every term of the run is multiplied by
+``s(t) = r_ref(t) / r_run(t)`` for the whole run, so each term starts with the published balance to the
+cross-entropy. The factor is measured at the registered defaults and applied to the run's method: a weight changed
+from its default keeps its ratio to the default (``at_weight=500`` is half the pull of the default). Terms without
+a reference (a method or term not measured on the reference setting, or whose reference gradient is zero) and the
+cross-entropy itself keep the factor 1. The measurement is one extra forward/backward per term before training; the
+factors are logged, and the unscaled values of scaled terms are logged as ``<term>_unscaled``. With
+``train.weight_scaling: none`` (the default) the weights are the published ones, unchanged: the scaling is for
+settings far from the reference (tiny students, tiny inputs), where it is the documented alternative to re-tuning
+methods one by one.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ log = logging.getLogger("kdlab")
 
 REFERENCE_SETTING = (
     "CIFAR-10, pretrained resnet56_a (akamaster) -> randomly initialised resnet20_a, batch 64, the first training "
-    "batch of seed 0, each method at its registered defaults"
+    "batch of seed 0, each method at its registered defaults with its weight schedules at mid-run of 240 epochs"
 )
 """The setting the reference ratios were measured on (a CIFAR ResNet pair, where the published weights were tuned)."""
 BASELINE_TERM = "ce"

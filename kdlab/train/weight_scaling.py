@@ -51,10 +51,25 @@ def default_method(run: Run) -> nn.Module:
         return run.method
 
 
-def measure_ratios(run: Run, method: nn.Module) -> dict[str, float]:
-    """``{term: |grad term| / |grad CE|}`` over the student's parameters for ``method`` on the run's first training
-    batch at step 0. Nothing of the run changes: the student and method are copies (batch-norm statistics stay as
-    they are) and the global random state is restored."""
+def probe_progress(steps_per_epoch: int, total_epochs: int) -> Progress:
+    """Where the terms are measured: the first step of the middle epoch of the run, so that every warm-up or ramp
+    of a term's weight (DKD's 1/12 of the run, ...) has ended and the term counts at its full weight, as the
+    published weight means it (the student's weights are still the initial ones)."""
+    epoch = total_epochs // 2
+    return Progress(
+        step=epoch * steps_per_epoch,
+        epoch=epoch,
+        step_in_epoch=0,
+        steps_per_epoch=steps_per_epoch,
+        total_epochs=total_epochs,
+    )
+
+
+def measure_terms(run: Run, method: nn.Module, total_epochs: int | None = None) -> dict[str, tuple[float, float]]:
+    """``{term: (value, |grad term| over the student's parameters)}`` of ``method`` on the run's first training
+    batch, with the student's initial weights and the terms' weights at :func:`probe_progress` (``total_epochs``:
+    default ``train.epochs``). Nothing of the run changes: the student and method are copies (batch-norm
+    statistics stay as they are) and the global random state is restored."""
     needs = method.needs()
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
         student = copy.deepcopy(run.student)
@@ -62,15 +77,15 @@ def measure_ratios(run: Run, method: nn.Module) -> dict[str, float]:
         step.train()
         batch = next(iter(run.data.train_batches(0)))
         teachers = tuple(t.outputs(batch, needs.views, needs.teacher_taps) for t in run.teachers)
-        progress = Progress(
-            step=0,
-            epoch=0,
-            step_in_epoch=0,
-            steps_per_epoch=run.data.steps_per_epoch(),
-            total_epochs=run.cfg.train.epochs,
-        )
+        progress = probe_progress(run.data.steps_per_epoch(), total_epochs or run.cfg.train.epochs)
         out = step(batch, teachers, progress)
-        return gradient_ratios(gradient_norms(out.terms, student.parameters()))
+        norms = gradient_norms(out.terms, student.parameters())
+    return {name: (float(value.detach()), norms[name]) for name, value in out.terms.items()}
+
+
+def measure_ratios(run: Run, method: nn.Module) -> dict[str, float]:
+    """``{term: |grad term| / |grad CE|}`` of ``method`` (:func:`measure_terms`)."""
+    return gradient_ratios({k: g for k, (_, g) in measure_terms(run, method).items()})
 
 
 def calibrate(run: Run) -> dict[str, float]:
@@ -85,8 +100,8 @@ def calibrate(run: Run) -> dict[str, float]:
     factors = _agree(factors, run.device)
     for term, f in factors.items():
         log.info(
-            "train.weight_scaling=gradient: %s term %r: |grad|/|grad CE| at step 0 %.3g here, %s on the reference "
-            "pair -> factor %.3g",
+            "train.weight_scaling=gradient: %s term %r: |grad|/|grad CE| at the initial weights %.3g here, %s on "
+            "the reference pair -> factor %.3g",
             name,
             term,
             measured.get(term, float("nan")),
