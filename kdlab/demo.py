@@ -25,6 +25,7 @@ rewrites the report.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -81,6 +82,11 @@ class DemoSettings:
     """(row label, method) pairs; None: every registered method."""
     teacher_log_every: int = 40
     """A teacher progress line (with ETA) every this many steps (41 steps per epoch)."""
+    weight_scaling: str = "gradient"
+    """The students' ``train.weight_scaling``: ``gradient`` gives every method's terms the balance to the
+    cross-entropy that its published weights have on a CIFAR ResNet pair (:mod:`kdlab.methods.scaling`; on this tiny
+    pair the published weights make feature terms 10-150 times stronger); ``none``: the published weights as they
+    are."""
 
     @classmethod
     def fast(cls) -> DemoSettings:
@@ -117,7 +123,12 @@ def _base(settings: DemoSettings) -> dict:
     return {
         "data": {"name": "digits", "batch_size": settings.batch_size, "augment": "crop_flip", "crop_padding": 1},
         "optim": {"lr": 0.05, "schedule": "cosine", "weight_decay": 5e-4},
-        "train": {"device": "cpu", "threads": 1, "eval_every": settings.eval_every},
+        "train": {
+            "device": "cpu",
+            "threads": 1,
+            "eval_every": settings.eval_every,
+            "weight_scaling": settings.weight_scaling,
+        },
         "log": {"progress": "off"},
     }
 
@@ -266,6 +277,7 @@ def run_demo(
     workers: int | None = None,
     all_methods: bool = False,
     settings: DemoSettings | None = None,
+    weight_scaling: str | None = None,
 ) -> Path:
     """Run the demo; returns the path of ``report.md``.
 
@@ -276,12 +288,15 @@ def run_demo(
         workers: student runs trained at once (default :func:`default_workers`).
         all_methods: every registered method, on the longer schedule (``kdlab demo --all``).
         settings: overrides the schedule chosen by ``quick`` / ``all_methods``.
+        weight_scaling: the students' ``train.weight_scaling`` (default: the settings', ``gradient``).
     """
     if settings is None:
         if quick:
             settings = DemoSettings.quick(all_methods)
         else:
             settings = DemoSettings.full() if all_methods else DemoSettings.fast()
+    if weight_scaling is not None:
+        settings = dataclasses.replace(settings, weight_scaling=weight_scaling)
     workers = default_workers() if workers is None else workers
     if workers < 1 or seeds < 1:
         from kdlab.config import ConfigError
@@ -318,7 +333,8 @@ def _run_phases(out: Path, settings: DemoSettings, seeds: int, workers: int, con
     spec = student_spec(settings, out, t_out.run.run_dir / "checkpoint.pt", seeds, rows)
     log.info(
         "kdlab demo [2/3] students: %d methods x %d seeds = %d runs of %s on %d images per class, %d epochs each, "
-        "%d at a time; every method uses the same seeds, so its difference to the student alone (ce) is paired",
+        "%d at a time; every method uses the same seeds, so its difference to the student alone (ce) is paired; "
+        "loss weights: %s",
         len(rows),
         seeds,
         len(rows) * seeds,
@@ -326,6 +342,10 @@ def _run_phases(out: Path, settings: DemoSettings, seeds: int, workers: int, con
         settings.train_per_class,
         settings.student_epochs,
         workers,
+        "the published ones, each term rescaled to their CIFAR balance with the cross-entropy "
+        "(train.weight_scaling=gradient)"
+        if settings.weight_scaling == "gradient"
+        else "the published ones as they are (train.weight_scaling=none)",
     )
     console.quiet_runs = True  # a student run's own lines (in this process with --workers 1) go to demo.log only
     outcomes = run_sweep(spec, workers=workers, store_path=store, on_outcome=StudentProgress(workers=workers))
@@ -430,11 +450,20 @@ def write_demo_report(
         "",
         "The paired difference is the mean over seeds of (method - student alone) with its standard error; a "
         "verdict needs the difference to exceed two standard errors. Every method runs at its registered defaults "
-        "(the CIFAR-100 reference weights and temperatures), untuned for this tiny pair. Terms on logits with a "
-        "temperature (kd, dkd, TeKAP) keep their CIFAR balance with the cross-entropy here; terms that normalise "
-        "the student's representation (feature, relation, contrastive, correlation terms: fitnet, crd, dist, ...) "
-        "are 10 to 150 times stronger relative to it than on a CIFAR ResNet pair, measured at step 0 (README, "
+        "(the CIFAR-100 reference weights and temperatures), untuned for this tiny pair. At those weights, terms on "
+        "logits with a temperature (kd, dkd, TeKAP) keep their CIFAR balance with the cross-entropy here; terms "
+        "that normalise the student's representation (feature, relation, contrastive, correlation terms: fitnet, "
+        "crd, dist, ...) are 10 to 150 times stronger relative to it than on a CIFAR ResNet pair (README, "
         '"The demo\'s verdicts"; `benchmarks/loss_scales.py`).',
+        "",
+        (
+            "Loss weights: `train.weight_scaling=gradient`, one rule for every method: each term is rescaled so "
+            "that, at the student's initial weights, its gradient relative to the cross-entropy's is the one its "
+            "published weights give on a CIFAR ResNet pair (the factors are in each run's log; "
+            "`kdlab demo --weight-scaling none` shows the published weights as they are)."
+            if settings.weight_scaling == "gradient"
+            else "Loss weights: the published ones as they are (`--weight-scaling none`)."
+        ),
     ]
     if settings.methods is not None:
         lines += ["", "`kdlab demo --all` runs every registered method (a few minutes)."]

@@ -115,7 +115,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from kdlab.demo import run_demo
 
     log.info("kdlab demo: loading torch and the registries")
-    report = run_demo(out_dir=args.out, seeds=args.seeds, quick=args.quick, workers=args.workers, all_methods=args.all)
+    report = run_demo(
+        out_dir=args.out,
+        seeds=args.seeds,
+        quick=args.quick,
+        workers=args.workers,
+        all_methods=args.all,
+        weight_scaling=args.weight_scaling,
+    )
     print(report.read_text())
     return 0
 
@@ -181,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a much shorter schedule (smoke test)")
     d.add_argument("--all", action="store_true", help="every registered method, longer schedule (minutes)")
     d.add_argument("--workers", type=int, default=None, help="student runs at once (default: CPU cores, at most 2)")
+    d.add_argument(
+        "--weight-scaling",
+        choices=["gradient", "none"],
+        default="gradient",
+        help="the students' train.weight_scaling: gradient (default; the published weights' CIFAR balance to the "
+        "cross-entropy) or none (the published weights as they are)",
+    )
     d.set_defaults(func=cmd_demo)
 
     import kdlab.cli as package
