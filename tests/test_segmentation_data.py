@@ -20,7 +20,7 @@ from kdlab.types import Progress
 
 @pytest.fixture(scope="module")
 def cs_root(tmp_path_factory):
-    return make_cityscapes(tmp_path_factory.mktemp("cityscapes"), n_train=5, n_val=2)
+    return make_cityscapes(tmp_path_factory.mktemp("cityscapes"), n_train=6, n_val=2)
 
 
 def _cfg(root, *extra):
@@ -36,7 +36,7 @@ def _cfg(root, *extra):
 
 def test_layout_and_train_ids(cs_root) -> None:
     splits = load_dataset(_cfg(cs_root).data)
-    assert (len(splits.train), len(splits.test), splits.num_classes) == (5, 2, 19)
+    assert (len(splits.train), len(splits.test), splits.num_classes) == (6, 2, 19)
     table = label_table()
     assert [int(table[r]) for r in (7, 8, 26, 33, 0, 1, 6, 255)] == [0, 1, 13, 18, 255, 255, 255, 255]
     assert sorted(TRAIN_IDS.values()) == list(range(19))
@@ -46,7 +46,7 @@ def test_training_batches_are_joint_crops_with_ignore_padding(cs_root) -> None:
     cfg = _cfg(cs_root)
     loader = make_loader(load_dataset(cfg.data), cfg.data, torch.device("cpu"), seed=3)
     batches = list(loader.train_batches(0))
-    assert len(batches) == loader.steps_per_epoch() == 3  # 5 pairs, batch 2: 2 + 2 + a last batch of 1
+    assert len(batches) == loader.steps_per_epoch() == 3  # 6 pairs, batch 2
     b = batches[0]
     assert b.x.shape == (2, 3, 24, 40) and b.y.shape == (2, 24, 40) and b.y.dtype == torch.int64
     values = set(torch.unique(torch.cat([bb.y.flatten() for bb in batches])).tolist())

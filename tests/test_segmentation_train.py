@@ -124,6 +124,7 @@ def test_dist_recipe_takes_a_step_from_the_teacher_run(cs_root, teacher_run, tmp
         ("ofd", "train.name=bad", "method 'ofd' does not support dense (per-pixel) outputs"),
         ("kd", "model.student=resnet8", "is a classifier"),
         ("kd", "data.crop_size=[32,48,3]", "give [height, width]"),
+        ("kd", "data.batch_size=5", "gives a process a batch of 1 image(s)"),  # 6 images: 5 + a last batch of 1
     ],
 )
 def test_impossible_pairs_exit_2_naming_the_problem(cs_root, teacher_run, tmp_path, method, override, message) -> None:
@@ -151,3 +152,30 @@ def test_shipped_segmentation_configs_are_the_generator_output(tmp_path) -> None
     assert proc.returncode == 0, proc.stderr
     after = {p: p.read_text() for p in before}
     assert after == before
+
+
+@pytest.mark.slow
+def test_dist_recipe_under_torchrun_with_two_processes(cs_root, teacher_run, tmp_path) -> None:
+    """2 gloo processes on CPU through the real command line: each rank trains on its half of every global batch and
+    evaluates its half of the split; the confusion matrices are summed, so the evaluation counts every labelled pixel
+    of the split once (the single-process count)."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KDLAB_NO_TCMALLOC": "1"}
+    args = [
+        DIST, f"data.root={cs_root}", "model.student=pspnet_tiny", "model.teachers.0.name=deeplabv3_tiny",
+        f"model.teachers.0.checkpoint={teacher_run / 'checkpoint.pt'}", *SMALL, f"train.run_dir={tmp_path}",
+        "train.name=ddp", "data.batch_size=4", "data.drop_last=true",  # 2 images per process, 1 step per epoch
+    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    proc = subprocess.run([*cmd, "-m", "kdlab", "train", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    assert proc.stdout.count("test top1") == 1  # rank 0 reports
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    single = json.loads((teacher_run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["last"]["n"] == single["last"]["n"]
+    assert 0.0 <= summary["last"]["miou"] <= 100.0

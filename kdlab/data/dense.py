@@ -349,6 +349,7 @@ class DenseLoader(BatchPlan):
             train = train.subset(perm[n_val:].sort().values)
         self.train = train
         self.test = splits.test
+        self._check_batch_sizes()
         self._train_labels = torch.zeros(len(train), dtype=torch.long, device=device)
         mean = torch.tensor(splits.mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(splits.std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
@@ -362,6 +363,25 @@ class DenseLoader(BatchPlan):
         self._train_loader = self._loader(_PairDataset(train, transform, seed), self._schedule, persistent=True)
         self._crop = splits.crop_size
         self._scale_range = splits.scale_range
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """:meth:`BatchPlan.shard`, then refuse a plan that gives a process a training batch of one image (the
+        segmentation heads' image-pooling branches normalise a ``[1, C, 1, 1]`` map with BatchNorm, which PyTorch
+        refuses in training mode)."""
+        super().shard(rank, world_size)
+        if getattr(self, "train", None) is not None:
+            self._check_batch_sizes()
+
+    def _check_batch_sizes(self) -> None:
+        steps = self.steps_per_epoch()
+        sizes = {len(range(self.num_train)[self.step_slice(s)]) for s in {0, steps - 1}}
+        smallest = min(self._usable(n) // self.world_size for n in sizes)
+        if smallest < 2:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} over {self.world_size} process(es) with {self.num_train} training "
+                f"images gives a process a batch of {smallest} image(s); the segmentation heads' BatchNorm needs at "
+                "least 2 per process: raise data.batch_size or set data.drop_last=true"
+            )
 
     @property
     def views(self) -> tuple[str, ...]:
