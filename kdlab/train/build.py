@@ -250,7 +250,8 @@ def _check(cfg: RunConfig, method: DistillMethod, needs: Needs, student: nn.Modu
     if why:
         raise BuildError(
             f"method {name!r} cannot train on Mixup/CutMix batches (data.mixup_alpha/data.cutmix_alpha > 0): {why}. "
-            "Set data.mixup_alpha=0 and data.cutmix_alpha=0, or use a method that can (kdlab list methods)"
+            "Set data.mixup_alpha=0 and data.cutmix_alpha=0, or use a method that trains on mixed labels (e.g. kd, "
+            "dist, dkd: DistillMethod.mixed_labels soft or dominant)"
         )
     # Every trainable parameter of a method must be an adapter (trained and synced with the student) or belong
     # to an aux objective (its own optimiser); anything else would silently never train or never sync.
