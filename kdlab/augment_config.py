@@ -54,3 +54,16 @@ class RandomErasingConfig:
     """Smallest box aspect ratio (height / width, drawn log-uniformly)."""
     max_aspect: float | None = field(default=None, metadata=rng(gt=0))
     """Largest aspect ratio (None: ``1 / min_aspect``)."""
+
+    def __post_init__(self) -> None:
+        if self.min_area > self.max_area:
+            raise ValueError(
+                f"min_area={self.min_area:g} is above max_area={self.max_area:g}; the box area is drawn from "
+                "[min_area, max_area], e.g. min_area: 0.02, max_area: 0.333"
+            )
+        max_aspect = self.max_aspect if self.max_aspect is not None else 1.0 / self.min_aspect
+        if self.min_aspect > max_aspect:
+            raise ValueError(
+                f"min_aspect={self.min_aspect:g} is above max_aspect={max_aspect:g}; the aspect ratio is drawn from "
+                "[min_aspect, max_aspect] (max_aspect: null means 1 / min_aspect)"
+            )

@@ -223,3 +223,25 @@ def test_batch_augment_from_config_off_is_identity() -> None:
     assert aug.fill == (128.0, 128.0, 128.0)
     xf = torch.randn(4, 3, 8, 8)
     assert torch.equal(aug.float_stage(xf.clone(), None), xf)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["data.random_erasing.min_area=0.5", "data.random_erasing.max_area=0.2"], "min_area=0.5 is above max_area"),
+        (["data.random_erasing.min_aspect=3"], "min_aspect=3 is above max_aspect"),
+        (["data.rand_augment.magnitude=11"], "data.rand_augment.magnitude"),
+        (["data.rand_augment.probability=1.5"], "data.rand_augment.probability"),
+        (["data.color_jitter=-0.1"], "data.color_jitter"),
+        (["data.random_erasing.mode=blur"], "data.random_erasing.mode"),
+    ],
+)
+def test_bad_augmentation_settings_exit_2(tmp_path, override: list[str], message: str) -> None:
+    from test_cli import kdlab_in_process
+
+    from conftest import REPO
+
+    cfg = str(REPO / "configs/debug/digits_ce.yaml")
+    proc = kdlab_in_process("train", cfg, *override, f"train.run_dir={tmp_path}", check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not any(tmp_path.iterdir())
