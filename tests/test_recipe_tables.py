@@ -232,3 +232,15 @@ def test_spec_targets_and_analysis_are_checked() -> None:
         parse_spec(_spec(analysis={"name": "robustness", "targets": {"Teacher": {"top1": 29.88}}}))
     with pytest.raises(ConfigError, match=r"analysis\.0: unknown key 'arg'.*Did you mean 'args'"):
         parse_spec(_spec(analysis={"name": "robustness", "arg": []}))
+
+
+def test_sweep_dry_run_prints_the_named_analyses(capsys) -> None:
+    """``kdlab sweep --dry-run`` lists the ``kdlab analyze`` command of every analysed run after the runs."""
+    from kdlab.cli.main import main
+
+    assert main(["sweep", str(SWEEPS / "tekap_robustness_cifar100.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    lines = [line.strip() for line in out.splitlines() if line.strip().startswith("kdlab analyze")]
+    assert len(lines) == 4
+    assert lines[0].startswith("kdlab analyze robustness runs/sweeps/tekap_robustness_cifar100/Teacher__")
+    assert lines[0].endswith("--attacks fgsm,pgd --epsilons 0,1/255,2/255,4/255,8/255")

@@ -6,6 +6,19 @@ import argparse
 import sys
 
 
+def _print_analyses(spec, runs) -> None:
+    """The spec's named analyses as ``kdlab analyze`` command lines over its runs (with the seed's numbers)."""
+    import shlex
+
+    from kdlab.experiments.spec import analysis_commands
+
+    if not spec.analysis:
+        return
+    print(f"analyses of the trained runs (the seed's numbers in {spec.path or 'the spec'}):")
+    for command in analysis_commands(spec, runs):
+        print(f"  {shlex.join(command)}")
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from kdlab.experiments.spec import load_spec
     from kdlab.experiments.sweep import Outcome, missing_teacher_checkpoints, run_sweep, summarize_outcomes
@@ -37,6 +50,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 "teacher checkpoints not found (train them first, e.g. kdlab train configs/cifar100/ce/<model>.yaml):"
             )
             print("".join(f"  {m}\n" for m in missing), end="")
+        _print_analyses(spec, [o.run for o in outcomes])
         return 0
     counts = summarize_outcomes(outcomes)
     print(
@@ -44,6 +58,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         + ", ".join(f"{n} {status}" for status, n in counts.items())
         + f"; results in {args.store}; report: kdlab report {args.spec}"
     )
+    _print_analyses(spec, [o.run for o in outcomes])
     bad = [o for o in outcomes if o.status in ("failed", "corrupt", "interrupted", "not run")]
     if bad:
         print(f"{len(bad)} run(s) did not finish:", file=sys.stderr)
