@@ -95,6 +95,11 @@ def test_rand_augment_ops_are_per_image() -> None:
     assert (counts > 0).all()
     chi2 = (((counts - expected) ** 2) / expected).sum().item()
     assert chi2 < 40.0  # 14 degrees of freedom: p < 1e-3
+    # torchvision's RandAugment on a batch tensor: one op and magnitude for every image of the batch
+    v2 = pytest.importorskip("torchvision.transforms.v2")
+    torch.manual_seed(1)
+    batch_out = v2.RandAugment(num_ops=1, magnitude=9)(x[:64])
+    assert (batch_out == batch_out[:1]).all()
 
 
 def test_magnitude_std_matches_timm() -> None:
@@ -160,6 +165,11 @@ def test_color_jitter_draws_are_per_image() -> None:
     x = _image().expand(256, -1, -1, -1).contiguous()
     out = color_jitter(x, 0.4, _gen(4))
     assert out.float().mean(dim=(1, 2, 3)).unique().numel() > 200
+    # why kdlab has its own: torchvision's transform on a batch tensor draws once for the whole batch
+    v2 = pytest.importorskip("torchvision.transforms.v2")
+    torch.manual_seed(0)
+    same = v2.ColorJitter(0.4, 0.4, 0.4)(x)
+    assert not torch.equal(same[0], x[0]) and (same == same[:1]).all()
 
 
 # ------------------------------------------------------------------------------------------------- random erasing
