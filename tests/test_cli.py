@@ -158,6 +158,26 @@ def test_corrupt_checkpoint_exits_1(tmp_path):
     assert proc.returncode == 1 and "truncated or corrupt" in proc.stderr
 
 
+def test_sigterm_in_process_writes_checkpoint_and_resume_matches_uninterrupted(tmp_path, monkeypatch):
+    """The fast sibling of the real-process test below: the CLI's entry point in this process, a real SIGTERM to
+    this process during step 8 of 18 (its handler as the command line installs it), exit 130 with the resume hint,
+    then ``--resume`` ends bitwise equal to an uninterrupted run."""
+    from test_signals import _signal_at_step
+
+    common = [str(REPO / "configs/debug/digits_ce.yaml"), *TINY, "train.epochs=3", f"train.run_dir={tmp_path}"]
+    kdlab_in_process("train", *common, "train.name=full")
+    with monkeypatch.context() as m:
+        _signal_at_step(m, 8)
+        proc = kdlab_in_process("train", *common, "train.name=cut", check=False)
+    assert proc.returncode == 130 and "--resume" in proc.stderr, proc.stderr
+    assert (tmp_path / "cut" / "checkpoint.pt").is_file() and not (tmp_path / "cut" / "student.pt").exists()
+    kdlab_in_process("train", *common, "train.name=cut", "--resume")
+    a = torch.load(tmp_path / "full" / "student.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "cut" / "student.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
 def test_sigterm_writes_checkpoint_and_resume_matches_uninterrupted(tmp_path):
     common = [
         str(REPO / "configs/debug/digits_ce.yaml"),
