@@ -23,10 +23,10 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from kdlab.augment_config import RandAugmentConfig, RandomErasingConfig
 from kdlab.paths import why_unusable
 from kdlab.ranges import field_range, out_of_range_message, rng, violations
 from kdlab.registry import METHOD_CONFIGS, METHODS, closest
-from kdlab.augment_config import RandAugmentConfig, RandomErasingConfig
 from kdlab.tabular_config import TabularConfig
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,9 @@ class DataConfig:
     """Probability that a batch is mixed at all (timm's ``mixup_prob``)."""
     mix_switch_prob: float = field(default=0.5, metadata=rng(ge=0, le=1))
     """With both alphas > 0: probability of CutMix instead of Mixup for a batch (timm's ``mixup_switch_prob``)."""
+    mix_mode: Literal["batch", "elem"] = "batch"
+    """``batch``: one draw (mixed or not, op, lambda, box) per batch, timm's default; ``elem``: every image draws its
+    own (timm's ``mode='elem'``)."""
     imbalance_ratio: float | None = field(
         default=None, metadata=rng(ge=1, note="the largest class is this many times the smallest")
     )

@@ -105,3 +105,51 @@ def test_draw_mix_distribution() -> None:
     assert draw_mix(MixSettings(), rng, 8, 8) == MixParams()
     only_cut = [draw_mix(MixSettings(cutmix_alpha=1.0), rng, 8, 8) for _ in range(50)]
     assert all(d.box is not None for d in only_cut)
+
+
+@pytest.mark.parametrize(("mixup_alpha", "cutmix_alpha", "seed"), [(0.8, 1.0, 1), (0.0, 1.0, 2), (0.8, 0.0, 3)])
+def test_mix_batch_elem_matches_timm_elem_mode(mixup_alpha: float, cutmix_alpha: float, seed: int) -> None:
+    """``data.mix_mode: elem``: given timm's per-image draws, images and smoothed soft labels equal timm's
+    ``Mixup(mode='elem')`` image by image."""
+    from kdlab.data.augment_mix import ElemMixParams, mix_batch_elem
+
+    k, eps, b = 7, 0.1, 10
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, 3, 12, 14, generator=g)
+    y = torch.randint(0, k, (b,), generator=g)
+    timm_mix = mixup_mod.Mixup(
+        mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=0.8, mode="elem", label_smoothing=eps, num_classes=k
+    )
+    np.random.seed(seed)
+    x_t, y_t = timm_mix(x.clone(), y.clone())
+    np.random.seed(seed)  # replay timm's draws: per-image parameters, then a box per CutMix image in order
+    lam, use_cutmix = timm_mix._params_per_elem(b)
+    lam = lam.astype(np.float64)
+    boxes, cut = np.zeros((b, 4), dtype=np.int64), np.zeros(b, dtype=bool)
+    for i in range(b):
+        if lam[i] != 1.0 and use_cutmix[i]:
+            box, lam[i] = mixup_mod.cutmix_bbox_and_lam(x[i].shape, lam[i], correct_lam=True)
+            boxes[i], cut[i] = [int(v) for v in box], True
+    assert 0 < (lam != 1.0).sum() < b or mixup_alpha == 0.0
+    x_k, y_soft, y_dom, _ = mix_batch_elem(x, y, k, ElemMixParams(lam, boxes, cut))
+    assert torch.allclose(x_k, x_t, atol=1e-5)
+    assert torch.allclose((1 - eps) * y_soft + eps / k, y_t, atol=1e-6)
+    lam_t = torch.as_tensor(lam)
+    assert torch.equal(y_dom, torch.where(lam_t >= 0.5, y, y.flip(0)))
+
+
+def test_draw_mix_elem_is_per_image() -> None:
+    """Per image: mixed with probability mix_prob, CutMix with probability switch_prob, its own lambda and box."""
+    from kdlab.data.augment_mix import draw_mix_elem
+
+    s = MixSettings(mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=0.7, switch_prob=0.4, mode="elem")
+    n = 8000
+    p = draw_mix_elem(s, np.random.default_rng(0), n, 32, 32)
+    mixed = p.lam != 1.0
+    assert abs(mixed.mean() - 0.7) < 4 * math.sqrt(0.21 / n)
+    assert abs(p.cutmix[mixed].mean() - 0.4) < 4 * math.sqrt(0.24 / mixed.sum())
+    blended = mixed & ~p.cutmix
+    assert len(np.unique(p.lam[blended])) == blended.sum()  # a lambda per image (CutMix's are box-area quantised)
+    area = (p.boxes[:, 1] - p.boxes[:, 0]) * (p.boxes[:, 3] - p.boxes[:, 2])
+    assert np.allclose(p.lam[p.cutmix], 1 - area[p.cutmix] / 1024)
+    assert (area[~p.cutmix] == 0).all()

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from kdlab.config import ConfigError
 from kdlab.data.augment import BatchAugment
-from kdlab.data.augment_mix import MixSettings, draw_mix, mix_batch
+from kdlab.data.augment_mix import MixSettings, draw_mix, draw_mix_elem, mix_batch, mix_batch_elem
 from kdlab.seeding import derive_seed
 from kdlab.types import Batch
 
@@ -82,7 +82,8 @@ def describe_augment(cfg, mixed_labels: str | None = None) -> str:
             mix.cutmix_alpha > 0
         )
         switch = f"switch {mix.switch_prob:g}, " if len(ops) == 2 else ""
-        line = f"{' / '.join(ops)} ({switch}prob {mix.mix_prob:g}, one lambda per batch)"
+        per = "one lambda per batch" if mix.mode == "batch" else "lambda per image"
+        line = f"{' / '.join(ops)} ({switch}prob {mix.mix_prob:g}, {per})"
         how = {"soft": "; cross-entropy on the mixed labels", "dominant": "; cross-entropy on the mixed labels, the "
                "dominant label where the method needs a hard one"}.get(mixed_labels or "", "")  # fmt: skip
         parts.append(line + how)
@@ -123,9 +124,13 @@ class TrainAugment:
         if not self.mixing:
             return batch
         rng = np.random.default_rng(derive_seed(self.seed, epoch, step, MIX_STREAM))
-        h, w = batch.x.shape[-2:]
-        params = draw_mix(self.mix_settings, rng, int(h), int(w))
-        x, y_soft, y, views = mix_batch(batch.x, batch.y, self.num_classes, params, dict(batch.views))
+        h, w = (int(v) for v in batch.x.shape[-2:])
+        if self.mix_settings.mode == "elem":
+            elem = draw_mix_elem(self.mix_settings, rng, batch.size, h, w)
+            x, y_soft, y, views = mix_batch_elem(batch.x, batch.y, self.num_classes, elem, dict(batch.views))
+        else:
+            params = draw_mix(self.mix_settings, rng, h, w)
+            x, y_soft, y, views = mix_batch(batch.x, batch.y, self.num_classes, params, dict(batch.views))
         return dataclasses.replace(batch, x=x, y=y, views=views, y_soft=y_soft)
 
 
