@@ -107,6 +107,17 @@ def test_bad_label_maps_are_refused_naming_the_file(tmp_path, problem) -> None:
     assert {"size": "must have its image's size", "value": "[200]", "missing": "no label map"}[problem] in msg
 
 
+def test_the_recipes_run_header_names_the_poly_schedule() -> None:
+    from pathlib import Path
+
+    from kdlab.config import load_config
+    from kdlab.train.strategy import describe_strategy
+
+    repo = Path(__file__).resolve().parents[1]
+    line = describe_strategy(load_config(repo / "configs/cityscapes/dist/deeplabv3_r101__deeplabv3_r18.yaml"))
+    assert "poly (power 0.9) to 0.0001 per step" in line
+
+
 def test_poly_schedule_is_the_reference_formula() -> None:
     """CIRKD / DIST_KD ``adjust_lr``: ``1e-4 + (0.02 - 1e-4) * (1 - iter / max_iter) ** 0.9``, iter 0-based."""
     cfg = OptimConfig(schedule="poly", lr=0.02, min_lr=1e-4, power=0.9)

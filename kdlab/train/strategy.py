@@ -72,6 +72,8 @@ def describe_strategy(cfg: RunConfig) -> str:
         sched = f"exp_step x{o.gamma:g} every {o.decay_epochs:g} epochs"
     elif o.schedule == "cosine":
         sched = f"cosine to {o.min_lr:g}"
+    elif o.schedule == "poly":
+        sched = f"poly (power {o.power:g}) to {o.min_lr:g}"
     else:
         sched = "constant"
     sched += f" per {schedule_updates(o)}"
