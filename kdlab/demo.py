@@ -116,7 +116,9 @@ class DemoSettings:
             return list(self.methods)
         from kdlab.methods import METHODS
 
-        return [("ce", "ce")] + [(m, m) for m in METHODS.names() if m != "ce"]
+        # kd right after ce: the methods that reduce to kd here (sum, mt_kd, dgkd with one teacher) are then marked
+        # "= kd" whatever the registration order (sum registers before kd since method configs moved)
+        return [("ce", "ce"), ("kd", "kd")] + [(m, m) for m in METHODS.names() if m not in ("ce", "kd")]
 
 
 def _base(settings: DemoSettings) -> dict:
