@@ -200,3 +200,20 @@ def test_strategy_file_runs_kd_through_the_cli_and_resumes_bitwise_mid_epoch(tmp
     _states_equal(
         read_file(full / "student.pt")["state_dict"], read_file(tmp_path / "runs" / "part" / "student.pt")["state_dict"]
     )
+
+
+def test_the_store_and_the_report_carry_the_ema_accuracy(tmp_path):
+    from kdlab.experiments.report import fmt, summarize
+    from kdlab.experiments.stats import markdown_sections
+    from kdlab.experiments.store import read_run_dir, record_from_run
+
+    trainer = Trainer(tiny_config(tmp_path, "train.ema_decay=0.9", "train.epochs=1"))
+    summary = trainer.fit()
+    row = record_from_run(read_run_dir(trainer.run_dir))
+    assert json.loads(row["metrics"])["last"]["ema_top1"] == summary["last"]["ema_top1"]
+    lines = markdown_sections(summarize([row]), fmt)
+    header = next(line for line in lines if line.startswith("| row |"))
+    assert header.split(" | ")[3:] == ["top1", "top5", "ema_top1", "ema_top5 |"]
+    assert lines[lines.index(header) + 2].endswith(
+        f"| {summary['last']['ema_top1']:.2f} | {summary['last']['ema_top5']:.2f} |"
+    )

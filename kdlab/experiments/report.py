@@ -171,7 +171,7 @@ def summarize(records: Iterable[dict], cells: list[Cell] | None = None) -> list[
         cell.students.add(str(r.get("student")))
         last = {"top1": r["last_top1"], **(json.loads(r.get("metrics") or "{}").get("last") or {})}
         for name, value in last.items():
-            if value is not None and name != "loss":
+            if value is not None and name not in ("loss", "ema_loss"):
                 cell.values.setdefault(name, {})[int(r["seed"])] = float(value)
         cell.last_top1.append(float(r["last_top1"]))
         cell.best_top1.append(float(r["best_top1"]))

@@ -50,7 +50,12 @@ class PairedTest:
 def metric_names(cells) -> list[str]:
     """The metrics any cell has values for, in :data:`ORDER` (then alphabetical)."""
     found = {m for c in cells for m, by_seed in c.values.items() if by_seed}
-    return sorted(found, key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m))
+
+    def key(m: str) -> tuple:  # the student EMA's ema_<metric> (train.ema_decay) after all the raw weights' metrics
+        base = m.removeprefix("ema_")
+        return (m != base, ORDER.index(base) if base in ORDER else len(ORDER), m)
+
+    return sorted(found, key=key)
 
 
 def paired_tests(cells) -> list[PairedTest]:
@@ -96,7 +101,7 @@ def _num(x: float, digits: int = 4) -> str:
 
 def _fmt(metric: str, values: list[float], fmt) -> str:
     """Percent metrics with ``fmt`` (2 decimals); the 0..1 and nats metrics with 4 decimals."""
-    if metric in ("top1", "top5") or not values:
+    if metric.removeprefix("ema_") in ("top1", "top5") or not values:
         return fmt(values)
     if len(values) == 1:
         return f"{values[0]:.4f}"
@@ -113,7 +118,8 @@ def markdown_sections(cells, fmt) -> list[str]:
             "",
             "## Metrics",
             "",
-            "Test metrics after the last epoch, mean ± std over seeds (top-1 in %, AUC and ECE in 0..1, NLL in nats).",
+            "Test metrics after the last epoch, mean ± std over seeds (top-1 in %, AUC and ECE in 0..1, NLL in nats; "
+            "ema_*: the student's moving average, train.ema_decay).",
             "",
             "| row | pair | n | " + " | ".join(names) + " |",
             "|---|---|---|" + "---|" * len(names),
