@@ -53,15 +53,15 @@ def test_every_method_declares_its_mixed_label_rule(method: str) -> None:
 
 @pytest.mark.parametrize("method", ALL)
 def test_method_under_mixup_cutmix(tmp_path, method: str) -> None:
-    """refuse: a BuildError naming the method, the settings and the reason. soft: the loss terms are unchanged when
-    the hard labels are replaced (only ``y_soft`` is read). dominant: the terms are finite and train."""
+    """refuse: a BuildError naming the method, the settings, the reason and the fix. soft: the loss terms are unchanged
+    when the hard labels are replaced (only ``y_soft`` is read). dominant: the terms are finite and train."""
     rule = getattr(METHODS.get(method), "mixed_labels", None)
     cfg = _config(tmp_path, method, "train.max_steps=1")
     if rule == "refuse":
         with pytest.raises(BuildError) as err:
             Trainer(cfg)
         msg = str(err.value)
-        assert f"method {method!r}" in msg and "Mixup/CutMix" in msg and "data.mixup_alpha=0" in msg
+        assert f"method {method!r} cannot train on mixed labels (data.mixup_alpha=0.8, data.cutmix_alpha=1)" in msg
         assert METHODS.get(method).mixed_labels_reason in msg
         return
     trainer = Trainer(cfg)
@@ -152,7 +152,7 @@ def test_cli_refuses_a_mixing_run_of_a_refusing_method(tmp_path) -> None:
         "train", *args, "data.mixup_alpha=0.8", f"train.run_dir={tmp_path}", "train.name=r", check=False
     )
     assert proc.returncode == 2, proc.stderr
-    assert "cannot train on Mixup/CutMix batches" in proc.stderr and "Traceback" not in proc.stderr
+    assert "cannot train on mixed labels (data.mixup_alpha=0.8)" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()
 
 

@@ -63,6 +63,14 @@ def mixes_labels(cfg) -> bool:
     return MixSettings.from_config(cfg).active
 
 
+def label_mixing_settings(cfg) -> list[str]:
+    """The settings of data config ``cfg`` that mix labels, as ``key=value`` (empty when labels are not mixed), e.g.
+    ``["data.mixup_alpha=0.8", "data.cutmix_alpha=1"]``: what a build error names (the trainer knows no keys)."""
+    if not mixes_labels(cfg):
+        return []
+    return [f"data.{k}={getattr(cfg, k):g}" for k in ("mixup_alpha", "cutmix_alpha") if getattr(cfg, k) > 0]
+
+
 def describe_augment(cfg, mixed_labels: str | None = None) -> str:
     """One line of the run header for the per-sample augmentations of data config ``cfg`` (empty when none is on),
     e.g. ``RandAugment n2 m9 mstd0.5 p0.5, colour jitter 0.4, random erasing p0.25 pixel, Mixup 0.8 / CutMix 1

@@ -11,7 +11,7 @@ from torch import nn
 from kdlab import models
 from kdlab.config import ConfigError, RunConfig
 from kdlab.data import load_dataset, make_loader
-from kdlab.data.augment_pipeline import mixes_labels
+from kdlab.data.augment_pipeline import label_mixing_settings
 from kdlab.data.base import DatasetSplits, StreamingSplits
 from kdlab.data.dense import dense_model_check
 from kdlab.data.loader import DeviceLoader
@@ -246,12 +246,12 @@ def _check(cfg: RunConfig, method: DistillMethod, needs: Needs, student: nn.Modu
             f"method {name!r} asks for a held-out split of {needs.holdout_fraction:g} of the training set; "
             "the fraction must be in [0, 1)"
         )
-    why = mixed_labels_refusal(method) if mixes_labels(cfg.data) else None
+    mixing = label_mixing_settings(cfg.data)
+    why = mixed_labels_refusal(method) if mixing else None
     if why:
         raise BuildError(
-            f"method {name!r} cannot train on Mixup/CutMix batches (data.mixup_alpha/data.cutmix_alpha > 0): {why}. "
-            "Set data.mixup_alpha=0 and data.cutmix_alpha=0, or use a method that trains on mixed labels (e.g. kd, "
-            "dist, dkd: DistillMethod.mixed_labels soft or dominant)"
+            f"method {name!r} cannot train on mixed labels ({', '.join(mixing)}): {why}. Set them to 0, or use a "
+            "method that trains on mixed labels (e.g. kd, dist, dkd: DistillMethod.mixed_labels soft or dominant)"
         )
     # Every trainable parameter of a method must be an adapter (trained and synced with the student) or belong
     # to an aux objective (its own optimiser); anything else would silently never train or never sync.
