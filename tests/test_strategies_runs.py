@@ -188,6 +188,10 @@ def test_strategy_file_runs_kd_through_the_cli_and_resumes_bitwise_mid_epoch(tmp
         assert cfg.optim.name == "rmsprop_tf" and cfg.train.ema_export and "ema_top1" in summary["last"]
     else:
         assert cfg.optim.name == "adamw" and cfg.data.mixup_alpha == 0.8 and cfg.data.cutmix_alpha == 1.0
+        probe = Trainer(load_config(args[1], [*args[2:-1], "train.name=probe"]))
+        batch = next(probe.run.data.train_batches(0))  # teacher and student see mixed images, CE the mixed labels
+        assert batch.y_soft is not None and batch.y_soft.shape == (16, 4)
+        probe.lock.release()
     part = Trainer(cfg)
     sigterm_during_step(part, 6)  # epoch 2, step 2 of 4
     with pytest.raises(TrainingInterrupted):
