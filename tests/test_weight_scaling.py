@@ -164,3 +164,17 @@ def test_cli_refuses_an_unknown_scaling_with_exit_2(tmp_path):
     code, out, err = run_case(["train", str(cfg), "train.weight_scaling=resolution"])
     assert_clean_error(code, out, err, 2, "train.weight_scaling", "gradient")
     assert not (tmp_path / "runs" / "r").exists()
+
+
+def test_the_demo_students_use_gradient_scaling_unless_told_otherwise():
+    import dataclasses
+
+    from kdlab.cli.main import build_parser
+    from kdlab.demo import DemoSettings, _base
+
+    assert _base(DemoSettings.fast())["train"]["weight_scaling"] == "gradient"
+    assert _base(DemoSettings.full())["train"]["weight_scaling"] == "gradient"
+    none = dataclasses.replace(DemoSettings.fast(), weight_scaling="none")
+    assert _base(none)["train"]["weight_scaling"] == "none"
+    assert build_parser().parse_args(["demo", "--weight-scaling", "none"]).weight_scaling == "none"
+    assert build_parser().parse_args(["demo"]).weight_scaling == "gradient"
