@@ -413,3 +413,39 @@ def test_the_run_header_states_the_strategy():
     }
     header["system"].update(allocator="default", seed=0, processes=1)
     assert format_header(header).splitlines()[-1] == f"  strategy {describe_strategy(b2)}"
+
+
+@pytest.mark.parametrize("method", _all_methods())
+def test_every_method_trains_with_the_ema_of_its_deployable_model(tmp_path, method):
+    """Generated from the method registry: the EMA averages ``method.export(student)`` (SimKD's includes its projector
+    and the teacher's classifier), moves after an optimiser step, and is evaluated beside the raw weights."""
+    import dataclasses
+
+    from kdlab.methods import METHODS
+    from kdlab.methods.base import MAIN_STAGE
+    from kdlab.train.trainer import Trainer
+
+    from conftest import tiny_config
+
+    extra = [f"model.student={s}"] if (s := METHODS.meta(method).get("test_student")) else []
+    trainer = Trainer(tiny_config(tmp_path, *extra, "train.ema_decay=0.5", method=method))
+    try:
+        exported = trainer.run.method.export(trainer.run.student)
+        assert trainer.ema.module.state_dict().keys() == exported.state_dict().keys()
+        before = {k: v.clone() for k, v in trainer.ema.module.state_dict().items()}
+        batch = next(trainer.run.data.train_batches(0))
+        progress = dataclasses.replace(trainer.start, stage=MAIN_STAGE)
+        trainer.optimizer = trainer._make_optimizer(trainer.stages[-1])
+        out = trainer.step_module(batch, trainer.teacher_outputs(batch) if trainer.run.teachers else (), progress)
+        out.total.backward()
+        trainer.optimizer.step()
+        trainer._ema_update(progress)
+        live = exported.state_dict()
+        for k, v in trainer.ema.module.state_dict().items():
+            if v.is_floating_point():
+                torch.testing.assert_close(v, 0.5 * before[k] + 0.5 * live[k])
+        assert any(not torch.equal(before[k], v) for k, v in trainer.ema.module.state_dict().items())
+        metrics = trainer.evaluate("test")
+        assert {"top1", "ema_top1", "ema_top5"} <= metrics.keys()
+    finally:
+        trainer.lock.release()
