@@ -48,7 +48,7 @@ def teacher_run(cs_root, tmp_path_factory):
         "train.name=teacher",
     )  # fmt: skip
     assert code == 0, err[-3000:]
-    assert "test top1 last" in out
+    assert "test top1 last" in out and "miou last" in out  # the selecting metric is named in the result line
     return runs / "teacher"
 
 

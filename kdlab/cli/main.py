@@ -55,6 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(
         f"{summary['run']}: test top1 last {summary['last']['top1']:.2f} (epoch {summary['last']['epoch']}), "
         f"best {summary['best']['top1']:.2f} (epoch {summary['best']['epoch']}); "
+        + _selected_metric(summary)
         + (
             f"EMA top1 last {summary['last']['ema_top1']:.2f}"
             + (" (exported to student.pt); " if summary["ema"]["exported"] else "; ")
@@ -64,6 +65,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         + f"{summary['images_per_s']:.0f} img/s; run directory {trainer.run_dir}"
     )
     return 0
+
+
+def _selected_metric(summary: dict) -> str:
+    """``"miou last 61.20, best 63.05; "`` when ``train.select_by`` is another metric than top-1 (e.g. segmentation's
+    mIoU, Criteo's AUC), else ``""``."""
+    name = summary.get("select_by", "top1")
+    last, best = summary["last"].get(name), summary["best"].get(name)
+    if name == "top1" or not isinstance(last, float) or not isinstance(best, float):
+        return ""
+    return f"{name} last {last:.4g}, best {best:.4g}; "
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
