@@ -141,3 +141,77 @@ def test_forward_mode_hypergradient_with_a_virtual_lr_and_frozen_parameters():
 
     for g, r in zip(grads, ref()):
         torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-9)
+
+
+_DUALS_IN_A_FRESH_PROCESS = """
+import sys, warnings
+import torch
+import torch.autograd.forward_ad as fwad
+from kdlab.methods.fusion.hypergradient import _make_duals
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    with torch.no_grad(), fwad.dual_level():
+        duals = _make_duals([torch.ones(2), torch.ones(3)], (torch.full((2,), 2.0), None))
+        tangent = fwad.unpack_dual(duals[0]).tangent
+print("loaded", "torch._decomp.decompositions_for_jvp" in sys.modules)
+print("tangent", tangent.tolist(), "plain", fwad.unpack_dual(duals[1]).tangent is None)
+print("silenced", [str(w.message) for w in caught if "jit.script" in str(w.message)])
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:  # the warning comes first; scripting code given with -c then fails (no source file)
+        torch.jit.script(lambda x: x + 1)
+    except Exception:
+        pass
+print("torch_warns", any("jit.script" in str(w.message) for w in caught))
+"""
+
+
+def test_make_duals_silences_only_the_jit_script_warning(monkeypatch):
+    """Fast sibling of the fresh-process test below: a ``make_dual`` that emits torch's warning (as its first call
+    in a process does) is silenced by ``_make_duals``; any other warning still comes through."""
+    import warnings
+
+    import torch.autograd.forward_ad as fwad
+
+    from kdlab.methods.fusion.hypergradient import _make_duals
+
+    real = fwad.make_dual
+
+    def warning_make_dual(tensor, tangent, **kw):
+        warnings.warn("`torch.jit.script` is deprecated. Please switch to ...", FutureWarning, stacklevel=2)
+        warnings.warn("another FutureWarning", FutureWarning, stacklevel=2)
+        return real(tensor, tangent, **kw)
+
+    monkeypatch.setattr(fwad, "make_dual", warning_make_dual)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad(), fwad.dual_level():
+            duals = _make_duals([torch.ones(2), torch.ones(3)], (torch.full((2,), 2.0), None))
+            assert fwad.unpack_dual(duals[0]).tangent.tolist() == [2.0, 2.0]
+            assert fwad.unpack_dual(duals[1]).tangent is None
+    assert [str(w.message) for w in caught] == ["another FutureWarning"]
+
+
+@pytest.mark.slow
+def test_first_dual_tensor_of_a_process_prints_no_jit_script_warning():
+    """The hypergradient's first ``make_dual`` in a process imports torch's JVP decompositions, which call the
+    deprecated ``torch.jit.script`` (a FutureWarning printed by ``kdlab demo``); ``_make_duals`` silences it. A fresh
+    interpreter: the import happens once per process."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTORCH_JIT": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _DUALS_IN_A_FRESH_PROCESS], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert lines["loaded"] == "True"  # the decompositions were imported by this first make_dual
+    assert lines["tangent"] == "[2.0, 2.0] plain True"
+    assert lines["silenced"] == "[]", lines["silenced"]
+    if lines["torch_warns"] != "True":
+        pytest.skip("this torch no longer warns about torch.jit.script (nothing to silence)")

@@ -14,6 +14,7 @@ Deviations:
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -108,7 +109,7 @@ class HypergradientStep(AuxObjective):
         # 3. <v, grad_theta K_i> and <v, grad_theta G_i> for every sample: one forward-mode pass along v (dual
         # numbers; no_grad keeps autograd from recording the pass, forward-mode derivatives still flow)
         with torch.no_grad(), fwad.dual_level():
-            duals = [p.detach() if t is None else fwad.make_dual(p.detach(), t) for p, t in zip(theta, v)]
+            duals = _make_duals(theta, v)
             _, along = train_terms(*duals)
             d_kd, d_gt = (_tangent(fwad.unpack_dual(term)) for term in (along.kd, along.gt))
         # 4. d outer / d kd_w_i = -lr * d inner / d kd_w_i with K_i replaced by its derivative along v (linearity)
@@ -138,3 +139,13 @@ class HypergradientStep(AuxObjective):
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.heldout.load_state_dict(state)
+
+
+def _make_duals(theta: list[Tensor], v: tuple[Tensor | None, ...]) -> list[Tensor]:
+    """Forward-mode dual tensors of ``theta`` with tangents ``v`` (a ``None`` tangent: the plain tensor), inside an
+    ``fwad.dual_level()``. The first ``make_dual`` of a process imports torch's JVP decompositions
+    (``torch/_decomp/decompositions_for_jvp.py``), which call ``torch.jit.script`` and so emit its deprecation
+    FutureWarning from inside torch; that warning, and only it, is silenced here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        return [p.detach() if t is None else fwad.make_dual(p.detach(), t) for p, t in zip(theta, v)]
