@@ -226,10 +226,15 @@ def train_one(raw: dict) -> tuple[dict, str]:
         summary = json.loads(summary_path.read_text())
         if summary.get("finished"):
             return summary, "reused"
-    how = "trained"
+    from kdlab.models.checkpoints import CheckpointError
+
+    summary, how = None, "trained"
     if same and (run_dir / "checkpoint.pt").is_file():
-        summary, how = Trainer(cfg, resume=True).fit(), "resumed"
-    else:
+        try:
+            summary, how = Trainer(cfg, resume=True).fit(), "resumed"
+        except CheckpointError as err:  # written by code whose config differs (e.g. a field added since): retrain
+            log.warning("%s: %s; training it again", cfg.train.name, err)
+    if summary is None:
         summary = Trainer(cfg, force=True).fit()
     (run_dir / "bench.json").write_text(json.dumps({"code": code_version(), "how": how}) + "\n")
     return summary, how

@@ -120,3 +120,30 @@ def test_the_trainer_runs_the_merged_plan(tmp_path):
     assert trainer.steps_per_epoch == 6
     summary = trainer.fit()
     assert summary["steps"] == 6
+
+
+def test_the_epochs_logged_means_are_per_sample(tmp_path):
+    import json
+
+    from kdlab.train.trainer import Trainer
+
+    from conftest import tiny_config
+
+    # 97 = 6 x 16 + 1 with the merge rule off: a 1-sample last batch
+    cfg = tiny_config(tmp_path, "data.train_size=97", "data.last_batch_min_fraction=0", "train.epochs=1")
+    trainer = Trainer(cfg, force=True)
+    seen, call = [], trainer.step_call
+
+    def recording(batch, teachers, progress):
+        out = call(batch, teachers, progress)
+        seen.append((float(out.total), batch.size))
+        return out
+
+    recording.status = call.status  # the run header reads it
+    trainer.step_call = recording
+    trainer.fit()
+    assert [n for _, n in seen] == [16] * 6 + [1]
+    logged = json.loads((trainer.run_dir / "metrics.jsonl").read_text().splitlines()[0])["train"]["loss"]
+    per_sample = sum(v * n for v, n in seen) / 97
+    per_step = sum(v for v, _ in seen) / 7  # before: the 1-sample batch weighed as much as a batch of 16
+    assert logged == pytest.approx(per_sample, rel=1e-6) and abs(per_sample - per_step) > 1e-4

@@ -365,12 +365,17 @@ class Trainer(
 
     def _new_epoch_accum(self, progress: Progress) -> dict:
         """The running sums of the epoch ``progress`` is in: restored from the checkpoint after a mid-epoch resume,
-        else empty."""
+        else empty. ``sums`` weight every step's value by its global batch size, so the epoch's logged means are per
+        sample (a small last batch weighs as its samples, not as a full batch)."""
         acc = self._epoch_accum
         if progress.step_in_epoch > 0 and acc is not None and acc.get("epoch") == progress.epoch:
-            acc = {**acc, "sums": dict(acc["sums"]), "step_times": list(acc["step_times"])}
+            sums = dict(acc["sums"])
+            if not acc.get("per_sample"):  # a checkpoint whose sums are per step: weight them by the mean batch
+                sums = {k: v * acc["images"] / max(acc["n_steps"], 1) for k, v in sums.items()}
+            acc = {**acc, "sums": sums, "step_times": list(acc["step_times"]), "per_sample": True}
         else:
             acc = {"epoch": progress.epoch, "sums": {}, "n_steps": 0, "time_s": 0.0, "images": 0, "step_times": []}
+            acc["per_sample"] = True
         self._epoch_accum = acc
         return acc
 
@@ -432,12 +437,13 @@ class Trainer(
                 values.update(logs)
                 now = time.perf_counter()
                 dt, t_prev = now - t_prev, now
+                n = batch.size * self.world.size  # shards are equal: the global batch
                 for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                    sums[k] = sums.get(k, 0.0) + v * n
                 acc["n_steps"] += 1
                 acc["time_s"] += dt
                 acc["step_times"].append(dt)
-                acc["images"] += batch.size * self.world.size  # shards are equal: the global batch
+                acc["images"] += n
                 acc["lr_last"] = lr
                 display.update(self.global_step - 1, epoch, f"loss {values['loss']:.4f} lr {lr:.4g}")
                 progress = done
@@ -460,7 +466,7 @@ class Trainer(
                 "lr": epoch_lr,
                 # a schedule that moves every step: the rate of the epoch's last step too
                 **({"lr_last": acc["lr_last"]} if acc.get("lr_last", epoch_lr) != epoch_lr else {}),
-                "train": {k: v / max(acc["n_steps"], 1) for k, v in sums.items()},
+                "train": {k: v / max(acc["images"], 1) for k, v in sums.items()},  # per-sample means
                 "images_per_s": acc["images"] / max(acc["time_s"], 1e-9),
                 "step_time_median_s": statistics.median(acc["step_times"]) if acc["step_times"] else 0.0,
             }
