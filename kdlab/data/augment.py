@@ -199,9 +199,8 @@ def _warp(x: Tensor, m: tuple[Tensor, ...], fill: Tensor) -> Tensor:
         dim=1,
     ).to(torch.float32)
     grid = F.affine_grid(theta, [n, ch, h, w], align_corners=False)
-    centred = x.float() - fill
-    warped = F.grid_sample(centred, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
-    return warped.round_().clamp_(0, 255).to(torch.uint8)
+    warped = F.grid_sample(x.float().sub_(fill), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return warped.add_(fill).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _level(mag: Tensor, scale: float) -> Tensor:

@@ -149,8 +149,9 @@ class BatchPlan:
         return [(start, min(start + bs, hi)) for start in range(lo, hi, bs)]
 
     def normalize(self, x_uint8: Tensor) -> Tensor:
-        """``[B, C, H, W]`` uint8 -> normalised float32."""
-        return x_uint8.float() * self._scale - self._shift
+        """``[B, C, H, W]`` uint8 -> normalised float32 (in place on the new float copy: a third of the memory traffic
+        of ``x * scale - shift`` with its temporaries, bitwise the same)."""
+        return x_uint8.to(torch.float32, copy=True).mul_(self._scale).sub_(self._shift)
 
 
 @dataclass

@@ -206,16 +206,19 @@ def _autocontrast(x: Tensor, sign: Tensor, mag: dict[str, float]) -> Tensor:
 def _equalize(x: Tensor, sign: Tensor, mag: dict[str, float]) -> Tensor:
     """Per-channel histogram equalisation with PIL's (and torchvision's) lookup table:
     ``lut[v] = (count(< v) + step // 2) // step`` with ``step = count(< max) // 255``; a channel with
-    ``step == 0`` is left unchanged. Histograms by one integer ``bincount`` (deterministic)."""
+    ``step == 0`` is left unchanged. Histograms by one integer ``bincount`` (deterministic), the lookup by one
+    ``index_select`` with int32 indices (half the memory traffic of int64)."""
     b, c, h, w = x.shape
-    flat = x.reshape(b * c, h * w).long()
-    offsets = 256 * torch.arange(b * c, device=x.device).unsqueeze(1)
-    hist = torch.bincount((flat + offsets).reshape(-1), minlength=b * c * 256).reshape(b * c, 256)
+    flat = x.reshape(b * c, h * w)
+    idx = flat.to(torch.int32)
+    if b * c > 1:
+        idx = idx + (256 * torch.arange(b * c, device=x.device, dtype=torch.int32)).unsqueeze(1)
+    hist = torch.bincount(idx.reshape(-1), minlength=b * c * 256).reshape(b * c, 256)
     below = F.pad(hist.cumsum(dim=1), (1, 0))[:, :-1]  # count of pixels < v
-    step = (h * w - hist.gather(1, flat.amax(dim=1, keepdim=True))) // 255
+    step = (h * w - hist.gather(1, flat.amax(dim=1, keepdim=True).long())) // 255
     lut = ((below + step // 2) // step.clamp(min=1)).clamp(0, 255)
-    out = torch.where(step > 0, lut.gather(1, flat), flat)
-    return out.to(torch.uint8).reshape(b, c, h, w)
+    lut = torch.where(step > 0, lut, torch.arange(256, device=x.device)).to(torch.uint8)
+    return lut.reshape(-1).index_select(0, idx.reshape(-1)).reshape(b, c, h, w)
 
 
 def _identity(x: Tensor, sign: Tensor, mag: dict[str, float]) -> Tensor:
