@@ -96,9 +96,10 @@ def split_labels(text: str) -> list[str]:
 
 
 #: Order in which the runs are made (all seeds of one label before the next), so that a partial table answers the
-#: issue's questions first: the baseline, kd, the seed methods the issue found below the student, the controls.
+#: issue's questions first: the baseline, kd, the runs on the held-out split (the ones the loader and held-out fixes
+#: change) and their controls, the method not run before (mlkd), then the methods the issue found below the student.
 RUN_ORDER = split_labels(
-    "ce,kd,kd[holdout],tgeo_kd,tgeo_kd[pool],simkd,dkd,crd,mlkd,dist,tekap(kd),anl_kd,ada_kd,wls_kd,rw_kd,"
+    "ce,kd,kd[holdout],tgeo_kd,tgeo_kd[pool],rw_kd,mlkd,simkd,dkd,crd,dist,tekap(kd),anl_kd,ada_kd,wls_kd,"
     "kd[holdout,drop_last],tgeo_kd[init=inner]"
 )
 #: control -> (what it is compared with, paired by seed)
