@@ -14,6 +14,22 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _no_fsync():
+    """Run files are not fsynced in tests (``KDLAB_FSYNC=0``, also in the subprocesses the tests start): they are
+    thrown away, and each fsync waits ~10 ms for the disk (kdlab/train/checkpoint.py ``durable_writes``); a test of
+    the fsync path sets ``KDLAB_FSYNC=1`` itself."""
+    import os
+
+    old = os.environ.get("KDLAB_FSYNC")
+    os.environ["KDLAB_FSYNC"] = "0"
+    yield
+    if old is None:
+        os.environ.pop("KDLAB_FSYNC", None)
+    else:
+        os.environ["KDLAB_FSYNC"] = old
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _private_cache_dir(tmp_path_factory):
     """kdlab's on-disk cache (teachers' measured accuracy) goes to a session temporary directory, never to the
     user's ~/.cache; subprocesses inherit it through the environment."""

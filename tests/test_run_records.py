@@ -254,10 +254,24 @@ def test_atomic_save_error_names_the_file_and_removes_the_temporary(tmp_path, mo
     target = tmp_path / "checkpoint.pt"
     atomic_save({"a": 1}, target)
     before = target.read_bytes()
+    monkeypatch.setenv("KDLAB_FSYNC", "1")  # the suite turns fsync off (tests/conftest.py)
     monkeypatch.setattr(ckpt_module.os, "fsync", _enospc)
     with pytest.raises(RunWriteError, match=r"checkpoint.*checkpoint\.pt.*No space left.*intact"):
         atomic_save({"a": 2}, target)
     assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize(("setting", "fsyncs"), [("1", 2), (None, 2), ("0", 0)])
+def test_atomic_writes_fsync_file_and_directory_unless_turned_off(tmp_path, monkeypatch, setting, fsyncs):
+    calls = []
+    monkeypatch.setattr(ckpt_module.os, "fsync", lambda fd: calls.append(fd))
+    if setting is None:
+        monkeypatch.delenv("KDLAB_FSYNC", raising=False)
+    else:
+        monkeypatch.setenv("KDLAB_FSYNC", setting)
+    atomic_save({"a": 1}, tmp_path / "checkpoint.pt")
+    assert len(calls) == fsyncs and torch.load(tmp_path / "checkpoint.pt") == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
 
 # ------------------------------------------------------------------------------------------------ file modes
