@@ -3,8 +3,9 @@
 Three implementations of the same ops, timed on the same uint8 ``[B, 3, 224, 224]`` batches of crops (the
 random-resized crop itself is not timed: it is the decode-side step every pipeline shares):
 
-- ``kdlab``: the batched, per-sample ops of :mod:`kdlab.data.augment` / :mod:`kdlab.data.augment_mix` on the whole
-  batch (what the in-memory loader runs on the training device, and what a streaming worker runs per image).
+- ``kdlab``: the loader's flip and normalisation and the batched, per-sample ops of :mod:`kdlab.data.augment` /
+  :mod:`kdlab.data.augment_mix` on the whole batch (what the in-memory loader runs on the training device; a
+  streaming worker runs RandAugment and colour jitter per image).
 - ``torchvision``: torchvision's transforms v2 applied per image in a Python loop (the usual ``Dataset.__getitem__``
   form), then v2 ``MixUp``/``CutMix`` on the batch. RandAugment as timm's ``rand-m9`` structure: two
   ``RandomApply([RandAugment(num_ops=1, magnitude=9, num_magnitude_bins=11)], p=0.5)`` (magnitude 9 of 10; torchvision
@@ -37,7 +38,7 @@ import torch
 from kdlab.augment_config import RandAugmentConfig, RandomErasingConfig
 from kdlab.data.augment import BatchAugment
 from kdlab.data.augment_mix import MixSettings, draw_mix, mix_batch
-from kdlab.data.loader import random_flip
+from kdlab.data.loader import BatchPlan, random_flip
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -56,13 +57,14 @@ def kdlab_pipeline(strategy: dict):
         tuple(float(round(255 * m)) for m in MEAN),
     )
     settings = MixSettings(0.8, 1.0, 1.0, 0.5) if strategy["mix"] else MixSettings()
-    scale = (1.0 / (255.0 * torch.tensor(STD))).view(1, 3, 1, 1)
-    shift = (torch.tensor(MEAN) / torch.tensor(STD)).view(1, 3, 1, 1)
+    plan = BatchPlan()  # the loaders' own normalisation
+    plan._scale = (1.0 / (255.0 * torch.tensor(STD))).view(1, 3, 1, 1)
+    plan._shift = (torch.tensor(MEAN) / torch.tensor(STD)).view(1, 3, 1, 1)
     rng = np.random.default_rng(0)
 
     def run(x: torch.Tensor, y: torch.Tensor, g: torch.Generator):
         x = ops.uint8_stage(random_flip(x, g), g)
-        xf = ops.float_stage(x.float() * scale - shift, g)
+        xf = ops.float_stage(plan.normalize(x), g)
         if settings.active:
             xf, y_soft, _, _ = mix_batch(xf, y, K, draw_mix(settings, rng, 224, 224))
             return xf, y_soft
