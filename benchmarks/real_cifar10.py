@@ -34,7 +34,7 @@ teacher-wrong samples) read from each run's ``metrics.jsonl``.
 
 Usage: ``python benchmarks/real_cifar10.py [--data DIR] [--epochs 20] [--seeds 3] [--train-per-class 50]
 [--test-limit 2000] [--methods LABELS] [--controls LABELS] [--jobs 2] [--threads 1] [--out runs/real_cifar10]
-[--report benchmarks/results/real_cifar10.md]``.
+[--report benchmarks/results/real_cifar10.md] [--before FILE.json] [--report-only]``.
 """
 
 from __future__ import annotations
@@ -542,6 +542,11 @@ def main() -> None:
         help="an earlier generated JSON to compare with (default: the report of the session before the issue 22 "
         "fixes); a missing file skips the comparison",
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report from the finished runs without training any (a partial report if some are missing)",
+    )
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -627,6 +632,11 @@ def main() -> None:
         return code
 
     write(complete=False)
+    if args.report_only:
+        done = collect(labels, args.seeds, runs_dir(args))
+        write(complete=all(len(done[lbl]["top1"]) == args.seeds for lbl in labels))
+        print(args.report.read_text())
+        return
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         codes = list(pool.map(launch, tasks))
     write(complete=all(c == 0 for c in codes))
