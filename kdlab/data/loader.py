@@ -107,11 +107,11 @@ class BatchPlan:
         by default) is merged into the previous batch, which then holds ``b + r`` samples; a larger remainder stays a
         batch of its own (CIFAR's ``50000 % 64 = 16`` keeps the references' 16-sample batch) and
         ``data.drop_last: true`` drops it whatever its size. Why: an SGD step on the mean loss of 2 samples moves the
-        weights as far as one of 64, with the gradient noise of 2 samples, and its batch-norm statistics (2 samples)
-        take a 10 % share of the running statistics just before the epoch's evaluation; on 450 CIFAR-10 images
-        (7 x 64 + 2), kd with that batch reached 26.95 % and without it 32.95 % (seed 0, issue 22). Merging keeps every sample in every epoch (unlike
-        dropping) and grows one batch by less than 1/8. The plan is a function of ``n``, ``b`` and the config only, so
-        a resumed run replays the same batches.
+        weights as far as one of 64, with the gradient noise and the batch-norm statistics of 2 samples; on 450
+        CIFAR-10 images (7 x 64 + 2), kd with that batch reached 26.95 % and without it 32.95 % (seed 0, issue 22;
+        re-estimating the stored batch-norm statistics recovered less than 0.4 point: it is the training step).
+        Merging keeps every sample in every epoch (unlike dropping) and grows one batch by less than 1/8. The plan
+        is a function of ``n``, ``b`` and the config only, so a resumed run replays the same batches.
         """
         n, b = self.num_train, self.batch_size
         r = n % b
