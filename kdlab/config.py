@@ -68,6 +68,9 @@ class ModelConfig:
     """Frozen teachers (empty for ``ce``)."""
     student_checkpoint: str | None = None
     """Optional initial weights for the student (same formats as teacher checkpoints)."""
+    student_backbone: str | None = None
+    """Optional pretrained weights of the student's backbone alone (segmentation models: an ImageNet classifier's
+    file such as CIRKD's deep-stem ``resnet18-imagenet.pth``, ``fc.*`` dropped; :mod:`kdlab.models.backbone_init`)."""
     student_input_mean: list[float] | None = field(default=None, metadata=rng())
     """Per-channel mean the student expects, if it differs from the dataset's (e.g. a pretrained student); inputs
     are renormalised as for teachers, in training, evaluation and the exported model."""

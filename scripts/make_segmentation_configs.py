@@ -48,10 +48,16 @@ TEACHER_CKPT = {
     "voc": "runs/ce__deeplabv3_r101__s0/checkpoint.pt",
 }
 BACKBONE_NOTE = (
-    "The reference initialises the trained model's backbone from ImageNet weights (CIRKD's deep-stem "
-    "resnet*-imagenet.pth); kdlab cannot load a backbone-only file yet, so without model.student_checkpoint "
-    "it trains from scratch and will not reach the target."
+    "As the reference, the backbone starts from ImageNet weights: model.student_backbone names CIRKD's deep-stem "
+    "file (resnet18-imagenet.pth / resnet101-imagenet.pth, linked from the CIRKD and DIST_KD READMEs; torchvision's "
+    "7x7-stem files do not fit); set it to null to train from scratch."
 )
+#: The ImageNet backbone file of each model (CIRKD's release names).
+BACKBONE_FILE = {
+    "deeplabv3_r101": "checkpoints/resnet101-imagenet.pth",
+    "deeplabv3_r18": "checkpoints/resnet18-imagenet.pth",
+    "pspnet_r18": "checkpoints/resnet18-imagenet.pth",
+}
 METHODS = {
     "ce": (dict(name="ce", aux_weight=0.4), "cross-entropy (+0.4 on the auxiliary head)"),
     "kd": (
@@ -134,7 +140,7 @@ def main() -> None:
                 cfg = {"description": desc}
                 if target is not None:
                     cfg["target"] = {"miou": target}
-                model = {"student": student}
+                model = {"student": student, "student_backbone": BACKBONE_FILE[student]}
                 if method != "ce":
                     model["teachers"] = [{"name": "deeplabv3_r101", "checkpoint": TEACHER_CKPT[ds]}]
                 cfg.update(model=model, data=dict(data), method=dict(mcfg), optim=dict(OPTIM), train=dict(train))

@@ -141,3 +141,36 @@ def test_reference_layout_loads_values_into_the_right_modules() -> None:
     ref["head.classifier.bias"] = ref.pop("head.block.4.bias")
     psp.load_state_dict(convert_reference_state(ref), strict=True)
     assert torch.equal(psp.head[0].conv4[0].weight, ref["head.psp.conv4.0.weight"])
+
+
+def test_backbone_file_loads_into_the_backbone_only(tmp_path) -> None:
+    """An ImageNet classifier's file in the reference's deep-stem layout (``conv1``.. ``layer4`` and an ``fc``, no
+    BatchNorm step counters) initialises ``backbone``; the heads keep their initialisation."""
+    from kdlab.models.backbone_init import load_backbone_file
+
+    torch.manual_seed(0)
+    model = create("deeplabv3_tiny", num_classes=5)
+    head_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    file = {k: torch.randn_like(v.float()) for k, v in model.backbone.state_dict().items() if "num_batches" not in k}
+    file["fc.weight"], file["fc.bias"] = torch.randn(1000, 64), torch.randn(1000)
+    torch.save(file, tmp_path / "resnet-imagenet.pth")
+    load_backbone_file(model, tmp_path / "resnet-imagenet.pth", "deeplabv3_tiny")
+    state = model.state_dict()
+    assert all(torch.equal(state[f"backbone.{k}"], v) for k, v in file.items() if not k.startswith("fc."))
+    assert all(torch.equal(state[k], v) for k, v in head_before.items())
+
+
+def test_backbone_file_mismatches_are_named(tmp_path) -> None:
+    from kdlab.config import ConfigError
+    from kdlab.models.backbone_init import load_backbone_file
+    from kdlab.models.checkpoints import CheckpointMismatchError
+
+    model = create("deeplabv3_tiny", num_classes=5)
+    file = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    file["conv1.weight"] = torch.zeros(8, 3, 7, 7)  # a torchvision-style 7x7 stem
+    del file["conv2.weight"]
+    torch.save(file, tmp_path / "tv.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)conv1\.weight.*deep stem"):
+        load_backbone_file(model, tmp_path / "tv.pth", "deeplabv3_tiny")
+    with pytest.raises(ConfigError, match="no separate backbone"):
+        load_backbone_file(create("resnet8"), tmp_path / "tv.pth", "resnet8")

@@ -14,12 +14,14 @@ import torch
 from segmentation_util import cli, make_cityscapes
 
 from kdlab.config import load_config
+from kdlab.models import create
 from kdlab.train.checkpoint import read_file
 from kdlab.train.trainer import Trainer, TrainingInterrupted
 
 from conftest import REPO, sigterm_during_step
 
 SMALL = [
+    "model.student_backbone=null",  # the recipes' ImageNet backbone files are not here (and do not fit tiny models)
     "data.crop_size=[32,48]",
     "data.batch_size=2",
     "data.eval_batch_size=2",
@@ -115,6 +117,17 @@ def test_dist_recipe_takes_a_step_from_the_teacher_run(cs_root, teacher_run, tmp
     assert {"ce", "dist", "ce.aux", "dist.aux"} == set(out.terms)
     out.total.backward()
     assert all(p.grad is not None for p in trainer.run.student.parameters())
+
+
+def test_student_backbone_file_reaches_the_run(cs_root, tmp_path) -> None:
+    """``model.student_backbone`` (the recipes' ImageNet initialisation) fills the student's backbone at build."""
+    backbone = create("deeplabv3_tiny", num_classes=19).backbone
+    file = {k: torch.randn_like(v.float()) for k, v in backbone.state_dict().items() if "num_batches" not in k}
+    torch.save({**file, "fc.weight": torch.zeros(1000, 64), "fc.bias": torch.zeros(1000)}, tmp_path / "bb.pth")
+    args = [f"data.root={cs_root}", "model.student=deeplabv3_tiny", *SMALL, f"train.run_dir={tmp_path}", "train.name=b"]
+    cfg = load_config(CE, [*args, f"model.student_backbone={tmp_path / 'bb.pth'}"])
+    state = Trainer(cfg).run.student.backbone.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in file.items())
 
 
 @pytest.mark.parametrize(

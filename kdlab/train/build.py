@@ -101,6 +101,10 @@ def build_run(cfg: RunConfig, device: torch.device | None = None, load_teacher_w
         raise ConfigError(f"model.student_input_mean/student_input_std: {err}") from None
     if cfg.model.student_checkpoint:
         load_model_file(student, cfg.model.student_checkpoint, cfg.model.student)
+    if cfg.model.student_backbone:
+        from kdlab.models.backbone_init import load_backbone_file
+
+        load_backbone_file(student, cfg.model.student_backbone, cfg.model.student)
 
     teachers = []
     for i, tcfg in enumerate(cfg.model.teachers):
