@@ -192,3 +192,22 @@ def test_dist_recipe_under_torchrun_with_two_processes(cs_root, teacher_run, tmp
     single = json.loads((teacher_run / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["last"]["n"] == single["last"]["n"]
     assert 0.0 <= summary["last"]["miou"] <= 100.0
+
+
+@pytest.mark.parametrize("method", ["kd", "cwd", "at", "fitnet", "tekap"])
+def test_every_dense_method_takes_a_step_on_the_segmentation_pair(cs_root, teacher_run, tmp_path, method) -> None:
+    """The other methods with dense support at their defaults on the tiny pair (the DIST recipe is tested above): one
+    step's terms are finite scalars and the student receives gradients (not its auxiliary head: aux_weight is 0)."""
+    config = tmp_path / "pair.yaml"
+    teacher = f"{{name: deeplabv3_tiny, checkpoint: {teacher_run}/checkpoint.pt}}"
+    config.write_text(
+        f"model: {{student: pspnet_tiny, teachers: [{teacher}]}}\n"
+        f"data: {{name: cityscapes, root: {cs_root}}}\nmethod: {{name: {method}}}\n"
+    )
+    trainer = Trainer(load_config(config, [*SMALL, f"train.run_dir={tmp_path}", "train.name=m"]))
+    batch = next(trainer.run.data.train_batches(0))
+    out = trainer.step_module(batch, trainer.teacher_outputs(batch), trainer.start)
+    assert out.terms and all(t.dim() == 0 and torch.isfinite(t) for t in out.terms.values()), out.terms
+    out.total.backward()
+    for name, p in trainer.run.student.named_parameters():  # the auxiliary head trains only with aux_weight > 0
+        assert (p.grad is not None) == (not name.startswith("aux_head.")), name
