@@ -419,6 +419,38 @@ def test_cli_reexecs_once_with_a_fake_library_and_records_what_is_loaded(tmp_pat
     assert "is not loaded" in proc.stderr and alloc == "system"
 
 
+@pytest.mark.parametrize(
+    ("flag", "env", "reexec"), [([], {}, True), (["--no-tcmalloc"], {}, False), ([], {"opt": "1"}, False)]
+)
+def test_cli_reexec_decision_through_the_entry_point_in_process(tmp_path, monkeypatch, flag, env, reexec):
+    """Fast sibling of the real-process tests around it: ``kdlab [--no-tcmalloc] train`` as the console script calls
+    it (``main()`` reading ``sys.argv``), with a library found and ``os.execve`` recorded instead of run (its
+    failure is the documented fallback: the run goes on with the system allocator)."""
+    from kdlab.cli.main import main
+
+    fake = tmp_path / "libtcmalloc_fake.so"
+    fake.write_bytes(b"not an ELF file")
+    for var in (allocator.MARKER, allocator.OPT_OUT, "LD_PRELOAD"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv(allocator.OVERRIDE, str(fake))
+    if env:
+        monkeypatch.setenv(allocator.OPT_OUT, env["opt"])
+    calls: list[dict] = []
+
+    def execve(path, args, new_env):
+        calls.append(dict(new_env))
+        raise OSError("recorded by the test")
+
+    monkeypatch.setattr(allocator.os, "execve", execve)
+    cfg = str(REPO / "configs/debug/digits_ce.yaml")
+    monkeypatch.setattr(sys, "argv", ["kdlab", *flag, "train", cfg, "train.max_steps=1", f"train.run_dir={tmp_path}"])
+    assert main() == 0
+    assert len(calls) == int(reexec)
+    if reexec:
+        assert calls[0]["LD_PRELOAD"].split()[0] == str(fake) and calls[0][allocator.MARKER] == "1"
+
+
+@pytest.mark.slow
 def test_cli_opt_outs(tmp_path):
     for name, extra, env in (("flag", ["--no-tcmalloc"], None), ("env", [], {allocator.OPT_OUT: "1"})):
         proc, alloc = _train_cli(tmp_path, name, *extra, env_extra=env)
