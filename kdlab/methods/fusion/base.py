@@ -156,11 +156,6 @@ class SampleFusion(DistillMethod):
     #: dominant label of each mixed image.
     mixed_labels = "dominant"
 
-    #: Mixup/CutMix: the per-sample task term is the mixed-target cross-entropy; the policies' label inputs
-    #: (WLS's weight, ADA's teacher margin, DKD's target mask, the logged teacher-right split) use the
-    #: dominant label of each mixed image.
-    mixed_labels = "dominant"
-
     Config = SampleFusionConfig
 
     def __init__(self, cfg: MethodConfig, ctx: BuildContext) -> None:

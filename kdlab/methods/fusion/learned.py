@@ -76,12 +76,6 @@ class LearnedFusion(SampleFusion):
         "label (the trilateral geometry), which a mixed image does not have"
     )
 
-    mixed_labels = "refuse"
-    mixed_labels_reason = (
-        "its fusion policy is learned on held-out batches, which are never mixed, from features of the "
-        "label (the trilateral geometry), which a mixed image does not have"
-    )
-
     Config = LearnedFusionConfig
 
     feature_dim: int = 0
