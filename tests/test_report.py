@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from test_cli import kdlab
+from test_cli import kdlab, kdlab_in_process
 
 from kdlab.config import build_config, dump_config
 from kdlab.experiments.report import mean_curve, report
@@ -139,9 +139,10 @@ def test_report_cli_on_a_stored_sweep_and_unknown_names(tmp_path):
     proc = kdlab("report", "fx", "--store", str(store.path), "--out", str(tmp_path / "rep"))
     assert "| KD |" in proc.stdout and (tmp_path / "rep" / "report.tex").is_file()
     assert (tmp_path / "rep" / "bars.png").stat().st_size > 1000
-    bad = kdlab("report", "nope", "--store", str(store.path), check=False)
+    # the refusals through the same entry point in this process (a fresh interpreter costs ~3 CPU-s each)
+    bad = kdlab_in_process("report", "nope", "--store", str(store.path), check=False)
     assert bad.returncode == 2 and "no finished runs of sweep 'nope'" in bad.stderr and "fx" in bad.stderr
-    missing = kdlab("report", str(tmp_path / "missing.yaml"), check=False)
+    missing = kdlab_in_process("report", str(tmp_path / "missing.yaml"), check=False)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
