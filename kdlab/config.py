@@ -273,7 +273,8 @@ class TrainConfig:
     metrics: list[str] = field(default_factory=list)
     """Evaluation metrics (``kdlab.metrics``: top1, top5, auc, nll, ece); empty: the dataset's defaults."""
     select_by: str = "top1"
-    """Metric choosing the best epoch in ``summary.json`` (higher is better: top1, top5, auc; lower: nll, ece, loss)."""
+    """Metric choosing the best epoch in ``summary.json`` (higher is better: top1, top5, auc; lower: nll, ece, loss;
+    with ``ema_decay`` also the average's ``ema_top1`` etc.)."""
     label_smoothing: float = field(default=0.0, metadata=rng(ge=0, lt=1))
     """Label smoothing of every method's cross-entropy term with the labels (``StepIO.cross_entropy``); a method's own
     ``method.label_smoothing`` (where it has one) must then be 0 or equal."""

@@ -313,7 +313,10 @@ def metric_names() -> list[str]:
 
 
 def higher_is_better(name: str) -> bool:
-    """Whether a larger value of metric ``name`` (or ``loss``) is better; an unknown name lists the known ones."""
+    """Whether a larger value of metric ``name`` (or ``loss``) is better; an unknown name lists the known ones.
+    ``ema_<name>`` (the student EMA's, :mod:`kdlab.train.ema`) goes the way of ``<name>``."""
+    if name.startswith("ema_"):
+        return higher_is_better(name.removeprefix("ema_"))
     if name in _EXTRA_DIRECTIONS:
         return _EXTRA_DIRECTIONS[name]
     return METRICS.get(name).higher_is_better

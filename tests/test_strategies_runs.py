@@ -126,6 +126,7 @@ def test_run_label_smoothing_reaches_the_methods_cross_entropy(tmp_path):
         (["train.label_smoothing=0.1", "method.name=kd", "method.label_smoothing=0.2"], ["disagree"]),
         (["optim.name=rmsprop"], ["optim.name", "rmsprop_tf"]),
         (["optim.eps=0"], ["optim.eps"]),
+        (["train.select_by=ema_top1"], ["train.select_by", "with train.ema_decay"]),
     ],
 )
 def test_bad_strategy_settings_exit_2_and_write_nothing(tmp_path, capsys, overrides, words):
@@ -221,3 +222,12 @@ def test_the_store_and_the_report_carry_the_ema_accuracy(tmp_path):
     assert lines[lines.index(header) + 2].endswith(
         f"| {summary['last']['ema_top1']:.2f} | {summary['last']['ema_top5']:.2f} |"
     )
+
+
+def test_the_best_epoch_can_be_chosen_by_the_ema(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "train.ema_decay=0.5", "train.select_by=ema_top1", "train.epochs=3"))
+    summary = trainer.fit()
+    records = _records(trainer.run_dir)
+    best = max(records, key=lambda r: r["test"]["ema_top1"])  # the first of equals, as max()
+    assert summary["best"]["epoch"] == best["epoch"] == summary["ema"]["best"]["epoch"]
+    assert summary["best"]["ema_top1"] == summary["ema"]["best"]["top1"] == best["test"]["ema_top1"]

@@ -175,7 +175,7 @@ class TrainerEMAMixin:
         if self.ema is None:
             return {}
         tc = self.cfg.train
-        by = select_key(tc.select_by)
+        by = select_key(tc.select_by.removeprefix("ema_"))  # over the average's own records
         scored = [(h["epoch"], ema_record(h["test"])) for h in evals if ema_record(h["test"])]
         best = max(scored, key=lambda e: by(e[1])) if scored else None
         return {

@@ -51,9 +51,13 @@ def run_metrics(cfg: RunConfig, splits: object) -> tuple[str, ...]:
         names = resolve_metrics(cfg.train.metrics, getattr(splits, "metrics", None))
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    if cfg.train.select_by not in (*names, "loss"):
+    allowed = (*names, "loss")
+    if cfg.train.ema_decay is not None:  # the student EMA's metrics (kdlab/train/ema.py) may choose the best epoch
+        allowed += tuple(f"ema_{n}" for n in allowed)
+    if cfg.train.select_by not in allowed:
+        ema = ", or ema_<one of them> with train.ema_decay" if cfg.train.select_by.startswith("ema_") else ""
         raise ConfigError(
-            f"train.select_by={cfg.train.select_by!r} is not among the run's metrics {list(names)} (or 'loss'); "
+            f"train.select_by={cfg.train.select_by!r} is not among the run's metrics {list(names)} (or 'loss'{ema}); "
             f"choose one of them, or add it to train.metrics"
         )
     return names
