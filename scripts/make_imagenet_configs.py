@@ -102,6 +102,8 @@ CE = {
     "mobilenetv1": ({"top1": 70.13, "top5": 89.49}, DIST_T2),
     "resnet34": ({"top1": 73.31, "top5": 91.42}, DIST_T2 + " (torchvision weights; top-5: TGeo-KD Table 2)"),
     "resnet50": ({"top1": 76.16, "top5": 92.86}, DIST_T2 + " (torchvision weights)"),
+    "resnet101": ({"top1": 77.37}, "DIST paper Table 3 (torchvision weights)"),
+    "resnet152": ({"top1": 78.31}, "DIST paper Table 3 (torchvision weights)"),
 }
 
 R34, R50 = PAIRS
