@@ -250,3 +250,32 @@ def test_sweep_dry_run_prints_the_named_analyses(capsys) -> None:
     assert len(lines) == 4
     assert lines[0].startswith("kdlab analyze robustness runs/sweeps/tekap_robustness_cifar100/Teacher__")
     assert lines[0].endswith("--attacks fgsm,pgd --epsilons 0,1/255,2/255,4/255,8/255")
+
+
+def test_report_shows_the_published_top5_where_the_spec_gives_it(tmp_path) -> None:
+    """A spec row with ``target: {top1, top5}`` gets a "paper top-5" column in the report's per-cell table (the
+    planned cells of a spec report, before any run exists); rows without a top-5 leave the cell empty."""
+    from kdlab.experiments.report import collect_from_spec, markdown
+
+    spec = parse_spec(
+        {
+            "name": "t5",
+            "run_dir": str(tmp_path / "runs"),
+            "rows": [
+                {"label": "KD", "config": {}, "target": {"top1": 70.67, "top5": 90.04}},
+                {"label": "CE", "config": {}, "target": 69.75},
+            ],
+        }
+    )
+    _, problems, cells = collect_from_spec(spec)
+    assert len(problems) == 2  # no run directories yet
+    assert [c.target_top5 for c in cells] == [90.04, None]
+    text = markdown(cells, "t5")
+    assert "| paper | diff | paper top-5 |" in text
+    per_cell = text.split("## Per cell")[1].splitlines()
+    kd_line = next(line for line in per_cell if line.startswith("| KD |"))
+    assert kd_line.endswith("| 70.67 |  | 90.04 |")  # no runs: no difference yet
+    ce_line = next(line for line in per_cell if line.startswith("| CE |"))
+    assert ce_line.endswith("| 69.75 |  |  |")
+    without = markdown([c for c in cells if c.label == "CE"], "t")
+    assert "paper top-5" not in without

@@ -47,6 +47,8 @@ class Cell:
     """Student model(s) of the cell's runs (the paired t-test compares rows that train the same student)."""
     teacher_top1: list[float] = field(default_factory=list)
     """Test top-1 of the pair's (first) teacher as each run measured it at its start (the header)."""
+    target_top5: float | None = None
+    """The published top-5, where the spec's row gives one (``target: {top1: ..., top5: ...}``)."""
 
     @property
     def n(self) -> int:
@@ -105,7 +107,8 @@ def collect_from_spec(spec) -> tuple[list[dict], list[str], list[Cell]]:
     records, problems, cells = [], [], {}
     for run in expand(spec):
         key = (run.label, run.pair, json.dumps(run.grid, sort_keys=True))
-        cells.setdefault(key, Cell(run.label, run.pair, dict(run.grid), run.target))
+        cell = cells.setdefault(key, Cell(run.label, run.pair, dict(run.grid), run.target))
+        cell.target_top5 = run.targets.get("top5", cell.target_top5)
         try:
             files = read_run_dir(run.run_dir)
         except RunDirError as err:
@@ -219,6 +222,7 @@ def markdown(cells: list[Cell], title: str, description: str = "", problems: lis
     if description:
         lines += [description, ""]
     published = any(c.target is not None for c in cells)  # the published columns appear only where a target exists
+    published5 = any(c.target_top5 is not None for c in cells)
     lines += [
         "Test top-1 (%) after the last epoch, mean ± std over seeds (sample std), with the number of seeds n"
         + ("; beside it the published number and the difference (ours - published)." if published else "."),
@@ -244,8 +248,9 @@ def markdown(cells: list[Cell], title: str, description: str = "", problems: lis
         "## Per cell",
         "",
         "| row | pair | grid | n | last top-1 | best top-1 | best epoch | last epoch | last top-5 |"
-        + (" paper | diff |" if published else ""),
-        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if published else ""),
+        + (" paper | diff |" if published else "")
+        + (" paper top-5 |" if published5 else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if published else "") + ("---|" if published5 else ""),
     ]
     for c in cells:
         be = f"{mean(c.best_epoch):.1f}" if c.best_epoch else "–"
@@ -253,7 +258,9 @@ def markdown(cells: list[Cell], title: str, description: str = "", problems: lis
         paper = "" if c.target is None else f"{c.target:.2f}"
         lines.append(
             f"| {c.label} | {c.pair} | {c.grid_text} | {c.n} | {fmt(c.last_top1)} | {fmt(c.best_top1)} | {be} | "
-            f"{le} | {fmt(c.last_top5)} |" + (f" {paper} | {_signed(c.diff)} |" if published else "")
+            f"{le} | {fmt(c.last_top5)} |"
+            + (f" {paper} | {_signed(c.diff)} |" if published else "")
+            + ((" " + ("" if c.target_top5 is None else f"{c.target_top5:.2f}") + " |") if published5 else "")
         )
     lines += [
         "",
