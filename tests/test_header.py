@@ -44,7 +44,7 @@ def test_header_in_summary_names_data_models_method_and_system(tmp_path, teacher
     }
     assert h["student"]["name"] == "convnet_xs"
     assert h["student"]["macs"] == count_flops(create("convnet_xs", num_classes=4), (3, 8, 8))
-    assert h["method"] == {"name": "kd", "changed": {"temperature": 2.0}}
+    assert h["method"] == {"name": "kd", "changed": {"temperature": 2.0}, "term_scales": {}}
     assert h["system"]["seed"] == 0 and h["system"]["threads"] == 1 and h["system"]["device"] == "cpu"
     (t,) = h["teachers"]
     assert t["name"] == "convnet_s" and t["parameters"] > h["student"]["parameters"]

@@ -154,6 +154,8 @@ def test_cli_run_with_gradient_scaling_logs_the_factor_and_trains_the_scaled_ter
     record = json.loads((tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()[0])["train"]
     factor = float(line.split("-> factor ")[1].split()[0])
     assert record["at"] == pytest.approx(factor * record["at_unscaled"], rel=2e-3)  # epoch means of the step values
+    summary = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())
+    assert summary["header"]["method"]["term_scales"]["at"] == pytest.approx(factor, rel=1e-2)  # logged to 3 digits
 
 
 def test_cli_refuses_an_unknown_scaling_with_exit_2(tmp_path):

@@ -255,7 +255,12 @@ def build_header(trainer: Any, measure: bool = True) -> dict:
             "input_mean": cfg.model.student_input_mean,
             "input_std": cfg.model.student_input_std,
         },
-        "method": {"name": cfg.method.name, "changed": method_changes(cfg.method)},
+        "method": {
+            "name": cfg.method.name,
+            "changed": method_changes(cfg.method),
+            # train.weight_scaling's factors per loss term ({}: none; kdlab/methods/scaling.py)
+            "term_scales": dict(getattr(getattr(trainer, "step_module", None), "term_scales", {})),
+        },
         "system": {
             "device": str(run.device),
             "precision": cfg.train.precision,
@@ -312,7 +317,12 @@ def format_header(header: dict) -> str:
     changed = ", ".join(f"{k}={v}" for k, v in m["changed"].items()) or "all defaults"
     init = f", initialised from {s['checkpoint']}" if s["checkpoint"] else ""
     lines = [
-        f"run header: {m['name']} ({changed})",
+        f"run header: {m['name']} ({changed})"
+        + (
+            "; loss terms scaled by train.weight_scaling: " + ", ".join(f"{k} x{v:.3g}" for k, v in scales.items())
+            if (scales := m.get("term_scales"))
+            else ""
+        ),
         f"  data     {d['name']}: {d['train']} train / {d['val']} val / {d['test']} test, {d['classes']} classes, "
         f"input {size}",
         f"  student  {s['name']}: {_count(s['parameters'], 'parameters')}, {_count(s['macs'], 'MACs')}, "
