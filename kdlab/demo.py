@@ -461,7 +461,8 @@ def write_demo_report(
         (
             "Loss weights: `train.weight_scaling=gradient`, one rule for every method: each term is rescaled so "
             "that, at the student's initial weights, its gradient relative to the cross-entropy's is the one its "
-            "published weights give on a CIFAR ResNet pair (the factors are in each run's log; "
+            "published weights give on a CIFAR ResNet pair (the factors are in each run's `summary.json`, "
+            "`header.method.term_scales`; "
             "`kdlab demo --weight-scaling none` shows the published weights as they are)."
             if settings.weight_scaling == "gradient"
             else "Loss weights: the published ones as they are (`--weight-scaling none`)."
