@@ -10,15 +10,21 @@ crop, timed in its two parts on random inputs (no data loading):
 A step is ``teacher + student``; pixels/s is ``batch * height * width / step``; the teacher's share is
 ``teacher / step``. The parts alternate step by step, so load from other processes falls on both alike; the median
 over steps is reported (the first step is a warm-up and is dropped). Peak memory is the process's peak resident set
-(``ru_maxrss``; on CPU there is no allocator counter), weights of both models included.
+(``ru_maxrss``; on CPU there is no allocator counter), weights of every model copy included.
+
+``--variants`` times the same steps in several forms, alternating step by step: ``fp32``; ``bf16`` (both forwards
+under CPU autocast to bfloat16, the losses in fp32: ``train.precision=bf16``); ``channels_last`` (models and inputs
+in the channels-last memory format: ``train.channels_last=true``). ``speedup_vs_fp32`` is the ratio of step times.
 
 Usage: ``python benchmarks/segmentation_speed.py [--crop 128 256 --batch 2 --steps 5 --threads 1
---out benchmarks/results/segmentation_speed.json]``.
+--variants fp32 bf16 channels_last --out benchmarks/results/segmentation_speed.json]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import platform
 import resource
@@ -33,53 +39,74 @@ from kdlab.methods.base import BuildContext
 from kdlab.models import create
 from kdlab.types import Batch, Outputs, StepIO
 
+VARIANTS = ("fp32", "bf16", "channels_last")
 
-def run(crop: tuple[int, int], batch: int, steps: int, threads: int, seed: int = 0) -> dict:
+
+def _context(variant: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if variant == "bf16" else contextlib.nullcontext()
+
+
+def run(crop: tuple[int, int], batch: int, steps: int, threads: int, variants=("fp32",), seed: int = 0) -> dict:
+    """Time ``steps`` (+1 warm-up) DIST steps per variant, the variants alternating step by step."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     k = 19
-    teacher = create("deeplabv3_r101", num_classes=k).eval()
-    student = create("deeplabv3_r18", num_classes=k).train()
+    base_teacher = create("deeplabv3_r101", num_classes=k).eval()
+    base_student = create("deeplabv3_r18", num_classes=k).train()
     cfg = METHODS.get("dist").Config(ce_weight=1.0, dist_weight=1.0, tau=1.0, aux_weight=0.4)
     method = build_method(cfg, BuildContext(k))
-    opt = torch.optim.SGD(student.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
+    parts = {}
+    for v in variants:
+        fmt = torch.channels_last if v == "channels_last" else torch.contiguous_format
+        teacher = copy.deepcopy(base_teacher).to(memory_format=fmt)
+        student = copy.deepcopy(base_student).to(memory_format=fmt)
+        opt = torch.optim.SGD(student.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
+        parts[v] = (teacher, student, opt, fmt)
     h, w = crop
     g = torch.Generator().manual_seed(seed)
-    t_times, s_times = [], []
+    times = {v: ([], []) for v in variants}
     for _ in range(steps + 1):
         x = torch.randn(batch, 3, h, w, generator=g)
         y = torch.randint(0, k, (batch, h, w), generator=g)
         y[:, : h // 8] = 255
-        start = time.perf_counter()
-        with torch.inference_mode():
-            t_logits, t_taps = teacher.forward_taps(x, ["aux"])
-        t_out = Outputs(t_logits.clone(), {"aux": t_taps["aux"].clone()})
-        mid = time.perf_counter()
-        s_logits, s_taps = student.forward_taps(x, ["aux"])
-        io = StepIO({"x": Outputs(s_logits, s_taps)}, ({"x": t_out},), Batch(x=x, y=y, index=torch.arange(batch)))
-        loss = method.loss(io).total
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        end = time.perf_counter()
-        t_times.append(mid - start)
-        s_times.append(end - mid)
-    t_med, s_med = statistics.median(t_times[1:]), statistics.median(s_times[1:])
-    step = t_med + s_med
-    return {
-        "crop": [h, w],
-        "batch": batch,
-        "steps_timed": steps,
-        "threads": threads,
-        "teacher_s": round(t_med, 4),
-        "student_s": round(s_med, 4),
-        "step_s": round(step, 4),
-        "pixels_per_s": round(batch * h * w / step, 1),
-        "teacher_share": round(t_med / step, 3),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "teacher_steps_s": [round(v, 4) for v in t_times],
-        "student_steps_s": [round(v, 4) for v in s_times],
-    }
+        for v in variants:
+            teacher, student, opt, fmt = parts[v]
+            xv = x.contiguous(memory_format=fmt)
+            start = time.perf_counter()
+            with torch.inference_mode(), _context(v):
+                t_logits, t_taps = teacher.forward_taps(xv, ["aux"])
+            t_out = Outputs(t_logits.float().clone(), {"aux": t_taps["aux"].float().clone()})
+            mid = time.perf_counter()
+            with _context(v):
+                s_logits, s_taps = student.forward_taps(xv, ["aux"])
+            s_out = Outputs(s_logits.float(), {"aux": s_taps["aux"].float()})  # losses in fp32
+            io = StepIO({"x": s_out}, ({"x": t_out},), Batch(x=xv, y=y, index=torch.arange(batch)))
+            loss = method.loss(io).total
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            end = time.perf_counter()
+            times[v][0].append(mid - start)
+            times[v][1].append(end - mid)
+    out = {"crop": [h, w], "batch": batch, "steps_timed": steps, "threads": threads, "variants": {}}
+    for v, (t_times, s_times) in times.items():
+        t_med, s_med = statistics.median(t_times[1:]), statistics.median(s_times[1:])
+        step = t_med + s_med
+        out["variants"][v] = {
+            "teacher_s": round(t_med, 4),
+            "student_s": round(s_med, 4),
+            "step_s": round(step, 4),
+            "pixels_per_s": round(batch * h * w / step, 1),
+            "teacher_share": round(t_med / step, 3),
+            "teacher_steps_s": [round(t, 4) for t in t_times],
+            "student_steps_s": [round(t, 4) for t in s_times],
+        }
+    if "fp32" in times:
+        ref = out["variants"]["fp32"]["step_s"]
+        for v in variants:
+            out["variants"][v]["speedup_vs_fp32"] = round(ref / out["variants"][v]["step_s"], 3)
+    out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return out
 
 
 def main() -> None:
@@ -88,9 +115,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["fp32"])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    result = run(tuple(args.crop), args.batch, args.steps, args.threads)
+    result = run(tuple(args.crop), args.batch, args.steps, args.threads, tuple(args.variants))
     result["machine"] = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
     text = json.dumps(result, indent=2)
     print(text)
