@@ -135,3 +135,30 @@ def test_cli_import_query_group_and_csv(tmp_path, capsys):
     assert "64.50" in out_text and "1 row(s)" in out_text
     assert main(["results", "--store", store, "--group-by", "colour"]) == 2
     assert "unknown column 'colour'" in capsys.readouterr().err
+
+
+def test_a_run_trained_before_a_config_field_existed_still_imports(tmp_path):
+    """A run's config.yaml written by an older kdlab lacks fields added since (they resolve to their defaults): the
+    hash recorded at training time matches the file as written, so the run imports; a stale summary still fails."""
+    import json
+
+    import yaml
+
+    from kdlab.experiments.spec import config_hash
+
+    d = tmp_path / "old"
+    fake_run(d, TINY_RAW, [10.0, 20.0])
+    raw = yaml.safe_load((d / "config.yaml").read_text())
+    new = read_run_dir(d).config_hash
+    del raw["data"]["last_batch_min_fraction"]  # a field this run's kdlab did not have yet
+    (d / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    summary = json.loads((d / "summary.json").read_text())
+    summary["config_hash"] = config_hash(raw)  # what that trainer recorded: the hash of the config it dumped
+    (d / "summary.json").write_text(json.dumps(summary))
+    assert config_hash(raw) != new
+    files = read_run_dir(d)
+    assert files.config_hash == new  # the row carries the resolved config's hash, comparable with today's specs
+    summary["config_hash"] = "0123456789abcdef"  # the summary of another run
+    (d / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(RunDirError, match="belongs to another config"):
+        read_run_dir(d)

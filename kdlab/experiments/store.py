@@ -126,6 +126,25 @@ def read_config_hash(run_dir: Path) -> tuple[dict, str]:
     return config, config_hash(config)
 
 
+def written_config_hash(run_dir: Path) -> str | None:
+    """The :func:`~kdlab.experiments.spec.config_hash` of ``config.yaml`` exactly as written (not re-resolved), or
+    ``None`` when it does not parse.
+
+    The trainer records the hash of the config it dumped. A run trained before a config field was added has no such
+    key in its ``config.yaml``, so re-resolving it (the new field at its default) gives another hash although neither
+    file changed; this hash still matches, so such a run imports, while a ``summary.json`` left beside the config of
+    another run matches neither."""
+    import yaml
+
+    from kdlab.experiments.spec import config_hash
+
+    try:
+        raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (yaml.YAMLError, OSError):
+        return None
+    return config_hash(raw) if isinstance(raw, dict) else None
+
+
 def read_run_dir(run_dir: str | Path) -> RunFiles:
     """Read a finished (or stopped) run directory; :class:`RunDirError` names what is missing or corrupt."""
     d = Path(run_dir)
@@ -139,7 +158,7 @@ def read_run_dir(run_dir: str | Path) -> RunFiles:
             raise RunDirError(f"{str(d / 'summary.json')!r} lacks {key!r}; the run is corrupt: delete it to re-run")
     config, digest = read_config_hash(d)
     recorded = summary.get("config_hash")  # written by the trainer since run records carry it
-    if recorded is not None and recorded != digest:
+    if recorded is not None and recorded not in (digest, written_config_hash(d)):
         raise RunDirError(
             f"{str(d / 'summary.json')!r} belongs to another config (hash {recorded}) than the config.yaml beside it "
             f"(hash {digest}): a stale result of an earlier run; finish or re-run the run to record it"
