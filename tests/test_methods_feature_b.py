@@ -409,7 +409,9 @@ def test_sum_weights_prefixes_and_teacher_free_terms_once():
         weights=[1.0, 0.5, 2.0],
     )
     assert s.prefixes == ["kd0", "kd1", "dist"]
-    assert s.teacher_free_terms == frozenset({"ce"})
+    assert s.teacher_free_terms == frozenset(
+        {"ce", "ce.aux"}
+    )  # the cross-entropy and its auxiliary-head form (dense models)
     io = step_io(student, teacher, s, range(4))
     out = s.loss(io)
     assert list(out.terms) == ["ce", "kd0.kd", "kd1.kd", "dist.dist"]
