@@ -341,8 +341,9 @@ def test_cli_trains_two_steps_on_a_jpeg_folder(folder, tmp_path):
 
 
 def test_shipped_imagenet_recipes_are_the_generator_output():
-    """configs/imagenet/** (except tgeo_kd/ and strategies/, written elsewhere) is exactly what scripts/make_imagenet_configs.py
-    emits, every distillation config names its pair, and every target is a published top-1 in (0, 100)."""
+    """configs/imagenet/** (except tgeo_kd/ and strategies/, written elsewhere) is exactly what
+    scripts/make_imagenet_configs.py emits, every distillation config names its pair, and every target is a published
+    top-1 in (0, 100)."""
     import importlib.util
 
     import yaml
