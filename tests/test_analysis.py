@@ -357,6 +357,15 @@ def test_cli_bad_runs_and_options_exit_2(runs, tmp_path, capsys):
     assert "no_such_set" in capsys.readouterr().err
 
 
+def test_cli_robustness_in_process(runs, tmp_path, capsys):
+    """The real-process test below through the CLI entry point in this process (fast sibling)."""
+    args = ["--epsilons", "0,2/255", "--pgd-steps", "2", "--limit", "64", "--out", str(tmp_path)]
+    assert _analyze("robustness", str(runs["student"]), *args) == 0
+    assert "| pgd | 0.00784 | 2.00 |" in capsys.readouterr().out
+    assert (tmp_path / "robustness.png").is_file() and (tmp_path / "robustness.md").is_file()
+
+
+@pytest.mark.slow
 def test_cli_subprocess_robustness(runs, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "KDLAB_NO_TCMALLOC": "1"}
     cmd = [sys.executable, "-m", "kdlab", "analyze", "robustness", str(runs["student"]), "--threads", "1"]
