@@ -1,6 +1,7 @@
 """The teacher-output cache under DIST's strategy augmentations (issue 18, "Big teachers"): RandAugment, colour
-jitter, random erasing, Mixup and CutMix give every sample a new teacher input each step, so the cache refuses
-(``on``) or explains and runs without it (``auto``), even with ``data.augment=none`` or replayed epochs."""
+jitter, random erasing, Mixup and CutMix give every sample a new teacher input each step, so the per-sample cache
+refuses (``on``) or explains and runs without it (``auto``), even with ``data.augment=none``; replayed epochs repeat
+those views exactly, so the replay cache still applies."""
 
 from __future__ import annotations
 
@@ -32,10 +33,10 @@ def test_random_view_augmentations_lists_what_is_on(overrides, expected) -> None
     assert random_view_augmentations(_data(*overrides)) == expected
 
 
-@pytest.mark.parametrize(("augment", "replay"), [("none", 0), ("crop_flip", 2)])
+@pytest.mark.parametrize(("augment", "replay"), [("none", 0)])
 def test_cache_refuses_per_step_random_views(augment: str, replay: int) -> None:
-    """Where the cache would otherwise apply (no augmentation: per sample; replayed epochs), a per-step random view
-    rules it out: ``on`` names the setting and the cheaper alternative, ``auto`` turns the cache off with the reason."""
+    """Where the per-sample cache would otherwise apply (no augmentation), a per-step random view rules it out:
+    ``on`` names the setting and the cheaper alternatives, ``auto`` turns the cache off with the reason."""
     needs = Needs()
     kind, _ = cache_plan("on", needs, 1, augment, replay, "kd")
     assert kind in ("sample", "replay")
@@ -47,7 +48,27 @@ def test_cache_refuses_per_step_random_views(augment: str, replay: int) -> None:
     ):
         cache_plan("on", needs, 1, augment, replay, "kd", views)
     kind, reason = cache_plan("auto", needs, 1, augment, replay, "kd", views)
-    assert kind == "off" and "data.mixup_alpha=0.8" in reason
+    assert kind == "off" and "data.mixup_alpha=0.8" in reason and "train.replay_epochs" in reason
+
+
+def test_replayed_epochs_repeat_random_views_so_the_replay_cache_applies() -> None:
+    """The loader's RandAugment, random erasing, colour jitter and Mixup/CutMix draws are a function of (seed, data
+    epoch, step): the batches of a data epoch come back bitwise (images and soft labels), another epoch differs, so
+    ``train.replay_epochs`` keeps the replay cache exact under DIST's strategy augmentations."""
+    import torch
+
+    from kdlab.data import load_dataset
+    from kdlab.data.loader import DeviceLoader
+
+    views = ["data.rand_augment={}", "data.random_erasing={}", "data.color_jitter=0.4", "data.mixup_alpha=0.8"]
+    raw = {"name": "synthetic", "num_classes": 5, "image_size": 16, "train_size": 40, "test_size": 10, "batch_size": 8}
+    data = build_config({"data": raw}, [*views, "data.cutmix_alpha=1.0"]).data
+    loader = DeviceLoader(load_dataset(data), data, torch.device("cpu"), seed=3)
+    first, again, other = (list(loader.train_batches(e)) for e in (1, 1, 2))
+    assert all(torch.equal(a.x, b.x) and torch.equal(a.y_soft, b.y_soft) for a, b in zip(first, again, strict=True))
+    assert any(not torch.equal(a.x, b.x) for a, b in zip(first, other, strict=True))
+    kind, reason = cache_plan("on", Needs(), 1, "crop_flip", 2, "kd", random_view_augmentations(data))
+    assert kind == "replay" and "train.replay_epochs=2" in reason
 
 
 def test_trainer_refuses_cache_under_mixup(tmp_path) -> None:

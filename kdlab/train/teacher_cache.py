@@ -24,10 +24,13 @@ Exactness: ``replay`` hands the method the very tensor the teacher computed on t
 losses). ``sample`` computes each sample's logits in another batch composition than the training batch; on CPU the
 values are equal up to float rounding of the batched kernels (tested to 1e-5; usually bitwise).
 
-Per-step random views rule the cache out: RandAugment, colour jitter, random erasing, Mixup and CutMix (DIST's
-strategies B2/B3) give every sample a new teacher input at every step, so ``on`` is then an error and ``auto`` logs
-why (:func:`random_view_augmentations`); a big teacher is made cheaper there by ``train.teacher_precision=bf16`` and
-``train.channels_last`` instead (``benchmarks/big_teacher.py`` measures both).
+Per-step random views (RandAugment, colour jitter, random erasing, Mixup and CutMix: DIST's strategies B2/B3,
+:func:`random_view_augmentations`) give every sample a new teacher input at every step, so they rule out ``sample``;
+``on`` is then an error and ``auto`` logs why. Their draws are a function of (seed, data epoch, step) like the crop
+and flip, so ``replay`` still applies (the replayed batch is the same mixed, erased, jittered tensor; tested) at the
+cost stated above, which is larger here: these strategies exist to show a new view every step. Without replay a big
+teacher is made cheaper by ``train.teacher_precision=bf16`` and ``train.channels_last`` instead
+(``benchmarks/big_teacher.py`` measures both).
 
 Only logits are cached: a method that reads teacher feature taps, or a view other than the default one (MLKD's
 RandAugment view is random every step), cannot use the cache (``on`` is then an error, ``auto`` logs why and
@@ -97,7 +100,7 @@ def cache_plan(
         replay_epochs: ``train.replay_epochs``.
         method: the method's name (for messages).
         random_views: the per-step random augmentations that are on (:func:`random_view_augmentations`); any of
-            them rules the cache out.
+            them rules out the per-sample cache (replayed epochs still repeat them exactly).
 
     Returns:
         ``(kind, reason)``: ``kind`` is ``"off"``, ``"sample"`` or ``"replay"``; ``reason`` says why (for the log
@@ -124,11 +127,12 @@ def cache_plan(
         )
     elif tuple(needs.views) != (DEFAULT_VIEW,):
         problem = f"method {method!r} reads the views {list(needs.views)}; the cache holds the default view only"
-    elif random_views:
+    elif random_views and replay_epochs == 0:
         problem = (
             f"{', '.join(random_views)} draw a new random view of every sample at every step (DIST's B2/B3 "
-            "strategies), so a teacher input never repeats and replaying epochs would not make it repeat; the teacher "
-            "runs every step (make it cheaper with train.teacher_precision=bf16 and train.channels_last=true)"
+            "strategies), so a teacher input never repeats; the teacher runs every step (make it cheaper with "
+            "train.teacher_precision=bf16 and train.channels_last=true, or set train.replay_epochs=R to replay R "
+            "epochs of views cyclically)"
         )
     elif augment != "none" and replay_epochs == 0:
         problem = (
