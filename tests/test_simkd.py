@@ -427,6 +427,29 @@ def test_variant_trains_two_steps_through_the_cli_and_its_export_evaluates(tmp_p
         assert ev2["top1"] == pytest.approx(ev["top1"]) and ev2["loss"] == pytest.approx(ev["loss"], rel=1e-5)
 
 
+def test_cli_rejects_a_teacher_it_cannot_reuse_in_process_with_exit_code_2(tmp_path, monkeypatch):
+    """Fast sibling of the real-process test below: the CLI entry point in this process, the pair explanation
+    limited to two benchmark pairs (each costs a build on the meta device; all 13 take several CPU-seconds)."""
+    from kdlab.train import pairs
+
+    monkeypatch.setattr(pairs, "BENCHMARK_PAIRS", (("resnet56", "resnet20"), ("vgg13", "mobilenetv2")))
+    proc = kdlab_in_process(
+        "train",
+        str(REPO / "configs/debug/digits_kd.yaml"),
+        *TINY,
+        "method.name=simkd",
+        "model.teachers.0.name=mobilenetv2",
+        "model.teachers.0.checkpoint=null",
+        f"train.run_dir={tmp_path}",
+        cwd=REPO,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    flat = " ".join(proc.stderr.split())  # the message is wrapped at 100 columns
+    assert "reuses the classifier on the teacher's last stage map" in flat and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
 def test_cli_rejects_a_teacher_it_cannot_reuse_with_exit_code_2(tmp_path):
     proc = kdlab(
         "train",
