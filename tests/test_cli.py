@@ -74,7 +74,7 @@ def kdlab_in_process(*args: str, cwd=None, check: bool = True) -> subprocess.Com
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli_teacher")
-    kdlab(
+    kdlab_in_process(  # the teacher only has to exist: no fresh interpreter (~5 CPU-s) for it
         "train",
         str(REPO / "configs/debug/digits_ce.yaml"),
         *TINY,
@@ -98,8 +98,8 @@ def test_two_step_run_then_eval(tmp_path, teacher, method):
     ]
     if student := METHODS.meta(method).get("test_student"):  # the method cannot pair the default tiny student
         args.append(f"model.student={student}")
-    # in this process through the CLI's entry point (a fresh interpreter per command cost ~3 CPU-s each, most of
-    # this file's time); `ce` goes through real subprocesses, as do the other tests here
+    # in this process through the CLI's entry point (a fresh interpreter per command cost ~3-5 CPU-s each, most of
+    # this file's time); `ce` trains and evaluates student.pt in real subprocesses, as do the other tests here
     run = kdlab if method == "ce" else kdlab_in_process
     proc = run("train", *args)
     assert "test top1" in proc.stdout
@@ -107,11 +107,11 @@ def test_two_step_run_then_eval(tmp_path, teacher, method):
     assert summary["steps"] == 2 and summary["method"] == method
     ev = json.loads(run("eval", str(tmp_path / "r" / "student.pt")).stdout)
     assert ev["top1"] == pytest.approx(summary["last"]["top1"]) and ev["n"] == 48
-    ev2 = json.loads(run("eval", str(tmp_path / "r" / "checkpoint.pt")).stdout)
+    ev2 = json.loads(kdlab_in_process("eval", str(tmp_path / "r" / "checkpoint.pt")).stdout)
     assert ev2["top1"] == pytest.approx(ev["top1"])
     if method == "ce":  # data overrides reach the evaluation
-        ev3 = json.loads(kdlab("eval", str(tmp_path / "r" / "student.pt"), "--data", "test_limit=10").stdout)
-        assert ev3["n"] == 10
+        ev3 = kdlab_in_process("eval", str(tmp_path / "r" / "student.pt"), "--data", "test_limit=10").stdout
+        assert json.loads(ev3)["n"] == 10
 
 
 def test_list_and_show():
