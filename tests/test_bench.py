@@ -85,7 +85,9 @@ def test_cli_bench_writes_json_and_rejects_bad_variants(tmp_path):
     result = json.loads(out.read_text())
     assert [r["variant"] for r in result["rows"]] == ["fp32", "bf16"] and "bf16" in proc.stdout
     assert result["allocator"] == "system"  # KDLAB_NO_TCMALLOC=1
-    bad = _run("bench", *args, "--variants", "fp64", check=False)
+    from test_cli import kdlab_in_process  # the refusal through the entry point in this process (no interpreter)
+
+    bad = kdlab_in_process("bench", *args, "--variants", "fp64", check=False)
     assert bad.returncode == 2 and "unknown bench variant" in bad.stderr and "Traceback" not in bad.stderr
 
 
