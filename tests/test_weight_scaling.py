@@ -49,6 +49,7 @@ def test_factor_is_reference_over_measured_and_one_where_undefined():
     assert f["at"] == pytest.approx(3.1 / 255.0)
     assert f["kd"] == pytest.approx(13.0 / 16.0)
     assert f["new"] == f["dead"] == f["nan"] == 1.0
+    assert scale_factors({"batch": 0.044}, {"batch": 2.76}) == {"batch": 1.0}  # never strengthened
     assert scale_factors({"zero_ref": 2.0}, reference) == {"zero_ref": 1.0}
 
 
@@ -95,17 +96,19 @@ def test_scaled_terms_have_the_reference_ratio_at_step_0(tmp_path, method):
     scales = calibrate(run)
     ref = reference_ratios(method)
     assert scales and set(scales) <= set(ref)
+    before = measure_ratios(run, run.method)
     after = _scaled_ratios(run, scales)
-    for term in scales:
-        assert after[term] == pytest.approx(ref[term], rel=1e-4)
+    for term in scales:  # a term is brought down to the reference ratio; one below it is left alone
+        assert after[term] == pytest.approx(min(ref[term], before[term]), rel=1e-4)
 
 
 def test_a_changed_weight_keeps_its_ratio_to_the_default(tmp_path):
     run = build_run(tiny_config(tmp_path, "train.weight_scaling=gradient", "method.at_weight=500", method="at"))
     assert default_method(run) is not run.method  # measured at the registered defaults (at_weight 1000)
     scales = calibrate(run)
+    at_default = measure_ratios(run, default_method(run))["at"]
     after = _scaled_ratios(run, scales)
-    assert after["at"] == pytest.approx(0.5 * reference_ratios("at")["at"], rel=1e-4)
+    assert after["at"] == pytest.approx(0.5 * min(reference_ratios("at")["at"], at_default), rel=1e-4)
 
 
 def test_warm_ups_are_over_where_the_terms_are_measured(tmp_path):
