@@ -267,9 +267,10 @@ class TrainConfig:
     find_unused_parameters: bool = True
     """Under torchrun: let DDP handle parameters without a gradient in a step (false: slightly faster, errors then)."""
     weight_scaling: Literal["none", "gradient"] = "none"
-    """``none``: the method's weights as given. ``gradient``: every loss term is rescaled so that at step 0 its gradient
-    relative to the cross-entropy's is what the method's registered defaults give on a CIFAR ResNet pair, where the
-    published weights were tuned (one rule for every method: :mod:`kdlab.methods.scaling`)."""
+    """``none``: the method's weights as given. ``gradient``: a loss term whose gradient relative to the cross-entropy's
+    (at the student's initial weights) is larger than the method's registered defaults give on a CIFAR ResNet pair,
+    where the published weights were tuned, is weakened to that balance; no term is strengthened (one rule for every
+    method: :mod:`kdlab.methods.scaling`)."""
     metrics: list[str] = field(default_factory=list)
     """Evaluation metrics (``kdlab.metrics``: top1, top5, auc, nll, ece); empty: the dataset's defaults."""
     select_by: str = "top1"
