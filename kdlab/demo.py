@@ -344,8 +344,8 @@ def _run_phases(out: Path, settings: DemoSettings, seeds: int, workers: int, con
         settings.train_per_class,
         settings.student_epochs,
         workers,
-        "the published ones, each term rescaled to their CIFAR balance with the cross-entropy "
-        "(train.weight_scaling=gradient)"
+        "the published ones, a term that pulls harder against the cross-entropy than on a CIFAR ResNet pair "
+        "weakened to that balance (train.weight_scaling=gradient)"
         if settings.weight_scaling == "gradient"
         else "the published ones as they are (train.weight_scaling=none)",
     )
@@ -459,9 +459,10 @@ def write_demo_report(
         '"The demo\'s verdicts"; `benchmarks/loss_scales.py`).',
         "",
         (
-            "Loss weights: `train.weight_scaling=gradient`, one rule for every method: each term is rescaled so "
-            "that, at the student's initial weights, its gradient relative to the cross-entropy's is the one its "
-            "published weights give on a CIFAR ResNet pair (the factors are in each run's `summary.json`, "
+            "Loss weights: `train.weight_scaling=gradient`, one rule for every method: a term whose gradient "
+            "relative to the cross-entropy's (at the student's initial weights) is larger than its published weights "
+            "give on a CIFAR ResNet pair is weakened to that balance, no term is strengthened (the factors are in "
+            "each run's `summary.json`, "
             "`header.method.term_scales`; "
             "`kdlab demo --weight-scaling none` shows the published weights as they are)."
             if settings.weight_scaling == "gradient"
