@@ -83,10 +83,10 @@ class DemoSettings:
     teacher_log_every: int = 40
     """A teacher progress line (with ETA) every this many steps (41 steps per epoch)."""
     weight_scaling: str = "gradient"
-    """The students' ``train.weight_scaling``: ``gradient`` gives every method's terms the balance to the
-    cross-entropy that its published weights have on a CIFAR ResNet pair (:mod:`kdlab.methods.scaling`; on this tiny
-    pair the published weights make feature terms 10-150 times stronger); ``none``: the published weights as they
-    are."""
+    """The students' ``train.weight_scaling``: ``gradient`` weakens every term that pulls harder against the
+    cross-entropy than the method's published weights make it on a CIFAR ResNet pair to that balance
+    (:mod:`kdlab.methods.scaling`; on this tiny pair the published weights make feature terms 10-150 times stronger);
+    ``none``: the published weights as they are."""
 
     @classmethod
     def fast(cls) -> DemoSettings:
