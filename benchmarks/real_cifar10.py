@@ -427,6 +427,7 @@ def report(
             "kd; `kd[holdout,drop_last]`: kd[holdout] without each epoch's last partial batch; `tgeo_kd[init=inner]`: "
             "tgeo_kd whose ratio starts at the inner kd's own ratio 0.9 instead of 0.5.",
         ]
+    lines += protocol_pairs(results)
     lines += before_after(results, [*methods, *controls], args.before)
     fusion_rows = [lbl for lbl in [*methods, *controls] if lbl in FUSION and any(results[lbl]["fusion"])]
     if fusion_rows:
@@ -470,7 +471,7 @@ def before_after(results: dict, labels: list[str], before_path: Path | None) -> 
         if not then and not now:
             continue
         ref = CONTROL_PAIRS.get(label, "ce")
-        cells = [label]
+        cells = [label, "identical" if then and then == now else ""]
         for values, pool in ((then, old_methods), (now, results)):
             base = pool.get(ref, {}).get("top1", [])
             if not values:
@@ -484,11 +485,46 @@ def before_after(results: dict, labels: list[str], before_path: Path | None) -> 
         "",
         f"## Before and after: against `{before_path.name}` (an earlier generated report)",
         "",
-        "| method | before: top-1 (seeds) | before: Δ | now: top-1 (seeds) | now: Δ |",
-        "|---|---|---|---|---|",
+        "| method | per seed | before: top-1 (seeds) | before: Δ | now: top-1 (seeds) | now: Δ |",
+        "|---|---|---|---|---|---|",
         *rows,
         "",
-        "Δ: mean paired difference to `ce` (held-out controls: to the run they are compared with above).",
+        "Δ: mean paired difference to `ce` (held-out controls: to the run they are compared with above). "
+        "`identical`: every seed's top-1 equals the earlier one (the runs are deterministic).",
+    ]
+
+
+#: Paired comparisons of the held-out protocol: (label, reference, what it compares)
+PROTOCOL_PAIRS = (
+    ("tgeo_kd", "kd[holdout]", "both train on the same 90 % (the released code's protocol: the split costs both)"),
+    ("tgeo_kd[pool]", "kd", "both train on all the subset's images (the split from a separate pool)"),
+    ("tgeo_kd", "kd", "tgeo_kd on 90 %, kd on 100 % (unequal data)"),
+    ("kd[holdout]", "kd", "the cost of the 10 % split alone"),
+)
+
+
+def protocol_pairs(results: dict) -> list[str]:
+    """Report lines: the paired differences of :data:`PROTOCOL_PAIRS` whose runs exist."""
+    rows = []
+    for label, ref, what in PROTOCOL_PAIRS:
+        a, b = results.get(label, {}).get("top1", []), results.get(ref, {}).get("top1", [])
+        if not a or not b:
+            continue
+        d = paired(a, b)
+        diffs = ", ".join(f"{x:+.2f}" for x in d["diffs"])
+        rows.append(
+            f"| {label} − {ref} | {d['n']} | {fmt(d['mean'], True)} ± {fmt(d['std'])} | {fmt(d['t'])} | "
+            f"{fmt(d['p'], digits=3)} | {diffs} | {what} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "## The held-out protocol: paired differences",
+        "",
+        "| difference | seeds | mean ± std | t | p | per seed | what it compares |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
     ]
 
 
