@@ -382,7 +382,7 @@ def test_tekap_exposes_the_inner_adapters_and_needs():
 
 def test_tekap_config_resolves_the_inner_method_by_name():
     cfg = from_dict(TeKAP.Config, {"inner": {"name": "dkd", "beta": 2.0}, "num_views": 2})
-    assert type(cfg.inner).__name__ == "Config" and cfg.inner.beta == 2.0
+    assert type(cfg.inner) is METHODS.get("dkd").Config and cfg.inner.beta == 2.0
     assert TeKAP.Config().inner.name == "kd"
     with pytest.raises(ConfigError, match="temprature"):
         from_dict(TeKAP.Config, {"inner": {"name": "dkd", "temprature": 2.0}})
