@@ -1,5 +1,6 @@
-"""Loss-term scales at step 0: each method's terms and the norm of each term's gradient on the student's parameters,
-relative to the cross-entropy's, at the registered defaults, on two settings:
+"""Loss-term scales: each method's terms and the norm of each term's gradient on the student's parameters, relative
+to the cross-entropy's, at the registered defaults, on the first training batch with the student's initial weights and
+the terms' weight schedules at mid-run (after any warm-up), on two settings:
 
 - ``demo``: the ``kdlab demo`` pair on digits (8x8 inputs, ``convnet_m`` teacher -> ``convnet_xs`` student, 30
   training images per class); the teacher checkpoint is ``--demo-teacher`` (``runs/demo/runs/demo_teacher/...``;
@@ -12,6 +13,10 @@ The ratio |grad term| / |grad CE| is what decides whether a term with its publis
 cross-entropy or swamps it: the published weights were chosen where that ratio is the ``cifar`` one.
 
     python benchmarks/loss_scales.py --demo-teacher runs/demo/runs/demo_teacher/teacher__convnet_m__s0/checkpoint.pt
+
+``--write-reference kdlab/methods/gradient_reference.py`` writes the ``cifar`` ratios as the reference of
+``train.weight_scaling: gradient`` (:mod:`kdlab.methods.scaling`); ``--json`` keeps every number and ``--from-json``
+re-reads them without measuring again.
 """
 
 from __future__ import annotations
