@@ -19,9 +19,7 @@ CPU = torch.device("cpu")
 
 
 def _device_loader(n: int, batch: int = 64, **kw) -> DeviceLoader:
-    cfg = DataConfig(
-        name="synthetic", num_classes=5, image_size=4, train_size=n, test_size=10, batch_size=batch, **kw
-    )
+    cfg = DataConfig(name="synthetic", num_classes=5, image_size=4, train_size=n, test_size=10, batch_size=batch, **kw)
     return DeviceLoader(load_dataset(cfg), cfg, CPU, seed=3)
 
 
