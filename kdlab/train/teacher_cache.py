@@ -144,7 +144,7 @@ def cache_plan(
             raise ConfigError(f"train.teacher_cache=on: {problem}. Use train.teacher_cache=auto or off")
         log.info("train.teacher_cache=auto: not caching, %s", problem)
         return "off", problem
-    if augment == "none":
+    if augment == "none" and not random_views:  # random views with replay: only the replayed batches repeat
         return "sample", "data.augment=none: one teacher pass over the training split, reused every epoch"
     return "replay", f"train.replay_epochs={replay_epochs}: the logits of each replayed batch are reused"
 
