@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.augment_config import UNIFORM_MAGNITUDE_STD, RandAugmentConfig, RandomErasingConfig
-from kdlab.data.randaugment import _autocontrast, _equalize
+from kdlab.data.randaugment import _affine_grid, _autocontrast, _equalize
 
 __all__ = [
     "TIMM_RAND_OPS",
@@ -190,15 +190,7 @@ def _warp(x: Tensor, m: tuple[Tensor, ...], fill: Tensor) -> Tensor:
     """Bilinear warp of ``[B, C, H, W]`` uint8 by per-image inverse maps ``m = (a, b, c, d, e, f)``: the output pixel at
     ``(u, v)`` (pixel units from the image centre) reads the source at ``(a u + b v + c, d u + e v + f)``; outside
     the image the source is ``fill`` (``[1, C, 1, 1]`` float, 0..255)."""
-    n, ch, h, w = x.shape
-    theta = torch.stack(
-        (
-            torch.stack((m[0], m[1] * h / w, m[2] * 2 / w), dim=-1),
-            torch.stack((m[3] * w / h, m[4], m[5] * 2 / h), dim=-1),
-        ),
-        dim=1,
-    ).to(torch.float32)
-    grid = F.affine_grid(theta, [n, ch, h, w], align_corners=False)
+    grid = _affine_grid(m, x.shape)
     warped = F.grid_sample(x.float().sub_(fill), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return warped.add_(fill).round_().clamp_(0, 255).to(torch.uint8)
 

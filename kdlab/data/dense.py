@@ -44,9 +44,8 @@ from torch import Tensor
 
 from kdlab.config import ConfigError, DataConfig
 from kdlab.data.base import DataError
-from kdlab.data.loader import BatchPlan
-from kdlab.data.streaming import load_rgb
-from kdlab.seeding import derive_seed, make_generator
+from kdlab.data.streaming import WorkerPlan, _Schedule, load_rgb
+from kdlab.seeding import derive_seed
 from kdlab.types import DEFAULT_VIEW, Batch
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ log = logging.getLogger(__name__)
 IGNORE_INDEX = 255
 #: Metrics a dense source declares by default (``train.metrics`` overrides; ``top1`` is the pixel accuracy).
 DENSE_METRICS: tuple[str, ...] = ("miou", "pixel_acc")
-_STREAM_ORDER, _STREAM_SAMPLE = 1, 5  # derive_seed streams (1 = epoch order, as the other loaders)
+_STREAM_SAMPLE = 5  # derive_seed stream of the per-pair augmentation (stream 1, the epoch order: WorkerPlan)
 _INVALID = 254  # marks raw label values outside the source's map in a lookup table (never a train id)
 
 
@@ -288,20 +287,7 @@ def _collate(items: list) -> tuple[Tensor, Tensor, Tensor]:
     return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), torch.tensor([i for *_, i in items])
 
 
-class _Schedule:
-    """A batch sampler whose batches are set before each pass (one DataLoader keeps its workers)."""
-
-    def __init__(self) -> None:
-        self.batches: list[list] = []
-
-    def __iter__(self) -> Iterator[list]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-class DenseLoader(BatchPlan):
+class DenseLoader(WorkerPlan):
     """Batches of a :class:`DenseSplits` dataset (the interface of :class:`~kdlab.data.streaming.StreamingLoader`).
 
     Args:
@@ -409,30 +395,6 @@ class DenseLoader(BatchPlan):
             persistent_workers=persistent and self.cfg.workers > 0,
             generator=torch.Generator().manual_seed(self.seed),
         )
-
-    @property
-    def num_train(self) -> int:
-        return len(self.train)
-
-    @property
-    def train_labels(self) -> Tensor:
-        """``[N]`` zeros: dense samples have no single class (class-aware samplers are classification-only)."""
-        return self._train_labels
-
-    def epoch_order(self, epoch: int) -> Tensor:
-        """The permutation of training pairs of ``epoch`` (``[N]`` int64, CPU)."""
-        g = make_generator(torch.device("cpu"), derive_seed(self.seed, epoch, 0, _STREAM_ORDER))
-        return torch.randperm(self.num_train, generator=g)
-
-    def step_indices(self, epoch: int, step: int, order: Tensor | None = None) -> Tensor:
-        """``[b]`` training indices this rank loads at ``step`` of ``epoch`` (its part of the global batch)."""
-        order = self.epoch_order(epoch) if order is None else order
-        idx = order[self.step_slice(step)]
-        per_rank = self._usable(idx.shape[0]) // self.world_size
-        return idx[self.rank * per_rank : (self.rank + 1) * per_rank]
-
-    def _to_device(self, t: Tensor) -> Tensor:
-        return t.to(self.device, non_blocking=self._pin)
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """Augmented training batches of ``epoch``, from ``start_step`` (a mid-epoch resume)."""

@@ -95,10 +95,11 @@ def _per_sample(values: Tensor) -> Tensor:
     return values.view(-1, 1, 1, 1)
 
 
-def _affine(x: Tensor, m: tuple[Tensor, ...]) -> Tensor:
-    """Nearest-neighbour warp with fill 0 by per-sample inverse maps ``m = (a, b, c, d, e, f)``: the output pixel
-    at ``(u, v)`` (pixel units from the image centre) reads the source at ``(a u + b v + c, d u + e v + f)``."""
-    n, ch, h, w = x.shape
+def _affine_grid(m: tuple[Tensor, ...], shape: torch.Size) -> Tensor:
+    """The ``grid_sample`` grid ``[B, H, W, 2]`` of per-sample inverse maps ``m = (a, b, c, d, e, f)`` (each ``[B]``)
+    on images of ``shape = [B, C, H, W]``: the output pixel at ``(u, v)`` (pixel units from the image centre) reads
+    the source at ``(a u + b v + c, d u + e v + f)``."""
+    n, ch, h, w = shape
     theta = torch.stack(
         (
             torch.stack((m[0], m[1] * h / w, m[2] * 2 / w), dim=-1),
@@ -106,7 +107,12 @@ def _affine(x: Tensor, m: tuple[Tensor, ...]) -> Tensor:
         ),
         dim=1,
     ).to(torch.float32)
-    grid = F.affine_grid(theta, [n, ch, h, w], align_corners=False)
+    return F.affine_grid(theta, [n, ch, h, w], align_corners=False)
+
+
+def _affine(x: Tensor, m: tuple[Tensor, ...]) -> Tensor:
+    """Nearest-neighbour warp with fill 0 by per-sample inverse maps ``m`` (:func:`_affine_grid`)."""
+    grid = _affine_grid(m, x.shape)
     warped = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return warped.to(torch.uint8)
 

@@ -221,7 +221,38 @@ class _Schedule:
         return len(self.batches)
 
 
-class StreamingLoader(BatchPlan):
+class WorkerPlan(BatchPlan):
+    """The epoch order and per-rank step indices shared by the loaders whose samples are decoded in worker
+    processes (:class:`StreamingLoader`, :class:`kdlab.data.dense.DenseLoader`): a seeded permutation per epoch,
+    cut by :meth:`BatchPlan.step_slice`, each rank taking its contiguous part. Subclasses set ``train``,
+    ``_train_labels``, ``seed``, ``device`` and ``_pin``."""
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train)
+
+    @property
+    def train_labels(self) -> Tensor:
+        """``[N]`` training labels (zeros for dense samples, which have no single class)."""
+        return self._train_labels
+
+    def epoch_order(self, epoch: int) -> Tensor:
+        """The permutation of training samples of ``epoch`` (``[N]`` int64 on the CPU)."""
+        g = make_generator(torch.device("cpu"), derive_seed(self.seed, epoch, 0, _STREAM_ORDER))
+        return torch.randperm(self.num_train, generator=g)
+
+    def step_indices(self, epoch: int, step: int, order: Tensor | None = None) -> Tensor:
+        """``[b]`` training indices this rank loads at ``step`` of ``epoch`` (its part of the global batch)."""
+        order = self.epoch_order(epoch) if order is None else order
+        idx = order[self.step_slice(step)]
+        per_rank = self._usable(idx.shape[0]) // self.world_size
+        return idx[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+    def _to_device(self, x: Tensor) -> Tensor:
+        return x.to(self.device, non_blocking=self._pin)
+
+
+class StreamingLoader(WorkerPlan):
     """Batches of a :class:`StreamingSplits` dataset, decoded by worker processes.
 
     Args:
@@ -305,29 +336,6 @@ class StreamingLoader(BatchPlan):
             pin_memory=self._pin,
             persistent_workers=persistent and workers > 0,
         )
-
-    @property
-    def num_train(self) -> int:
-        return len(self.train)
-
-    @property
-    def train_labels(self) -> Tensor:
-        return self._train_labels
-
-    def epoch_order(self, epoch: int) -> Tensor:
-        """The permutation of training samples of ``epoch`` (``[N]`` int64 on the CPU)."""
-        g = make_generator(torch.device("cpu"), derive_seed(self.seed, epoch, 0, _STREAM_ORDER))
-        return torch.randperm(self.num_train, generator=g)
-
-    def step_indices(self, epoch: int, step: int, order: Tensor | None = None) -> Tensor:
-        """``[b]`` training indices this rank loads at ``step`` of ``epoch`` (its part of the global batch)."""
-        order = self.epoch_order(epoch) if order is None else order
-        idx = order[self.step_slice(step)]
-        per_rank = self._usable(idx.shape[0]) // self.world_size
-        return idx[self.rank * per_rank : (self.rank + 1) * per_rank]
-
-    def _to_device(self, x: Tensor) -> Tensor:
-        return x.to(self.device, non_blocking=self._pin)
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """Augmented training batches of ``epoch``, starting at ``start_step`` (for a mid-epoch resume)."""
