@@ -137,6 +137,8 @@ def test_student_backbone_file_reaches_the_run(cs_root, tmp_path) -> None:
         ("ofd", "train.name=bad", "method 'ofd' does not support dense (per-pixel) outputs"),
         ("kd", "model.student=resnet8", "is a classifier"),
         ("kd", "data.crop_size=[32,48,3]", "give [height, width]"),
+        ("kd", "data.scale_range=[2.0,0.5]", "give [low, high] with 0 < low <= high"),
+        ("kd", "data.scale_range=[0.5]", "give [low, high] with 0 < low <= high"),
         ("kd", "data.batch_size=5", "gives a process a batch of 1 image(s)"),  # 6 images: 5 + a last batch of 1
     ],
 )

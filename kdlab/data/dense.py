@@ -164,6 +164,20 @@ def crop_hw(cfg: DataConfig) -> tuple[int, int]:
     return int(hw[0]), int(hw[1])
 
 
+def scale_pair(cfg: DataConfig) -> tuple[float, float]:
+    """``data.scale_range`` as ``(low, high)`` with ``0 < low <= high``.
+
+    Raises:
+        ConfigError: not two positive scales in increasing order.
+    """
+    scales = list(cfg.scale_range)
+    if len(scales) != 2 or not 0 < scales[0] <= scales[1]:
+        raise ConfigError(
+            f"data.scale_range={scales!r}: give [low, high] with 0 < low <= high (the reference's [0.5, 2.0])"
+        )
+    return float(scales[0]), float(scales[1])
+
+
 def read_label(path: Path, table: np.ndarray, image_size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode label map ``path`` (a one-channel or palette PNG of raw values) to ``[H, W]`` uint8 train ids.
 

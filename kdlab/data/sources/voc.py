@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from kdlab.data.base import DataError, register_dataset
-from kdlab.data.dense import DenseSplits, PairSet, crop_hw, lookup_table
+from kdlab.data.dense import DenseSplits, PairSet, crop_hw, lookup_table, scale_pair
 from kdlab.data.sources.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 from kdlab.paths import why_unusable
 
@@ -74,6 +74,6 @@ def voc(cfg) -> DenseSplits:
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         crop_size=crop_hw(cfg),
-        scale_range=tuple(cfg.scale_range),
+        scale_range=scale_pair(cfg),
         classes=CLASSES,
     )
