@@ -15,7 +15,7 @@ STAMP := $(VENV)/.kdlab-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PIP) install -q $(TORCH_SPEC) || $(PIP) install -q torch torchvision
-	$(PIP) install -q -e ".[dev,tensorboard,timm]"
+	$(PIP) install -q -e ".[dev,tensorboard,timm,detection]"
 	touch $@
 
 demo: $(STAMP)
