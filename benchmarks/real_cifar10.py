@@ -63,6 +63,7 @@ TEACHER, TEACHER_FILE = "resnet20_a", "resnet20-12fca82f.th"
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 TRAIN_FILES = [f"train_{i}.npz" for i in range(5)]
 HOLDOUT = 0.1  # the learned policies' registered holdout_fraction
+DEFAULT_PER_CLASS = 200  # 2,000 training images: the issue's "few thousand"
 
 #: label -> (method section, data-section changes as a function of train_per_class)
 VARIANTS: dict[str, tuple[dict, object]] = {
@@ -131,6 +132,20 @@ def runs_dir(args: argparse.Namespace) -> Path:
     """Where the runs of one protocol live: one folder per training-subset size and schedule, so that a larger
     ``--train-per-class`` or ``--epochs`` keeps the smaller one's runs."""
     return args.out / f"runs_{args.train_per_class}pc_{args.epochs}ep"
+
+
+def run_tasks(order: list[str], seeds: int) -> list[tuple[str, int]]:
+    """The runs in the order they are made: seed-major (every label's seed 0, in ``order``, then every label's seed
+    1, ...), so that a partial table has a row for every method, each with the seeds that finished (n per row)."""
+    return [(label, seed) for seed in range(seeds) for label in order]
+
+
+def report_path(train_per_class: int) -> Path:
+    """The default report of a subset size: ``results/real_cifar10.md`` at the default
+    :data:`DEFAULT_PER_CLASS`, ``results/real_cifar10_<n>pc.md`` for any other (the 50-image-per-class table is
+    kept as ``real_cifar10_50pc.md``)."""
+    name = "real_cifar10" if train_per_class == DEFAULT_PER_CLASS else f"real_cifar10_{train_per_class}pc"
+    return REPO / "benchmarks" / "results" / f"{name}.md"
 
 
 def run_name(label: str, seed: int) -> str:
@@ -428,7 +443,8 @@ def report(
             "tgeo_kd whose ratio starts at the inner kd's own ratio 0.9 instead of 0.5.",
         ]
     lines += protocol_pairs(results)
-    lines += before_after(results, [*methods, *controls], args.before)
+    same = {"train_per_class": args.train_per_class, "epochs": args.epochs}
+    lines += before_after(results, [*methods, *controls], args.before, same)
     fusion_rows = [lbl for lbl in [*methods, *controls] if lbl in FUSION and any(results[lbl]["fusion"])]
     if fusion_rows:
         lines += [
@@ -458,12 +474,18 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-def before_after(results: dict, labels: list[str], before_path: Path | None) -> list[str]:
+def before_after(
+    results: dict, labels: list[str], before_path: Path | None, protocol: dict | None = None
+) -> list[str]:
     """Report lines comparing this report's numbers with an earlier generated report (``--before``, its JSON): per
-    label the top-1 and the paired difference to ``ce`` (to ``kd`` for the held-out controls) then and now."""
+    label the top-1 and the paired difference to ``ce`` (to ``kd`` for the held-out controls) then and now. Skipped
+    when the earlier report used another subset size or schedule (``protocol``: this run's ``train_per_class`` and
+    ``epochs``), since its numbers are not the same runs."""
     if before_path is None or not before_path.is_file():
         return []
     old = json.loads(before_path.read_text())
+    if protocol is not None and any(old.get("protocol", {}).get(k) != v for k, v in protocol.items()):
+        return []
     old_methods = old.get("methods", {})
     rows = []
     for label in labels:
@@ -564,13 +586,24 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated labels (default {DEFAULT_METHODS})")
     p.add_argument("--controls", default=DEFAULT_CONTROLS, help=f"held-out controls (default {DEFAULT_CONTROLS})")
-    p.add_argument("--train-per-class", type=int, default=50)
+    p.add_argument(
+        "--train-per-class",
+        type=int,
+        default=DEFAULT_PER_CLASS,
+        help=f"training images per class (default {DEFAULT_PER_CLASS}; 50 is the earlier, smaller table)",
+    )
     p.add_argument("--test-limit", type=int, default=2000, help="stratified test subset size (0: all 10,000)")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, each in its own process")
     p.add_argument("--out", type=Path, default=Path("runs/real_cifar10"))
-    p.add_argument("--report", type=Path, default=REPO / "benchmarks" / "results" / "real_cifar10.md")
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="report file (default: benchmarks/results/real_cifar10.md at 200 images per class, "
+        "real_cifar10_<n>pc.md at n per class); the same numbers as JSON beside it",
+    )
     p.add_argument(
         "--before",
         type=Path,
@@ -588,6 +621,8 @@ def main() -> None:
     args = p.parse_args()
     if args.test_limit == 0:
         args.test_limit = None
+    if args.report is None:
+        args.report = report_path(args.train_per_class)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     log.setLevel(logging.INFO)
     if args.epochs < 1 or args.seeds < 1 or args.jobs < 1:
@@ -610,10 +645,9 @@ def main() -> None:
     teacher = teacher_accuracy(args, jpg, ckpt)
     log.info("teacher %s: test top-1 %.2f %%", TEACHER, teacher["top1"])
     labels = [*methods, *controls]
-    # label-major in RUN_ORDER (then any other label): every seed of a method before the next method, so a partial
-    # table holds complete paired comparisons of the most important methods
+    # seed-major, labels in RUN_ORDER (then any other label) within a seed: every method's seed 0 before any seed 1
     order = [lbl for lbl in RUN_ORDER if lbl in labels] + [lbl for lbl in labels if lbl not in RUN_ORDER]
-    tasks = [(lbl, s) for lbl in order for s in range(args.seeds)]
+    tasks = run_tasks(order, args.seeds)
     lock = threading.Lock()
 
     def write(complete: bool) -> None:
