@@ -129,7 +129,7 @@ def sigterm_during_step(trainer, stop_at: int) -> None:
 @pytest.fixture
 def coco_tiny(tmp_path) -> Path:
     """A tiny COCO-format set (tests/coco_tiny.py ``make_coco``: 24 train + 8 val images of 48x64, 3 classes with
-    category ids 1, 3, 7) under ``tmp_path / "coco"``; use it as ``data.source=coco data.root=<it>``."""
+    category ids 1, 3, 7) under ``tmp_path / "coco"``; use it as ``data.name=coco data.root=<it>``."""
     from coco_tiny import make_coco
 
     return make_coco(tmp_path / "coco")
