@@ -154,6 +154,11 @@ class DataConfig:
     """Segmentation: ``[low, high]`` of the random training scale (steps of 0.1, as the CIRKD / DIST recipe)."""
     voc_augmented: bool = False
     """``voc``: train on the SBD-augmented list (``train_aug.txt``, ``SegmentationClassAug``) instead of ``train``."""
+    min_size: int = field(default=800, metadata=rng(ge=1))
+    """Detection (``coco``): images are resized so their shorter side is this many pixels (torchvision's detectors:
+    800), unless the longer side would exceed ``max_size``."""
+    max_size: int = field(default=1333, metadata=rng(ge=1))
+    """Detection: the longer side of a resized image is at most this many pixels (1333); at least ``min_size``."""
     workers: int = field(default=4, metadata=rng(ge=0))
     """Streamed datasets: decoding worker processes (0 decodes in the training process)."""
     tabular: TabularConfig = field(default_factory=TabularConfig)
@@ -289,6 +294,10 @@ class TrainConfig:
     """``ema_warmup: power``: the exponent (timm: 2/3 for runs of a million steps or more, 3/4 for shorter ones)."""
     ema_export: bool = False
     """Write the EMA weights (instead of the raw weights) to ``student.pt``; needs ``ema_decay``."""
+    clip_grad_norm: float | None = field(default=None, metadata=rng(gt=0, note="null turns clipping off"))
+    """Clip the global L2 norm of the gradients of the student and the method's adapters to this before every
+    optimiser step (``torch.nn.utils.clip_grad_norm_``; after unscaling under fp16); None: off. DIST's B3 (Swin): 5.
+    Logs ``grad_norm`` (before clipping) and ``grad_clipped`` (:mod:`kdlab.train.clipping`)."""
 
 
 @dataclass(kw_only=True)

@@ -58,6 +58,7 @@ def is_streaming(name: str) -> bool:
 def make_loader(splits, cfg, device, seed: int, **kwargs):
     """The loader of a dataset: :class:`~kdlab.data.loader.DeviceLoader` for in-memory :class:`DatasetSplits`,
     :class:`~kdlab.data.dense.DenseLoader` for segmentation pairs (:class:`~kdlab.data.dense.DenseSplits`),
+    :class:`~kdlab.data.detection.DetectionLoader` for images with boxes (``DetectionSplits``),
     :class:`~kdlab.data.streaming.StreamingLoader` for :class:`StreamingSplits`, :class:`~kdlab.data.tokens.TokenLoader`
     for token data (:class:`~kdlab.data.tokens.TokenSplits`). ``kwargs`` go to the loader
     (``views``, ``holdout_fraction``, and ``rank``/``world_size`` where the loader shards)."""
@@ -66,8 +67,13 @@ def make_loader(splits, cfg, device, seed: int, **kwargs):
 
         refuse_for_non_images(cfg, "not an image classification dataset")
     from kdlab.data.dense import DenseSplits
+    from kdlab.data.detection import DetectionSplits
     from kdlab.data.tokens import TokenSplits
 
+    if isinstance(splits, DetectionSplits):
+        from kdlab.data.detection import DetectionLoader
+
+        return DetectionLoader(splits, cfg, device, seed, **kwargs)
     if isinstance(splits, DenseSplits):
         from kdlab.data.dense import DenseLoader
 
