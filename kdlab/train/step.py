@@ -126,15 +126,24 @@ class TrainerStepMixin:
             return self.teacher_outputs(batch)
         return self.teacher_cache.outputs(batch, self._data_epoch(progress.epoch), progress.step_in_epoch)
 
-    def _backward_step(self, loss: Tensor) -> None:
-        """Backward and optimiser step (loss-scaled in fp16)."""
+    def _backward_step(self, loss: Tensor) -> dict[str, float]:
+        """Backward, gradient clipping (``train.clip_grad_norm``) and optimiser step (loss-scaled in fp16); returns the
+        step's logged values of the clipping (empty without it; :func:`kdlab.train.clipping.clip_gradients`)."""
+        from kdlab.train.clipping import clip_gradients
+
+        max_norm, logs = self.cfg.train.clip_grad_norm, {}
         if self.scaler is None:
             loss.backward()
+            if max_norm is not None:
+                logs = clip_gradients(self.optimizer, max_norm)
             self.optimizer.step()
-            return
+            return logs
         self.scaler.scale(loss).backward()
+        if max_norm is not None:
+            logs = clip_gradients(self.optimizer, max_norm, self.scaler)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        return logs
 
     def speed_record(self) -> dict:
         """The effective speed settings of the run (for ``summary.json``)."""

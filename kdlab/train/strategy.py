@@ -52,7 +52,8 @@ def check_strategy(cfg: RunConfig) -> None:
 
 
 def describe_strategy(cfg: RunConfig) -> str:
-    """One line of the run header: optimiser, learning-rate schedule, weight decay, label smoothing and EMA, e.g.
+    """One line of the run header: optimiser, learning-rate schedule, weight decay, label smoothing, EMA and gradient
+    clipping, e.g.
     ``rmsprop_tf lr 0.048 (alpha 0.9, eps 0.001, momentum 0.9); exp_step x0.97 every 2.4 epochs per step after a
     3-epoch warm-up from 1e-06; wd 1e-05 (not on biases/norms); label smoothing 0.1; EMA 0.9999 (exported)``."""
     from kdlab.train.optim import DEFAULT_EPS
@@ -87,6 +88,8 @@ def describe_strategy(cfg: RunConfig) -> str:
     if t.ema_decay is not None:
         warm = "" if t.ema_warmup == "off" else f", {t.ema_warmup} warm-up"
         parts.append(f"EMA {t.ema_decay:g}{warm}" + (" (exported)" if t.ema_export else " (evaluated, not exported)"))
+    if t.clip_grad_norm is not None:
+        parts.append(f"gradients clipped to norm {t.clip_grad_norm:g}")
     return "; ".join(parts)
 
 

