@@ -86,6 +86,10 @@ VARIANTS: dict[str, tuple[dict, object]] = {
     "tgeo_kd[init=inner]": ({"name": "tgeo_kd", "init_ratio": 0.9}, None),
     # kd[holdout] without the last partial batch: 90 % of 500 images is 7 batches of 64 and one of 2
     "kd[holdout,drop_last]": ({"name": "kd"}, lambda n: {"val_fraction": HOLDOUT, "drop_last": True}),
+    # controls of CRD's memory on a small training set: fewer negatives, a fresher or a slower memory
+    "crd[k=64]": ({"name": "crd", "num_negatives": 64}, None),
+    "crd[m=0]": ({"name": "crd", "momentum": 0.0}, None),
+    "crd[m=0.9]": ({"name": "crd", "momentum": 0.9}, None),
 }
 DEFAULT_METHODS = "ce,kd,tekap(kd),dist,dkd,mlkd,crd,simkd,tgeo_kd,anl_kd,ada_kd,wls_kd,rw_kd"
 DEFAULT_CONTROLS = "kd[holdout],kd[holdout,drop_last],tgeo_kd[pool],tgeo_kd[init=inner]"
@@ -109,6 +113,20 @@ CONTROL_PAIRS = {
     "kd[holdout,drop_last]": "kd",
     "tgeo_kd[pool]": "kd",
     "tgeo_kd[init=inner]": "tgeo_kd",
+    "crd[k=64]": "crd",
+    "crd[m=0]": "crd",
+    "crd[m=0.9]": "crd",
+}
+#: control -> what it is (the report's note under the controls' table)
+CONTROL_NOTES = {
+    "kd[holdout]": "kd on the same 90 % of the training subset that tgeo_kd trains on (the other 10 % unused)",
+    "tgeo_kd[pool]": "tgeo_kd with its held-out split taken from extra images, training on as many images as kd",
+    "kd[holdout,drop_last]": "kd[holdout] without each epoch's last partial batch",
+    "tgeo_kd[init=inner]": "tgeo_kd whose ratio starts at the inner kd's own ratio 0.9 instead of 0.5",
+    "crd[k=64]": "crd with 64 negatives per sample instead of the clamped default (16384 clamped to the training "
+    "images of the other classes)",
+    "crd[m=0]": "crd whose memory rows are replaced by the latest embedding (momentum 0 instead of 0.5)",
+    "crd[m=0.9]": "crd whose memory rows move slowly (momentum 0.9)",
 }
 FUSION = ("tgeo_kd", "rw_kd", "anl_kd", "ada_kd", "wls_kd", "tgeo_kd[pool]", "tgeo_kd[init=inner]")
 
@@ -425,7 +443,7 @@ def report(
     if controls:
         lines += [
             "",
-            "## Controls of the held-out split and of the initial ratio",
+            "## Controls",
             "",
             "| control | compared with | seeds | top-1 mean ± std | Δ mean ± std | t | p | per seed | min/run |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -435,13 +453,7 @@ def report(
             ref = results.get(ref_label, {}).get("top1", [])
             cells = row(label, ref, ref_label).split(" | ", 1)
             lines.append(f"{cells[0]} | {ref_label} | {cells[1]}")
-        lines += [
-            "",
-            "`kd[holdout]`: kd on the same 90 % of the training subset that tgeo_kd trains on (the other 10 % unused); "
-            "`tgeo_kd[pool]`: tgeo_kd with its held-out split taken from extra images, training on as many images as "
-            "kd; `kd[holdout,drop_last]`: kd[holdout] without each epoch's last partial batch; `tgeo_kd[init=inner]`: "
-            "tgeo_kd whose ratio starts at the inner kd's own ratio 0.9 instead of 0.5.",
-        ]
+        lines += ["", "; ".join(f"`{label}`: {CONTROL_NOTES[label]}" for label in controls) + "."]
     lines += protocol_pairs(results)
     same = {"train_per_class": args.train_per_class, "epochs": args.epochs}
     lines += before_after(results, [*methods, *controls], args.before, same)
@@ -474,9 +486,7 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-def before_after(
-    results: dict, labels: list[str], before_path: Path | None, protocol: dict | None = None
-) -> list[str]:
+def before_after(results: dict, labels: list[str], before_path: Path | None, protocol: dict | None = None) -> list[str]:
     """Report lines comparing this report's numbers with an earlier generated report (``--before``, its JSON): per
     label the top-1 and the paired difference to ``ce`` (to ``kd`` for the held-out controls) then and now. Skipped
     when the earlier report used another subset size or schedule (``protocol``: this run's ``train_per_class`` and
@@ -560,9 +570,18 @@ def _torch_version() -> str:
 
 
 def one(args: argparse.Namespace) -> None:
-    """``--one LABEL --seed S``: train one run in this process (the driver starts one process per run)."""
+    """``--one LABEL --seed S``: train one run in this process (the driver starts one process per run). The run holds
+    an exclusive lock (``<run>.lock`` beside its folder) while it trains, so a second driver that reaches the same run
+    (e.g. one restarted with another ``--jobs`` while the first one's runs still finish) waits for it and then reuses
+    it instead of training it twice at once."""
+    import fcntl
+
     jpg, ckpt = check_data(args.data.expanduser().resolve())
-    summary, how = train_one(run_config(args.one, args.seed, args, jpg, ckpt))
+    lock_path = runs_dir(args) / f"{run_name(args.one, args.seed)}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        summary, how = train_one(run_config(args.one, args.seed, args, jpg, ckpt))
     log.info(
         "%s seed %d: top-1 %.2f (%s, %.1f min)",
         args.one,
