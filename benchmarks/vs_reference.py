@@ -1,0 +1,494 @@
+"""kdlab ÷ mdistiller: images/s of one training step per method, same models, settings, threads and allocator
+(issue 21, "Speed").
+
+Teacher resnet32x4 -> student resnet8x4 (random weights: the weights do not change the cost), CIFAR-shaped inputs
+(3x32x32, 100 classes), batch 64, SGD (lr 0.05, momentum 0.9, weight decay 5e-4: both sides' CIFAR-100 recipes), on
+the CPU. Every method both libraries have: kd, dkd, crd, review_kd, fitnet, at, nst, ofd, pkt, rkd, sp, kdsvd, vid;
+kdlab's side is its shipped recipe (``configs/cifar100/<method>/resnet32x4__resnet8x4.yaml``, method section),
+mdistiller's is its ``configs/cifar100`` file for the same pair on top of its ``CFG`` defaults. ``kdsvd[width]`` is
+kdlab's KDSVD with ``layout: width``, the reshape mdistiller uses (the shipped recipe is ``layout: channels``, the
+paper's; ``kdlab/methods/kdsvd.py`` says why).
+
+What is timed, per step (wall clock, ``time.perf_counter``):
+
+- kdlab: :class:`kdlab.train.trainer.Trainer`'s own step time (what ``kdlab train`` and ``kdlab bench methods``
+  report): producing the batch (gather, random crop, flip, normalise), the teacher forward, the method's loss, the
+  one host sync of the logged scalars, backward, the optimiser step and any aux update (CRD's memory).
+- mdistiller: its ``BaseTrainer.train_iter`` / ``CRDTrainer.train_iter`` (``mdistiller/engine/trainer.py``) as
+  written, less the ``.cuda()`` copies: ``zero_grad``, the distiller's ``forward_train`` through
+  ``torch.nn.DataParallel`` (a pass-through without GPUs), ``sum(l.mean())``, backward, ``SGD.step``, top-1/5
+  accuracy, the meters and the progress message. Its batch is already in memory: the DataLoader (PIL augmentation
+  in worker processes) is left out, in the reference's favour; CRD's ``contrastive_index`` (K = 16384 negatives from
+  other classes, drawn by its dataset) is drawn once, also outside the timing.
+
+CRD's memory bank has ``--num-data`` rows on both sides (default 50000, CIFAR-100's training set; kdlab's synthetic
+training set for CRD then has that many images), so that K = 16384 negatives exist; the other methods' kdlab runs
+use a training set of ``--warmup + --steps`` batches.
+
+Protocol: four long-lived worker processes (kdlab and mdistiller, each with the system allocator and with tcmalloc
+preloaded through ``LD_PRELOAD``), each with ``torch.set_num_threads(--threads)``. Every worker first runs one
+untimed KD step. Then, ``--rounds`` times, for every method and allocator, the kdlab and the mdistiller worker each
+build the run afresh and train ``--warmup`` untimed and ``--steps`` timed steps, in alternating order (kdlab first
+in even rounds, mdistiller first in odd ones), so a change of load on a shared machine hits both sides alike. A
+run's time is the median of its timed steps; the ratio of a round is mdistiller's step time ÷ kdlab's (= kdlab
+images/s ÷ mdistiller images/s); the reported ratio is the median over rounds, the images/s the median over every
+timed step.
+
+Requirements beyond kdlab's: a copy of mdistiller (``git archive`` of megvii-research/mdistiller, outside this
+repository) named by ``--reference-dir``, and its config package ``yacs`` (``pip install yacs``); tensorboardX and
+wandb are not needed (its ``engine`` package is loaded without its trainer). tcmalloc: ``kdlab.allocator``'s search
+(``KDLAB_TCMALLOC=<path>``, ``ldconfig``, the usual library directories) or ``--tcmalloc PATH``; without one the
+table has the system allocator only and says so. Missing requirements exit with code 2 and a message.
+
+Usage::
+
+    python benchmarks/vs_reference.py --reference-dir ../mdistiller [--rounds 2] [--steps 3] [--threads 2]
+        [--methods kd,dkd,...] [--allocators system,tcmalloc] [--out benchmarks/results/vs_reference]
+
+writes ``<out>.json`` and ``<out>.md`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.util
+import json
+import logging
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 64
+NUM_CLASSES = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """One method on both sides: kdlab's recipe (+ overrides) and mdistiller's distiller type and config file."""
+
+    recipe: str
+    ref_type: str
+    ref_config: str
+    overrides: tuple[tuple[str, object], ...] = ()
+
+
+METHODS: dict[str, Pair] = {
+    "kd": Pair("kd", "KD", "configs/cifar100/kd.yaml"),
+    "dkd": Pair("dkd", "DKD", "configs/cifar100/dkd/res32x4_res8x4.yaml"),
+    "crd": Pair("crd", "CRD", "configs/cifar100/crd.yaml"),
+    "review_kd": Pair("review_kd", "REVIEWKD", "configs/cifar100/reviewkd.yaml"),
+    "fitnet": Pair("fitnet", "FITNET", "configs/cifar100/fitnet.yaml"),
+    "at": Pair("at", "AT", "configs/cifar100/at.yaml"),
+    "nst": Pair("nst", "NST", "configs/cifar100/nst.yaml"),
+    "ofd": Pair("ofd", "OFD", "configs/cifar100/ofd.yaml"),
+    "pkt": Pair("pkt", "PKT", "configs/cifar100/pkt.yaml"),
+    "rkd": Pair("rkd", "RKD", "configs/cifar100/rkd.yaml"),
+    "sp": Pair("sp", "SP", "configs/cifar100/sp.yaml"),
+    "kdsvd": Pair("kdsvd", "KDSVD", "configs/cifar100/kdsvd.yaml"),
+    "kdsvd[width]": Pair("kdsvd", "KDSVD", "configs/cifar100/kdsvd.yaml", (("layout", "width"),)),
+    "vid": Pair("vid", "VID", "configs/cifar100/vid.yaml"),
+}
+ALLOCATORS = ("system", "tcmalloc")
+
+
+class UsageError(Exception):
+    """A bad argument or a missing requirement: exit code 2."""
+
+
+# --------------------------------------------------------------------------------------------- workers
+
+
+def _kdlab_runner(threads: int, num_data: int):
+    """``run(label, warmup, steps) -> [step seconds]`` through kdlab's Trainer (the timed steps only)."""
+    import yaml
+
+    from kdlab.bench import bench_config
+    from kdlab.train.trainer import Trainer
+
+    class _StepTimes(Trainer):
+        """The Trainer, keeping each epoch's list of step times (the trainer's own clock) after the epoch ends."""
+
+        def __init__(self, *a, **k) -> None:
+            self.step_time_lists: list[list[float]] = []
+            super().__init__(*a, **k)
+
+        def _new_epoch_accum(self, progress):
+            acc = super()._new_epoch_accum(progress)
+            self.step_time_lists.append(acc["step_times"])
+            return acc
+
+    tmp = tempfile.mkdtemp(prefix="kdlab_vs_reference_")
+
+    def run(label: str, warmup: int, steps: int) -> list[float]:
+        pair = METHODS[label]
+        recipe = yaml.safe_load((ROOT / "configs" / "cifar100" / pair.recipe / "resnet32x4__resnet8x4.yaml").read_text())
+        method = {**recipe["method"], **dict(pair.overrides)}
+        n = warmup + steps
+        cfg = bench_config(method, batch_size=BATCH, steps=n, epochs=1, threads=threads, run_dir=tmp, name="run")
+        if label == "crd":
+            cfg.data.train_size = num_data
+            cfg.train.max_steps = n
+        trainer = _StepTimes(cfg, force=True)
+        trainer.fit()
+        times = [t for lst in trainer.step_time_lists for t in lst]
+        if len(times) != n:
+            raise RuntimeError(f"kdlab {label}: expected {n} step times from the trainer, got {len(times)}")
+        return times[warmup:]
+
+    return run
+
+
+def _reference_runner(reference_dir: str, threads: int, num_data: int):
+    """``run(label, warmup, steps) -> [step seconds]`` through mdistiller's distillers and its train_iter."""
+    import torch
+
+    ref = Path(reference_dir).resolve()
+    sys.path.insert(0, str(ref))
+    import mdistiller  # noqa: F401
+
+    # mdistiller/engine/__init__.py imports its trainer (tensorboardX, wandb); cfg and utils do not need it
+    engine = types.ModuleType("mdistiller.engine")
+    engine.__path__ = [str(ref / "mdistiller" / "engine")]
+    sys.modules["mdistiller.engine"] = engine
+    from mdistiller.distillers import distiller_dict
+    from mdistiller.engine.cfg import CFG
+    from mdistiller.engine.utils import AverageMeter, accuracy
+    from mdistiller.models import cifar_model_dict
+
+    def run(label: str, warmup: int, steps: int) -> list[float]:
+        pair = METHODS[label]
+        cfg = CFG.clone()
+        cfg.merge_from_file(str(ref / pair.ref_config))
+        torch.manual_seed(0)
+        teacher = cifar_model_dict[cfg.DISTILLER.TEACHER][0](num_classes=NUM_CLASSES)
+        student = cifar_model_dict[cfg.DISTILLER.STUDENT][0](num_classes=NUM_CLASSES)
+        cls = distiller_dict[pair.ref_type]
+        crd = cfg.SOLVER.TRAINER == "crd"
+        distiller = cls(student, teacher, cfg, num_data) if crd else cls(student, teacher, cfg)
+        distiller = torch.nn.DataParallel(distiller)  # as mdistiller's tools/train.py (a pass-through on CPU)
+        optimizer = torch.optim.SGD(
+            distiller.module.get_learnable_parameters(),
+            lr=cfg.SOLVER.LR,
+            momentum=cfg.SOLVER.MOMENTUM,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        )
+        distiller.train()
+        g = torch.Generator().manual_seed(0)
+        image = torch.randn(BATCH, 3, 32, 32, generator=g)
+        target = torch.randint(0, NUM_CLASSES, (BATCH,), generator=g)
+        index = torch.randint(0, num_data, (BATCH,), generator=g)
+        extra: dict = {"epoch": 1}
+        if crd:
+            negatives = torch.randint(0, num_data, (BATCH, cfg.CRD.NCE.K), generator=g)
+            extra = {"index": index, "contrastive_index": torch.cat([index[:, None], negatives], 1)}
+        meters = {k: AverageMeter() for k in ("training_time", "data_time", "losses", "top1", "top5")}
+        times = []
+        for _ in range(warmup + steps):
+            t0 = time.perf_counter()
+            # BaseTrainer.train_iter / CRDTrainer.train_iter, less the .cuda() copies
+            optimizer.zero_grad()
+            train_start_time = time.time()
+            meters["data_time"].update(time.time() - train_start_time)
+            img = image.float()
+            preds, losses_dict = distiller(image=img, target=target, **extra)
+            loss = sum([v.mean() for v in losses_dict.values()])
+            loss.backward()
+            optimizer.step()
+            meters["training_time"].update(time.time() - train_start_time)
+            acc1, acc5 = accuracy(preds, target, topk=(1, 5))
+            meters["losses"].update(loss.cpu().detach().numpy().mean(), BATCH)
+            meters["top1"].update(acc1[0], BATCH)
+            meters["top5"].update(acc5[0], BATCH)
+            msg = "Epoch:{}| Time(data):{:.3f}| Time(train):{:.3f}| Loss:{:.4f}| Top-1:{:.3f}| Top-5:{:.3f}".format(
+                1,
+                meters["data_time"].avg,
+                meters["training_time"].avg,
+                meters["losses"].avg,
+                meters["top1"].avg,
+                meters["top5"].avg,
+            )
+            del msg
+            times.append(time.perf_counter() - t0)
+        return times[warmup:]
+
+    return run
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    """A worker: JSON requests on stdin, JSON answers on the original stdout (everything else goes to stderr)."""
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    logging.basicConfig(level=logging.ERROR)  # no "teacher is randomly initialised" warning per run
+    import torch
+
+    from kdlab.allocator import allocator_name
+
+    torch.set_num_threads(args.threads)
+    if args.worker == "kdlab":
+        run = _kdlab_runner(args.threads, args.num_data)
+    else:
+        run = _reference_runner(args.reference_dir, args.threads, args.num_data)
+    proto.write(json.dumps({"ready": True, "allocator": allocator_name(), "torch": torch.__version__}) + "\n")
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            out = {"times": run(req["method"], req["warmup"], req["steps"])}
+        except Exception as err:  # reported to the parent, which stops with the message
+            logging.getLogger("kdlab").exception("worker failed")
+            out = {"error": f"{type(err).__name__}: {err}"}
+        proto.write(json.dumps(out) + "\n")
+
+
+class Worker:
+    """A worker process of one side under one allocator."""
+
+    def __init__(self, side: str, allocator: str, lib: str | None, args: argparse.Namespace, log_dir: str) -> None:
+        from kdlab.allocator import MARKER, OPT_OUT, REPORT_THRESHOLD
+
+        env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", MARKER)}
+        env[OPT_OUT] = "1"
+        env["OMP_NUM_THREADS"] = str(args.threads)
+        if allocator == "tcmalloc":
+            env["LD_PRELOAD"] = lib
+            env.setdefault(REPORT_THRESHOLD, str(2**40))
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--threads", str(args.threads)]
+        cmd += ["--num-data", str(args.num_data)]
+        if side == "reference":
+            cmd += ["--reference-dir", args.reference_dir]
+        self.name = f"{side}/{allocator}"
+        self.log_path = Path(log_dir) / f"{side}_{allocator}.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=ROOT
+        )
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            tail = self.log_path.read_text()[-3000:]
+            raise RuntimeError(f"worker {self.name} exited with {self.proc.returncode}:\n{tail}")
+        out = json.loads(line)
+        if "error" in out:
+            raise RuntimeError(f"worker {self.name}: {out['error']} (log: {self.log_path.read_text()[-3000:]})")
+        return out
+
+    def run(self, method: str, warmup: int, steps: int) -> list[float]:
+        self.proc.stdin.write(json.dumps({"method": method, "warmup": warmup, "steps": steps}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()["times"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        self.log.close()
+
+
+# --------------------------------------------------------------------------------------------- orchestration
+
+
+def check_requirements(args: argparse.Namespace) -> tuple[list[str], list[str], str | None]:
+    """Methods, allocators and the tcmalloc library to use; :class:`UsageError` naming the fix otherwise."""
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise UsageError(f"unknown method(s) {bad or methods}; choose from {', '.join(METHODS)}")
+    allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
+    bad = [a for a in allocators if a not in ALLOCATORS]
+    if bad or not allocators:
+        raise UsageError(f"unknown allocator(s) {bad or allocators}; choose from {', '.join(ALLOCATORS)}")
+    if min(args.rounds, args.steps, args.threads) < 1 or args.warmup < 0:
+        raise UsageError("--rounds, --steps and --threads must be >= 1 and --warmup >= 0")
+    if args.num_data < 16500:
+        raise UsageError("--num-data must be >= 16500 (CRD draws 16384 negatives from the other classes)")
+    ref = Path(args.reference_dir) if args.reference_dir else None
+    if ref is None or not (ref / "mdistiller" / "distillers" / "__init__.py").is_file():
+        raise UsageError(
+            f"--reference-dir {args.reference_dir!r} is not a copy of mdistiller (no mdistiller/distillers there); "
+            "make one outside this repository, e.g. git clone https://github.com/megvii-research/mdistiller ../mdistiller"
+        )
+    if importlib.util.find_spec("yacs") is None:
+        raise UsageError("mdistiller's configs need yacs, which is not installed: pip install yacs")
+    lib = None
+    if "tcmalloc" in allocators:
+        from kdlab.allocator import find_tcmalloc
+
+        lib = args.tcmalloc or find_tcmalloc()
+        if lib is None or not Path(lib).is_file():
+            if args.allocators_given:
+                raise UsageError(
+                    "--allocators names tcmalloc but no tcmalloc library was found: install it (Debian/Ubuntu: "
+                    "apt-get install libtcmalloc-minimal4) or pass --tcmalloc PATH"
+                )
+            logging.getLogger("kdlab").warning("no tcmalloc library found: measuring the system allocator only")
+            allocators, lib = [a for a in allocators if a != "tcmalloc"], None
+    return methods, allocators, lib
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Run the interleaved rounds; returns the result record (see the module docstring)."""
+    methods, allocators, lib = check_requirements(args)
+    t_start = time.perf_counter()
+    load_before = list(os.getloadavg())
+    times: dict = {a: {m: {"kdlab": [], "reference": []} for m in methods} for a in allocators}
+    with tempfile.TemporaryDirectory() as log_dir:
+        workers: dict[tuple[str, str], Worker] = {}
+        try:
+            for a in allocators:
+                for side in ("kdlab", "reference"):
+                    workers[side, a] = Worker(side, a, lib, args, log_dir)
+            for w in workers.values():
+                w.run("kd", 0, 1)  # untimed: first-call costs of the process
+            for r in range(args.rounds):
+                order = ("kdlab", "reference") if r % 2 == 0 else ("reference", "kdlab")
+                for m in methods:
+                    for a in allocators:
+                        for side in order:
+                            t = workers[side, a].run(m, args.warmup, args.steps)
+                            times[a][m][side].append(t)
+                        k, ref = (statistics.median(times[a][m][s][-1]) for s in ("kdlab", "reference"))
+                        logging.getLogger("kdlab").info(
+                            "round %d %s %s: kdlab %.3f s, mdistiller %.3f s, ratio %.2f", r + 1, m, a, k, ref, ref / k
+                        )
+            info = {f"{s}/{a}": w.info for (s, a), w in workers.items()}
+        finally:
+            for w in workers.values():
+                w.close()
+    rows = []
+    for m in methods:
+        row: dict = {"method": m}
+        for a in allocators:
+            k_runs, r_runs = times[a][m]["kdlab"], times[a][m]["reference"]
+            ratios = [statistics.median(rr) / statistics.median(kk) for kk, rr in zip(k_runs, r_runs)]
+            row[a] = {
+                "kdlab_images_per_s": BATCH / statistics.median([t for run in k_runs for t in run]),
+                "reference_images_per_s": BATCH / statistics.median([t for run in r_runs for t in run]),
+                "ratio": statistics.median(ratios),
+                "ratio_rounds": ratios,
+                "kdlab_step_s": k_runs,
+                "reference_step_s": r_runs,
+            }
+        rows.append(row)
+    return {
+        "table": "vs_reference",
+        "reference": "megvii-research/mdistiller",
+        "reference_commit": args.reference_commit,
+        "teacher": "resnet32x4",
+        "student": "resnet8x4",
+        "batch_size": BATCH,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "warmup_steps": args.warmup,
+        "timed_steps": args.steps,
+        "num_data": args.num_data,
+        "allocators": {a: (lib if a == "tcmalloc" else "glibc malloc") for a in allocators},
+        "workers": info,
+        "command": args.command,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "load_average_before": load_before,
+        "load_average_after": list(os.getloadavg()),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "wall_s": time.perf_counter() - t_start,
+        "rows": rows,
+    }
+
+
+def format_markdown(result: dict) -> str:
+    """The table of a :func:`measure` result as Markdown."""
+    allocs = list(result["allocators"])
+    lines = [
+        "# kdlab ÷ mdistiller: training-step speed per method",
+        "",
+        f"Generated by `benchmarks/vs_reference.py` ({result['date_utc']} UTC, {result['wall_s'] / 60:.1f} min):",
+        "",
+        f"    {result['command']}",
+        "",
+        f"{result['teacher']} -> {result['student']}, batch {result['batch_size']}, {result['threads']} thread(s) "
+        f"per side, CPU ({result['cpu_count']} cores, {result['platform']}); mdistiller "
+        f"{result['reference_commit'] or '(commit not given)'}. {result['rounds']} interleaved rounds of "
+        f"{result['warmup_steps']} untimed + {result['timed_steps']} timed steps per run; load average "
+        f"{'/'.join(f'{x:.1f}' for x in result['load_average_before'])} before, "
+        f"{'/'.join(f'{x:.1f}' for x in result['load_average_after'])} after.",
+        "",
+        "Ratio = kdlab images/s ÷ mdistiller images/s (median over rounds of the paired per-round ratios; > 1: kdlab "
+        "faster). Images/s: medians over all timed steps. What each side's step contains: see the benchmark's "
+        "docstring (kdlab's includes producing the batch; mdistiller's batch is already in memory).",
+        "",
+    ]
+    head = "| method |"
+    rule = "|---|"
+    for a in allocs:
+        head += f" kdlab img/s ({a}) | mdistiller img/s ({a}) | ratio ({a}) |"
+        rule += "---:|---:|---:|"
+    lines += [head, rule]
+    for row in result["rows"]:
+        line = f"| {row['method']} |"
+        for a in allocs:
+            c = row[a]
+            line += f" {c['kdlab_images_per_s']:.1f} | {c['reference_images_per_s']:.1f} | **{c['ratio']:.2f}** |"
+        lines.append(line)
+    lines += ["", "Allocators: " + "; ".join(f"{a}: {lib}" for a, lib in result["allocators"].items()) + "."]
+    lines.append("")
+    lines.append("Per-round ratios:")
+    lines.append("")
+    for row in result["rows"]:
+        parts = [f"{a} " + ", ".join(f"{x:.2f}" for x in row[a]["ratio_rounds"]) for a in allocs]
+        lines.append(f"- {row['method']}: " + "; ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reference-dir", help="a copy of megvii-research/mdistiller (outside this repository)")
+    p.add_argument("--reference-commit", default="", help="the mdistiller commit of that copy (for the record)")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
+    p.add_argument("--allocators", default=None, help="system,tcmalloc (default: both, tcmalloc when found)")
+    p.add_argument("--tcmalloc", help="path of libtcmalloc(_minimal).so.4 (default: kdlab.allocator's search)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each run")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per run")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of each side")
+    p.add_argument("--num-data", type=int, default=50000, help="CRD memory bank rows (both sides)")
+    p.add_argument("--out", help="write <out>.json and <out>.md")
+    p.add_argument("--worker", choices=["kdlab", "reference"], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker_main(args)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.allocators_given = args.allocators is not None
+    args.allocators = args.allocators or ",".join(ALLOCATORS)
+    cmd_args = [a for a in (sys.argv[1:] if argv is None else argv)]
+    for i, a in enumerate(cmd_args):  # the record names no path of this machine
+        if i > 0 and cmd_args[i - 1] in ("--reference-dir", "--tcmalloc"):
+            cmd_args[i] = "<" + cmd_args[i - 1].lstrip("-").upper().replace("-", "_") + ">"
+    args.command = "python benchmarks/vs_reference.py " + " ".join(shlex.quote(a) for a in cmd_args)
+    try:
+        result = measure(args)
+    except UsageError as err:
+        print(f"vs_reference: {err}", file=sys.stderr)
+        return 2
+    result["allocators"] = {a: Path(v).name if a == "tcmalloc" else v for a, v in result["allocators"].items()}
+    text = format_markdown(result)
+    if args.out:
+        Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.out + ".md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
