@@ -131,7 +131,8 @@ def _kdlab_runner(threads: int, num_data: int):
 
     def run(label: str, warmup: int, steps: int) -> list[float]:
         pair = METHODS[label]
-        recipe = yaml.safe_load((ROOT / "configs" / "cifar100" / pair.recipe / "resnet32x4__resnet8x4.yaml").read_text())
+        recipe_file = ROOT / "configs" / "cifar100" / pair.recipe / "resnet32x4__resnet8x4.yaml"
+        recipe = yaml.safe_load(recipe_file.read_text())
         method = {**recipe["method"], **dict(pair.overrides)}
         n = warmup + steps
         cfg = bench_config(method, batch_size=BATCH, steps=n, epochs=1, threads=threads, run_dir=tmp, name="run")
@@ -267,7 +268,7 @@ class Worker:
             cmd += ["--reference-dir", args.reference_dir]
         self.name = f"{side}/{allocator}"
         self.log_path = Path(log_dir) / f"{side}_{allocator}.log"
-        self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in close())
+        self.log = open(self.log_path, "w")  # closed in close()
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=ROOT
         )
@@ -317,7 +318,8 @@ def check_requirements(args: argparse.Namespace) -> tuple[list[str], list[str], 
     if ref is None or not (ref / "mdistiller" / "distillers" / "__init__.py").is_file():
         raise UsageError(
             f"--reference-dir {args.reference_dir!r} is not a copy of mdistiller (no mdistiller/distillers there); "
-            "make one outside this repository, e.g. git clone https://github.com/megvii-research/mdistiller ../mdistiller"
+            "make one outside this repository, e.g. "
+            "git clone https://github.com/megvii-research/mdistiller ../mdistiller"
         )
     if importlib.util.find_spec("yacs") is None:
         raise UsageError("mdistiller's configs need yacs, which is not installed: pip install yacs")
@@ -471,9 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.allocators_given = args.allocators is not None
     args.allocators = args.allocators or ",".join(ALLOCATORS)
-    cmd_args = [a for a in (sys.argv[1:] if argv is None else argv)]
-    for i, a in enumerate(cmd_args):  # the record names no path of this machine
-        if i > 0 and cmd_args[i - 1] in ("--reference-dir", "--tcmalloc"):
+    cmd_args = list(sys.argv[1:] if argv is None else argv)
+    for i in range(1, len(cmd_args)):  # the record names no path of this machine
+        if cmd_args[i - 1] in ("--reference-dir", "--tcmalloc"):
             cmd_args[i] = "<" + cmd_args[i - 1].lstrip("-").upper().replace("-", "_") + ">"
     args.command = "python benchmarks/vs_reference.py " + " ".join(shlex.quote(a) for a in cmd_args)
     try:
