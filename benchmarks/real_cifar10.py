@@ -657,7 +657,7 @@ def main() -> None:
         return
     jpg, ckpt = check_data(args.data.expanduser().resolve())
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "logs").mkdir(exist_ok=True)
+    (runs_dir(args) / "logs").mkdir(parents=True, exist_ok=True)  # one log folder per protocol
     args.report.parent.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
@@ -713,7 +713,7 @@ def main() -> None:
             "--out",
             str(args.out),
         ]
-        log_path = args.out / "logs" / f"{run_name(label, seed)}.log"
+        log_path = runs_dir(args) / "logs" / f"{run_name(label, seed)}.log"
         with open(log_path, "a") as fh:
             code = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
         log.info("%s seed %d: %s (log %s)", label, seed, "done" if code == 0 else f"FAILED ({code})", log_path)
