@@ -18,6 +18,14 @@ Kinds of outputs: on dense logits both terms apply. Classification logits ``[B, 
 logit term is absent there and ``cwd`` is CWD on the feature maps alone (the paper's feature variant), which the
 registry-generated classification tests exercise.
 
+Detection outputs (issue 20; open-mmlab/mmrazor ``configs/distill/mmdet/cwd/cwd_fpn_retina_r101_retina_r50_1x_coco.py``
+and ``cwd_fpn_frcnn_r101_frcnn_r50_1x_coco.py``: ``ChannelWiseDivergence(tau=1, loss_weight=10)`` on each of the five
+FPN outputs): CWD on every FPN level, one term per level named ``cwd.fpn.<l>`` (``feature_weight`` each; a 1x1
+convolution per level when the widths differ, none at equal widths as in the reference), next to the detector's own
+losses as the task term (``ce``). ``student_tap``/``teacher_tap`` are ``last`` or ``fpn`` (every level) there; the
+logit term (``cwd_weight``) needs dense class maps and is absent, as for classification; ``aux_weight`` is refused.
+Recipes: ``configs/coco/cwd/`` (``tau: 1``, ``feature_weight: 10``).
+
 Deviations:
 - Pixels labelled 255 (at the logits' resolution, nearest) are left out of each channel's spatial softmax of the
   logit term; the reference keeps every position. The feature term keeps every position (features describe the
@@ -34,6 +42,7 @@ from kdlab import losses
 from kdlab.method_configs.cwd import CWDConfig
 from kdlab.methods import register_method
 from kdlab.methods._dense import AUX_TAP, DenseOutputError, is_dense
+from kdlab.methods._detection import DetectionOutputError, DetectionPair, check_fpn_pair, refuse
 from kdlab.methods.base import BuildContext, DistillMethod
 from kdlab.types import LossOut, Needs, StepIO
 
@@ -46,11 +55,16 @@ class CWD(DistillMethod):
     mixed_labels_reason = "it distils dense (segmentation) outputs, whose labels are per pixel"
 
     dense_outputs = True
+    detection_outputs = True
 
     Config = CWDConfig
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)
+        self.detection = DetectionPair.build("cwd", ctx, class_scores=False)  # None unless the student is a detector
+        if self.detection is not None:
+            self._init_detection(cfg, ctx)
+            return
         self.student_tap = _resolve(cfg.student_tap, ctx.student_taps)
         self.teacher_tap = _resolve(cfg.teacher_tap, ctx.teacher_taps[0] if ctx.teacher_taps else {})
         if cfg.feature_weight > 0 and ctx.student_shapes and ctx.teacher_shapes:
@@ -69,8 +83,42 @@ class CWD(DistillMethod):
             if s_shape[0] != t_shape[0]:
                 self.adapters["proj"] = nn.Conv2d(s_shape[0], t_shape[0], 1, bias=False)
 
+    def _init_detection(self, cfg: Config, ctx: BuildContext) -> None:
+        refuse("cwd", {"aux_weight": cfg.aux_weight > 0})
+        for name, tap in (("student_tap", cfg.student_tap), ("teacher_tap", cfg.teacher_tap)):
+            if tap not in ("last", "fpn"):
+                raise DetectionOutputError(
+                    f"cwd: on a detection pair the feature term runs on every FPN level; set method.{name} to fpn "
+                    f"(got {tap!r})"
+                )
+        self.levels = check_fpn_pair("cwd", ctx.student_shapes, ctx.teacher_shapes[0])  # (s, t, C_s, C_t)
+        for s_tap, _, c_s, c_t in self.levels:
+            if c_s != c_t:
+                self.adapters[s_tap.replace(".", "")] = nn.Conv2d(c_s, c_t, 1, bias=False)
+
+    def _detection_loss(self, io: StepIO) -> LossOut:
+        cfg = self.cfg
+        terms = {"ce": cfg.ce_weight * io.task_loss(io.s.logits)}
+        if cfg.feature_weight > 0:
+            t_out = io.t
+            for s_tap, t_tap, _, _ in self.levels:
+                f_s = io.s.taps[s_tap]
+                key = s_tap.replace(".", "")
+                if key in self.adapters:
+                    f_s = self.adapters[key](f_s)
+                terms[f"cwd.{s_tap}"] = cfg.feature_weight * losses.channel_wise_divergence(
+                    f_s, t_out.taps[t_tap], cfg.tau
+                )
+        return LossOut(terms)
+
     def needs(self) -> Needs:
         cfg = self.cfg
+        if self.detection is not None:
+            on = cfg.feature_weight > 0
+            return Needs(
+                student_taps=frozenset(s for s, _, _, _ in self.levels) if on else frozenset(),
+                teacher_taps=frozenset(t for _, t, _, _ in self.levels) if on else frozenset(),
+            )
         s_taps, t_taps = set(), set()
         if cfg.feature_weight > 0:
             s_taps.add(self.student_tap)
@@ -80,6 +128,8 @@ class CWD(DistillMethod):
         return Needs(student_taps=frozenset(s_taps), teacher_taps=frozenset(t_taps))
 
     def loss(self, io: StepIO) -> LossOut:
+        if self.detection is not None:
+            return self._detection_loss(io)
         cfg = self.cfg
         s = io.s.logits
         terms = {"ce": cfg.ce_weight * io.cross_entropy(s)}

@@ -18,6 +18,19 @@ temperature (``tau: 1``; kdlab's ``tau^2`` factor is then 1), ``ce_weight`` 1, `
 ``aux_weight: 0.4`` for the same terms on the auxiliary heads (``configs/cityscapes/dist/``). Pixels labelled 255
 are left out of the DIST term (the reference keeps them); ``gather_logits`` is for classification logits only.
 
+Detection outputs (issue 20; hunto/MasKD ``mmrazor/mmrazor/models/losses/dist_kd.py`` ``DIST(beta, gamma,
+use_sigmoid)`` with ``configs/distill/dist/dist_retinanet_x101-retinanet-r50_coco.py`` and
+``dist_cascade_mask_rcnn_x101-fpn_x50_coco.py``): the DIST term on the classification outputs
+(:func:`kdlab.losses.detection.detection_dist`). RetinaNet: sigmoid scores (``use_sigmoid=True``), one DIST per FPN
+level over one row per position holding the ``a * K`` scores of its anchors (the reference distils the shared
+``retina_cls`` map once per level and sums the levels' losses), so ``inter`` correlates a position's anchor-class
+scores and ``intra`` each anchor-class column over the batch's positions. Faster R-CNN: softmax over the ``K + 1``
+RoI classes, one row per sampled RoI of the student, the teacher's RoI head run on the student's proposals
+(the reference's ``modules_with_student_inputs``). The task term is the detector's own losses
+(``io.task_loss``, reported as ``ce``); the recipes (``configs/coco/dist/``) use the reference's ``beta = gamma = 1``,
+weight 1, no temperature (``tau: 1``), ``ce_weight: 1``. ``gather_logits``, ``label_smoothing`` and ``aux_weight``
+are refused on a detection pair.
+
 Deviations: none. Note that ``intra`` depends on the batch composition, so under DDP it is computed on each
 process's part of the batch, as in the reference; ``gather_logits: true`` computes the DIST term over the global
 batch instead (all processes' logits gathered, gradients returned to each process's rows), which equals the
@@ -27,10 +40,12 @@ one-process loss at the same global batch.
 from __future__ import annotations
 
 from kdlab import distributed, losses
+from kdlab.losses.detection import detection_dist
 from kdlab.method_configs.dist import DISTConfig
 from kdlab.methods import register_method
 from kdlab.methods._dense import aux_needs, is_dense, logit_rows, with_aux
-from kdlab.methods.base import DistillMethod
+from kdlab.methods._detection import ONE_STAGE, DetectionPair, refuse
+from kdlab.methods.base import BuildContext, DistillMethod
 from kdlab.types import LossOut, Needs, StepIO
 
 
@@ -42,14 +57,41 @@ class DIST(DistillMethod):
 
     averages_teachers = True
     dense_outputs = True
+    detection_outputs = True
 
     Config = DISTConfig
 
+    def __init__(self, cfg: DISTConfig, ctx: BuildContext) -> None:
+        super().__init__(cfg, ctx)
+        self.detection = DetectionPair.build("dist", ctx)  # None unless the student is a detector
+        if self.detection is not None:
+            refuse(
+                "dist",
+                {
+                    "gather_logits": cfg.gather_logits,
+                    "aux_weight": cfg.aux_weight > 0,
+                    "label_smoothing": cfg.label_smoothing > 0,
+                },
+            )
+
     def needs(self) -> Needs:
+        if self.detection is not None:
+            return self.detection.needs()
         return aux_needs(Needs(), self.cfg.aux_weight)
 
     def loss(self, io: StepIO) -> LossOut:
+        if self.detection is not None:
+            return self._detection_loss(io)
         return with_aux(self._loss, io, self.cfg.aux_weight)
+
+    def _detection_loss(self, io: StepIO) -> LossOut:
+        cfg = self.cfg
+        sigmoid = self.detection.kind == ONE_STAGE
+        per_teacher = sum(
+            detection_dist(s, t, cfg.beta, cfg.gamma, cfg.tau, use_sigmoid=sigmoid)
+            for s, t in self.detection.class_rows(io)
+        )  # [M]: summed over the FPN levels (one-stage) or the one RoI group (two-stage)
+        return LossOut({"ce": cfg.ce_weight * io.task_loss(io.s.logits), "dist": cfg.dist_weight * per_teacher.mean()})
 
     def _loss(self, io: StepIO) -> LossOut:
         cfg = self.cfg

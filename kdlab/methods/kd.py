@@ -11,16 +11,29 @@ Dense outputs (segmentation): the KD term over one row per labelled pixel at the
 pixel-wise ``CriterionKD`` of hunto/DIST_KD ``segmentation/losses/loss.py``: KL ``batchmean`` over pixels times
 ``T^2``), plus ``aux_weight`` times every term on the auxiliary heads (:mod:`kdlab.methods._dense`).
 
+Detection outputs (issue 20): the KD term on the classification outputs of a detector (rows from
+:class:`kdlab.methods._detection.DetectionPair`). RetinaNet's per-anchor scores are independent sigmoids, so each
+anchor-class score is a two-outcome distribution and the term is ``T^2 * mean_anchors sum_classes KL(Bern(p_t) ||
+Bern(p_s))`` (:func:`kdlab.losses.detection.sigmoid_kd`, the soft binary cross-entropy of sigmoid-head distillation
+minus the teacher's entropy); Faster R-CNN's RoI head is a softmax over ``K + 1`` classes, so the term is Hinton's KD
+per RoI, batch-mean over the student's sampled RoIs, with the teacher's RoI head on the student's proposals (Chen,
+Choi, Yu, Han, Chandraker, "Learning Efficient Object Detection Models with Knowledge Distillation", NeurIPS 2017,
+distil the RoI classifier's softened outputs). The task term is the detector's own losses (``io.task_loss``, as
+``ce``). ``standardize``, ``label_smoothing`` and ``aux_weight`` are refused on a detection pair. No reference
+recipe gives kd's weights for these pairs: ``configs/coco/kd/`` uses ``T = 1``, ``ce_weight 1``, ``kd_weight 1``.
+
 Deviations: none (dense: pixels labelled 255 are left out of the KD term; the reference keeps them).
 """
 
 from __future__ import annotations
 
 from kdlab import losses
+from kdlab.losses.detection import sigmoid_kd
 from kdlab.method_configs.kd import KDConfig
 from kdlab.methods import register_method
 from kdlab.methods._dense import aux_needs, logit_rows, with_aux
-from kdlab.methods.base import DistillMethod
+from kdlab.methods._detection import ONE_STAGE, DetectionPair, refuse
+from kdlab.methods.base import BuildContext, DistillMethod
 from kdlab.types import LossOut, Needs, StepIO
 
 
@@ -32,14 +45,41 @@ class KD(DistillMethod):
 
     averages_teachers = True
     dense_outputs = True
+    detection_outputs = True
 
     Config = KDConfig
 
+    def __init__(self, cfg: KDConfig, ctx: BuildContext) -> None:
+        super().__init__(cfg, ctx)
+        self.detection = DetectionPair.build("kd", ctx)  # None unless the student is a detector
+        if self.detection is not None:
+            refuse(
+                "kd",
+                {
+                    "standardize": cfg.standardize,
+                    "aux_weight": cfg.aux_weight > 0,
+                    "label_smoothing": cfg.label_smoothing > 0,
+                },
+            )
+
     def needs(self) -> Needs:
+        if self.detection is not None:
+            return self.detection.needs()
         return aux_needs(Needs(), self.cfg.aux_weight)
 
     def loss(self, io: StepIO) -> LossOut:
+        if self.detection is not None:
+            return self._detection_loss(io)
         return with_aux(self._loss, io, self.cfg.aux_weight)
+
+    def _detection_loss(self, io: StepIO) -> LossOut:
+        cfg = self.cfg
+        s_rows, t_rows = self.detection.anchor_scores(io)  # [R, C], [M, R, C]
+        if self.detection.kind == ONE_STAGE:
+            kd_term = sigmoid_kd(s_rows, t_rows, cfg.temperature).mean()
+        else:
+            kd_term = losses.kd(s_rows, t_rows, cfg.temperature).mean()
+        return LossOut({"ce": cfg.ce_weight * io.task_loss(io.s.logits), "kd": cfg.kd_weight * kd_term})
 
     def _loss(self, io: StepIO) -> LossOut:
         cfg = self.cfg
