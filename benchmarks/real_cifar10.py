@@ -246,6 +246,16 @@ def code_version() -> str:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def finished_run(raw: dict) -> dict | None:
+    """The summary of the finished run of config ``raw`` (same config, read by the current code), else None."""
+    from kdlab.config import build_config
+
+    cfg = build_config(raw)
+    run_dir = Path(cfg.train.run_dir) / cfg.train.name
+    summary = finished_summary(run_dir)
+    return summary if summary is not None and same_config(run_dir / "config.yaml", cfg) else None
+
+
 def train_one(raw: dict) -> tuple[dict, str]:
     """Train one run; a finished run of the same config is reused, an interrupted one resumed. The commit of the code
     that trained it is written beside it (``bench.json``)."""
@@ -689,6 +699,10 @@ def main() -> None:
 
     def launch(task: tuple[str, int]) -> int:
         label, seed = task
+        done = finished_run(run_config(label, seed, args, jpg, ckpt))  # reused without starting a process
+        if done is not None:
+            log.info("%s seed %d: reused (top-1 %.2f)", label, seed, done["last"]["top1"])
+            return 0
         cmd = [
             sys.executable,
             str(Path(__file__).resolve()),
