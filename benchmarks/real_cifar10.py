@@ -40,6 +40,7 @@ Usage: ``python benchmarks/real_cifar10.py [--data DIR] [--epochs 20] [--seeds 3
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -225,6 +226,9 @@ def same_config(config_path: Path, cfg: object) -> bool:
         recorded = build_config(yaml.safe_load(config_path.read_text()))
     except Exception:  # a field since removed or renamed: a different run
         return False
+    if Path(recorded.train.run_dir).resolve() == Path(cfg.train.run_dir).resolve():
+        # the same folder, named absolutely or relatively (``--out`` given either way): not a different run
+        recorded = dataclasses.replace(recorded, train=dataclasses.replace(recorded.train, run_dir=cfg.train.run_dir))
     return dump_config(recorded) == dump_config(cfg)
 
 
