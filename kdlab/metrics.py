@@ -22,6 +22,9 @@ Registered metrics (``kdlab list metrics``):
   occur in the labels or the predictions (as ``mmseg``'s ``nanmean``), from a ``[K, K]`` confusion matrix kept on the
   device and summed over processes; the per-class IoUs are reported as ``miou_per_class`` (NaN for an absent class).
 - ``pixel_acc``: ``sum_c TP_c / (number of labelled pixels)`` in percent, from the same confusion matrix.
+- ``map``: COCO box AP@[.5:.95] in percent by pycocotools' COCOeval, with ``map_50``, ``map_75``, ``map_s``,
+  ``map_m``, ``map_l`` as details (:mod:`kdlab.metrics_detection`); it scores detections ``[B, D, 6]`` against
+  ``[B, N, 7]`` ground truth, and a detection run's metrics must all be detection metrics.
 
 Dense predictions (segmentation): logits ``[B, K, h, w]`` and labels ``[B, H, W]`` with :data:`IGNORE_INDEX` are turned
 into rows by :func:`dense_rows` before any metric sees them: the logits are upsampled bilinearly to the label size
@@ -89,6 +92,9 @@ class Metric:
     """
 
     higher_is_better: bool = True
+    task: str = "classification"
+    """What the metric scores: ``classification`` (class logits ``[B, K]``, dense ones as rows) or ``detection``
+    (detections ``[B, D, 6]`` against ``[B, N, 7]`` ground truth, :mod:`kdlab.metrics_detection`)."""
 
     def __init__(self, num_classes: int, device: torch.device) -> None:
         self.num_classes = num_classes
@@ -305,6 +311,7 @@ METRICS.add("ece", ECE, description="expected calibration error, 15 equal-width 
 METRICS.add("auc", AUC, description="ROC AUC: binary, or macro one-vs-rest for more classes (0..1)")
 METRICS.add("miou", MeanIoU, description="mean intersection-over-union from the confusion matrix (%)")
 METRICS.add("pixel_acc", PixelAccuracy, description="pixel accuracy from the confusion matrix (%)")
+import kdlab.metrics_detection  # noqa: E402, F401  registers "map" (a Metric subclass; pycocotools loads lazily)
 
 
 def metric_names() -> list[str]:
@@ -352,13 +359,29 @@ def check_metric_names(names: Iterable[str], where: str = "train.metrics") -> tu
 
 def resolve_metrics(configured: Sequence[str], dataset_defaults: Sequence[str] | None) -> tuple[str, ...]:
     """The metrics of a run: ``train.metrics`` when set, else the dataset's declared defaults, else
-    :data:`DEFAULT_METRICS`; ``top1`` is always included (progress lines and image reports read it)."""
+    :data:`DEFAULT_METRICS`; ``top1`` is always included (progress lines and image reports read it), except for a
+    detection dataset (defaults ``("map",)``), whose outputs are boxes: there every metric must score detections.
+
+    Raises:
+        ValueError: an unknown name, or a metric of the other task (``top1`` on a detection dataset, ``map`` on a
+            classification or segmentation one), naming the metrics that fit.
+    """
     names = tuple(configured) or tuple(dataset_defaults or ()) or DEFAULT_METRICS
     names = check_metric_names(names)
+    detection_data = any(METRICS.get(n).task == "detection" for n in check_metric_names(dataset_defaults or ()))
+    wrong = [n for n in names if (METRICS.get(n).task == "detection") != detection_data]
+    if wrong:
+        fit = [n for n in METRICS.names() if (METRICS.get(n).task == "detection") == detection_data]
+        what = "boxes (a detection dataset)" if detection_data else "class scores"
+        raise ValueError(
+            f"train.metrics: {wrong} cannot score this dataset's outputs, which are {what}; use {', '.join(fit)}"
+        )
+    if detection_data:
+        return names
     return names if "top1" in names else ("top1", *names)
 
 
-_PERCENT = ("top1", "top5", "miou", "pixel_acc")
+_PERCENT = ("top1", "top5", "miou", "pixel_acc", "map")
 
 
 def format_metrics(values: dict) -> str:
@@ -397,25 +420,42 @@ def evaluate(
 
     Returns:
         ``{name: value for each metric, "loss": mean cross-entropy, "n": samples (labelled pixels when dense)}``,
-        plus what a metric's ``details()`` adds (``miou_per_class``).
+        plus what a metric's ``details()`` adds (``miou_per_class``, ``map_50``...). Detection outputs
+        (detections ``[B, D, 6]`` with ground truth ``[B, N, 7]``, :func:`kdlab.metrics_detection.is_detection_output`)
+        have no ``loss`` (a detector computes its losses only in training mode, against targets; its evaluation
+        outputs are post-processed boxes, which have no cross-entropy) and ``n`` counts images.
 
     Raises:
         ValueError: no batch, or an unknown metric name.
     """
+    from kdlab.metrics_detection import is_detection_output
+
     names = check_metric_names(names, "metrics")
     was = model.training
     model.eval()
     metrics: dict[str, Metric] | None = None
     loss = NLL(num_classes or 2, torch.device("cpu"))
+    detection = False
+    images = 0
     try:
         for batch in batches:
-            logits, y = dense_rows(model(_model_input(batch)).float(), batch.y)
+            logits = model(_model_input(batch)).float()
+            detection = is_detection_output(logits, batch.y)
+            logits, y = (logits, batch.y) if detection else dense_rows(logits, batch.y)
             if metrics is None:
-                k = num_classes or logits.shape[1]
+                k = num_classes or (0 if detection else logits.shape[1])
+                wrong = [n for n in names if (METRICS.get(n).task == "detection") != detection]
+                if wrong:
+                    kind = "detections [B, D, 6]" if detection else f"class logits {tuple(logits.shape)}"
+                    raise ValueError(f"metric(s) {wrong} cannot score the model's outputs, {kind}")
                 metrics = {n: METRICS.get(n)(k, logits.device) for n in names}
-                loss = NLL(k, logits.device)
-            for m in (*metrics.values(), loss):
+                loss = NLL(k or 2, logits.device)
+            for m in metrics.values():
                 m.update(logits, y)
+            if detection:
+                images += y.shape[0]
+            else:
+                loss.update(logits, y)
     finally:
         model.train(was)
     if metrics is None:
@@ -424,13 +464,16 @@ def evaluate(
         gather = gather_rows or (lambda t: t)
         for m in (*metrics.values(), loss):
             m.sync(reduce_sum, gather)
-    n = int(loss.sums[0])
+        if detection:
+            images = int(reduce_sum(torch.tensor([float(images)], dtype=torch.float64, device=loss.sums.device)))
+    n = images if detection else int(loss.sums[0])
     if n == 0:
         raise ValueError("evaluation saw no samples")
     out = {name: m.compute() for name, m in metrics.items()}
     for m in metrics.values():
         out.update(m.details() if hasattr(m, "details") else {})
-    out["loss"] = loss.compute()
+    if not detection:
+        out["loss"] = loss.compute()
     out["n"] = n
     return out
 

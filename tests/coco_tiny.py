@@ -61,7 +61,8 @@ def make_coco(
             n_boxes = 0 if i >= count else int(rng.integers(1, 4))
             for _ in range(n_boxes):
                 cat = CATEGORIES[int(rng.integers(0, len(CATEGORIES)))]["id"]
-                bw, bh = int(rng.integers(w // 6, w // 2)), int(rng.integers(h // 6, h // 2))
+                # from a tenth to two thirds of the image: small, medium and large boxes at 240x320
+                bw, bh = int(rng.integers(max(2, w // 10), 2 * w // 3)), int(rng.integers(max(2, h // 10), 2 * h // 3))
                 x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
                 image[y0 : y0 + bh, x0 : x0 + bw] = COLOURS[cat]
                 annotations.append(

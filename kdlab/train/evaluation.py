@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from kdlab.config import ConfigError, RunConfig
 from kdlab.distributed import World
-from kdlab.metrics import DEFAULT_METRICS, resolve_metrics
+from kdlab.metrics import DEFAULT_METRICS, METRICS, resolve_metrics
 from kdlab.metrics import evaluate as evaluate_metrics
 from kdlab.train import distributed
 from kdlab.train.build import Run
@@ -51,13 +51,15 @@ def run_metrics(cfg: RunConfig, splits: object) -> tuple[str, ...]:
         names = resolve_metrics(cfg.train.metrics, getattr(splits, "metrics", None))
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    allowed = (*names, "loss")
+    detection = any(METRICS.get(n).task == "detection" for n in names)
+    allowed = names if detection else (*names, "loss")  # a detector's evaluation has no loss (kdlab.metrics.evaluate)
     if cfg.train.ema_decay is not None:  # the student EMA's metrics (kdlab/train/ema.py) may choose the best epoch
         allowed += tuple(f"ema_{n}" for n in allowed)
     if cfg.train.select_by not in allowed:
         ema = ", or ema_<one of them> with train.ema_decay" if cfg.train.select_by.startswith("ema_") else ""
+        also = "" if detection else f" (or 'loss'{ema})"
         raise ConfigError(
-            f"train.select_by={cfg.train.select_by!r} is not among the run's metrics {list(names)} (or 'loss'{ema}); "
+            f"train.select_by={cfg.train.select_by!r} is not among the run's metrics {list(names)}{also}; "
             f"choose one of them, or add it to train.metrics"
         )
     return names
