@@ -163,12 +163,14 @@ def _batch(name: str, model: nn.Module, seed: int = 1) -> torch.Tensor:
     return torch.randn(BATCH, *_input_shape(name, model), generator=gen)
 
 
-# Image classifiers; token models (``inputs="tokens"``, the BERTs) have their own contract in tests/test_bert.py and
-# dense-prediction models (``outputs="dense"``) theirs in tests/test_segmentation_models.py.
+# Image classifiers; token models (``inputs="tokens"``, the BERTs) have their own contract in tests/test_bert.py,
+# dense-prediction models (``outputs="dense"``) theirs in tests/test_segmentation_models.py and detection models
+# (``outputs="detection"``) theirs in tests/test_detection_models.py.
 IMAGE_MODELS = [
     n
     for n in model_names()
-    if MODELS.meta(n).get("inputs", "images") == "images" and MODELS.meta(n).get("outputs") != "dense"
+    if MODELS.meta(n).get("inputs", "images") == "images"
+    and MODELS.meta(n).get("outputs") not in ("dense", "detection")
 ]
 
 

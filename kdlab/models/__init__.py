@@ -18,7 +18,7 @@ from kdlab.registry import Registry
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 # Packages whose modules register models on import; every module in them is imported by `_load_zoo`.
-_ZOO_PACKAGES = ("kdlab.models.cifar", "kdlab.models.imagenet", "kdlab.models.segmentation")
+_ZOO_PACKAGES = ("kdlab.models.cifar", "kdlab.models.imagenet", "kdlab.models.segmentation", "kdlab.models.detection")
 
 
 def register_model(name: str, **meta: object) -> Callable:

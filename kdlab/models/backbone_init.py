@@ -41,6 +41,8 @@ def backbone_state(obj: Mapping[str, object], backbone: nn.Module, model_name: s
     for key, value in expected.items():  # older files have no BatchNorm step counters
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = value.clone()
+    # frozen BN (torchvision's FrozenBatchNorm2d, detection trunks) has no step counter: drop the file's
+    state = {k: v for k, v in state.items() if k in expected or not k.endswith("num_batches_tracked")}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
@@ -69,7 +71,8 @@ def load_backbone_file(model: nn.Module, path: str | Path, model_name: str) -> N
     """
     from kdlab.train.checkpoint import read_file
 
-    backbone = getattr(model, "backbone", None)
+    # detection models name their ImageNet trunk (``backbone.body``: the FPN is not in an ImageNet file)
+    backbone = getattr(model, "imagenet_trunk", None) or getattr(model, "backbone", None)
     if not isinstance(backbone, nn.Module):
         raise ConfigError(
             f"model.student_backbone: model {model_name!r} has no separate backbone to initialise; use "
