@@ -67,10 +67,14 @@ def score(
     Returns:
         ``{"top1", "top5", "loss", "nll", "ece", "n"}``: ``loss`` and ``nll`` are the mean cross-entropy
         (natural log), ``ece`` is in ``[0, 1]`` with bins ``((m-1)/M, m/M]`` (Guo et al., ICML 2017); plus the
-        ``extra`` metrics and what they add (``miou_per_class``).
+        ``extra`` metrics and what they add (``miou_per_class``). A detection metric in ``extra`` (``map``: the
+        model outputs boxes) gives :func:`kdlab.metrics.evaluate`'s record of the ``extra`` metrics alone
+        (``{"map", "map_50", ..., "n"}``, no top-1 and no loss).
     """
-    from kdlab.metrics import METRICS, dense_rows
+    from kdlab.metrics import METRICS, dense_rows, evaluate
 
+    if any(METRICS.get(name).task == "detection" for name in extra):  # boxes: the detection metrics alone
+        return evaluate(model, batches, tuple(extra))
     others: dict = {}
     was = model.training
     model.eval()
@@ -333,7 +337,7 @@ def evaluate_file(
     dev = param.device if param is not None else torch.device("cpu")
     extra = [m for m in getattr(loaded.splits, "metrics", ()) if m not in ("top1", "top5", "nll", "ece")]
     result = score(loaded.model, split_batches(loaded.splits, loaded.data_cfg, split, dev), extra=extra)
-    if not math.isfinite(result["nll"]):
+    if not math.isfinite(result.get("nll", 0.0)):  # a detector's evaluation has no NLL
         log.warning("the NLL is not finite: the model's logits overflow on this data")
     return {
         **result,

@@ -52,9 +52,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = trainer.fit()
     if not trainer.world.main:
         return 0
-    print(
-        f"{summary['run']}: test top1 last {summary['last']['top1']:.2f} (epoch {summary['last']['epoch']}), "
+    top1 = (  # a detection run has no top-1: its line names its select_by metric (map) alone
+        f"test top1 last {summary['last']['top1']:.2f} (epoch {summary['last']['epoch']}), "
         f"best {summary['best']['top1']:.2f} (epoch {summary['best']['epoch']}); "
+        if "top1" in summary["last"]
+        else f"test (epoch {summary['last']['epoch']}, best epoch {summary['best']['epoch']}) "
+    )
+    print(
+        f"{summary['run']}: {top1}"
         + _selected_metric(summary)
         + (
             f"EMA top1 last {summary['last']['ema_top1']:.2f}"
@@ -91,6 +96,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         input_std=args.input_std,
         split=args.split,
     )
+    if "top1" not in result:  # a detector: its box metrics
+        from kdlab.metrics import format_metrics
+
+        log.info(
+            "%s (%s, %s) on %s %s: %s (%d images)",
+            *(result[k] for k in ("file", "model", "kind", "dataset", "split")),
+            format_metrics(result),
+            result["n"],
+        )
+        print(json.dumps(result, indent=2))
+        return 0
     log.info(
         "%s (%s, %s) on %s %s: top-1 %.2f %%, top-5 %.2f %%, NLL %.4f, ECE %.4f (%d images)",
         result["file"],

@@ -133,6 +133,7 @@ def measure_teachers(run: Any, use_cache: bool = True) -> list[dict]:
         ``warning`` naming the usual causes (logged by :func:`log_header`).
     """
     from kdlab.evaluate import score
+    from kdlab.metrics import METRICS
 
     cfg = run.cfg
     out = []
@@ -158,11 +159,15 @@ def measure_teachers(run: Any, use_cache: bool = True) -> list[dict]:
             entry.update(test=cached["test"], cached=True)
         else:
             log.info("measuring teacher %d (%s) on the test split, once per checkpoint (cached)", i, tcfg.name)
-            result = score(teacher, run.data.eval_batches("test"))
-            entry["test"] = {k: result[k] for k in ("top1", "top5", "nll", "ece", "n")}
+            boxes = [m for m in getattr(run.splits, "metrics", ()) if METRICS.get(m).task == "detection"]
+            result = score(teacher, run.data.eval_batches("test"), extra=boxes)  # detection: the box metrics alone
+            keys = ("top1", "top5", "nll", "ece") if not boxes else tuple(k for k in result if k.startswith("map"))
+            entry["test"] = {k: result[k] for k in (*keys, "n")}
             if use_cache and fingerprint:
                 _cache_write(key, {"test": entry["test"], "model": tcfg.name, "checkpoint": str(tcfg.checkpoint)})
         test = entry["test"]
+        if "top1" not in test:  # a detector: no chance level of a class score
+            continue
         entry["chance_level"] = chance_level(test["top1"], run.splits.num_classes, int(test["n"]))
         if entry["chance_level"]:
             entry["warning"] = (
@@ -247,6 +252,7 @@ def build_header(trainer: Any, measure: bool = True) -> dict:
             "input_size": list(input_size) if input_size is not None else None,
             "mean": [float(v) for v in splits.mean] if hasattr(splits, "mean") else None,
             "std": [float(v) for v in splits.std] if hasattr(splits, "std") else None,
+            **getattr(splits, "record", {}),  # what the source counted (coco: dropped boxes, images without boxes)
         },
         "student": {
             "name": cfg.model.student,
@@ -329,7 +335,11 @@ def format_header(header: dict) -> str:
         f"{_norm(s['input_mean'], s['input_std'])}{init}",
     ]
     for i, t in enumerate(header["teachers"]):
-        if t.get("test"):
+        if t.get("test") and "top1" not in t["test"]:  # a detector's box mAP
+            from kdlab.metrics import format_metrics
+
+            acc = f"test {format_metrics(t['test'])}" + (" (cached)" if t.get("cached") else "")
+        elif t.get("test"):
             acc = (
                 f"test top-1 {t['test']['top1']:.2f} %, top-5 {t['test']['top5']:.2f} %"
                 + (" (cached)" if t.get("cached") else "")

@@ -1,0 +1,185 @@
+"""The coco source and the detection loader: the batch contract, boxes through resize and flip (golden values), the
+source's rules (labels, crowd boxes, empty images, dropped boxes) and bad input through the real CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("pycocotools")
+
+from coco_tiny import edit_annotations, make_coco
+from segmentation_util import cli
+
+from kdlab.config import build_config
+from kdlab.data.detection import SIZE_DIVISIBLE, flip_boxes, resize_boxes, resized_hw
+
+
+def _data(root, **data):
+    from kdlab.data import load_dataset, make_loader
+
+    settings = {"name": "coco", "root": str(root), "min_size": 96, "max_size": 200, "workers": 0, "batch_size": 4}
+    cfg = build_config({"data": {**settings, **data}, "model": {"student": "convnet_s"}}, [])
+    splits = load_dataset(cfg.data)
+    return splits, make_loader(splits, cfg.data, torch.device("cpu"), 0)
+
+
+def test_resize_rule_is_torchvisions():
+    # shorter side to 800 unless the longer would pass 1333; floor of size * scale
+    assert resized_hw(480, 640, 800, 1333) == (800, 1066)
+    assert resized_hw(640, 480, 800, 1333) == (1066, 800)
+    assert resized_hw(100, 1000, 800, 1333) == (133, 1333)  # the longer side decides
+    assert resized_hw(427, 640, 800, 1333) == (800, 1199)  # 800 / 427 * 427 must not floor to 799
+    boxes = np.array([[10.0, 5.0, 30.0, 20.0]], dtype=np.float32)
+    assert resize_boxes(boxes, (48, 64), (96, 128)).tolist() == [[20.0, 10.0, 60.0, 40.0]]
+    assert resize_boxes(boxes, (48, 64), (64, 85))[0].tolist() == pytest.approx(
+        [10 * 85 / 64, 5 * 4 / 3, 30 * 85 / 64, 20 * 4 / 3]
+    )
+    assert flip_boxes(boxes, 64).tolist() == [[34.0, 5.0, 54.0, 20.0]]
+
+
+def _plant_known_box(root):
+    """Image 1 of train and image 1001 of val get exactly one box, xywh [10, 5, 20, 15] of category 3."""
+
+    def edit(payload):
+        first = payload["images"][0]["id"]
+        payload["annotations"] = [a for a in payload["annotations"] if a["image_id"] != first]
+        ann = {"id": 777, "image_id": first, "category_id": 3, "bbox": [10.0, 5.0, 20.0, 15.0], "area": 300.0}
+        payload["annotations"].append({**ann, "iscrowd": 0})
+
+    edit_annotations(root, "train", edit)
+    edit_annotations(root, "val", edit)
+
+
+def test_boxes_survive_resize_and_flip_golden(tmp_path):
+    root = make_coco(tmp_path / "coco", n_train=4, n_val=4)  # 48x64 images, one batch per epoch
+    _plant_known_box(root)
+    splits, loader = _data(root)  # min_size 96: scale 2 -> 96x128
+    assert splits.train.image_ids[0] == 1 and splits.test.image_ids[0] == 1001
+    batch = next(iter(loader.eval_batches("test")))
+    x = batch.x
+    assert x["image_sizes"][0].tolist() == [96, 128] and x["original_sizes"][0].tolist() == [48, 64]
+    assert x["boxes"][0, 0].tolist() == [20.0, 10.0, 60.0, 40.0] and x["labels"][0, 0] == 1  # id 3 -> label 1
+    assert batch.y[0, 0].tolist() == [10.0, 5.0, 30.0, 20.0, 1.0, 0.0, 300.0]
+    reference = next(iter(loader.eval_batches("train"))).x["images"][0]  # training image 0, unflipped
+    seen = set()
+    for epoch in range(8):
+        for b in loader.train_batches(epoch):
+            (j,) = (b.index == 0).nonzero()[:, 0].tolist() or [None]
+            if j is None:
+                continue
+            box, y = b.x["boxes"][j, 0].tolist(), b.y[j, 0].tolist()
+            flipped = box == [68.0, 10.0, 108.0, 40.0]  # 128 - 60, 128 - 20
+            assert flipped or box == [20.0, 10.0, 60.0, 40.0], box
+            assert y == ([34.0, 5.0, 54.0, 20.0] if flipped else [10.0, 5.0, 30.0, 20.0]) + [1.0, 0.0, 300.0]
+            image = b.x["images"][j, :, :96, :128]
+            torch.testing.assert_close(image, reference[:, :96, :128].flip(-1) if flipped else reference[:, :96, :128])
+            seen.add(flipped)
+    assert seen == {True, False}  # both cases met
+
+
+def test_batch_contract_padding_crowd_and_empty_images(tmp_path):
+    root = make_coco(tmp_path / "coco", n_train=8, n_val=5, crowd=True, empty_train=2, empty_val=2)
+    splits, loader = _data(root, min_size=40, max_size=70, eval_batch_size=7)
+    assert splits.num_classes == 3 and splits.category_ids == (1, 3, 7) and splits.metrics == ("map",)
+    assert splits.record["train_images_without_boxes"] == 2 and len(splits.train) == 8  # dropped from training
+    assert len(splits.test) == 7  # kept in evaluation
+    (batch,) = list(loader.eval_batches("test"))
+    x, y = batch.x, batch.y
+    b, n = x["labels"].shape
+    assert b == 7 and y.shape == (7, n, 7) and x["boxes"].shape == (7, n, 4) and n >= 1
+    assert x["images"].dtype == torch.float32 and x["boxes"].dtype == torch.float32 and y.dtype == torch.float32
+    assert x["labels"].dtype == torch.int64 and x["image_sizes"].dtype == torch.int64
+    hp, wp = x["images"].shape[-2:]
+    assert hp % SIZE_DIVISIBLE == 0 and wp % SIZE_DIVISIBLE == 0
+    for j in range(b):
+        h, w = x["image_sizes"][j].tolist()
+        assert min(h, w) == 40 or max(h, w) == 70
+        assert (x["images"][j, :, h:] == 0).all() and (x["images"][j, :, :, w:] == 0).all()  # zero padding
+        assert x["images"][j, :, :h, :w].abs().sum() > 0
+    pad = y[..., 4] < 0
+    assert (x["labels"][pad] == -1).all() and (x["boxes"][pad] == 0).all()
+    assert (pad.all(dim=1)).sum() == 2  # the two empty images: only padding rows
+    crowd = y[..., 5] == 1
+    assert crowd.sum() == 1 and (x["labels"][crowd] == -1).all() and (y[..., 4][crowd] >= 0).all()  # kept, not trained
+    real = ~pad & ~crowd
+    assert (x["labels"][real] == y[..., 4][real].long()).all()
+
+
+def test_resume_replays_the_epoch_and_holdout_split(tmp_path):
+    root = make_coco(tmp_path / "coco", n_train=10, n_val=2)
+    _, loader = _data(root, batch_size=3, val_fraction=0.2)
+    assert len(loader.val) == 2 and loader.num_train == 8
+    full = list(loader.train_batches(1))
+    tail = list(loader.train_batches(1, start_step=1))
+    assert len(tail) == len(full) - 1
+    for a, b in zip(full[1:], tail):
+        assert torch.equal(a.index, b.index) and torch.equal(a.y, b.y)
+        assert all(torch.equal(a.x[k], b.x[k]) for k in a.x)
+
+
+SMALL = ["data.min_size=64", "data.max_size=64", "data.workers=0", "train.epochs=1", "train.device=cpu"]
+
+
+def _config(tmp_path, root) -> str:
+    config = tmp_path / "coco.yaml"
+    config.write_text(
+        f"model: {{student: convnet_s}}\ndata: {{name: coco, root: {root}, batch_size: 4}}\n"
+        "train: {select_by: map, threads: 1}\nlog: {progress: off}\n"
+    )
+    return str(config)
+
+
+def _refused(tmp_path, root, *overrides) -> str:
+    code, _, err = cli("train", _config(tmp_path, root), *SMALL, f"train.run_dir={tmp_path / 'runs'}", *overrides)
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert not (tmp_path / "runs").exists()  # nothing written
+    return err
+
+
+def test_unknown_category_id_exits_2_naming_file_annotation_and_fix(tmp_path):
+    root = make_coco(tmp_path / "coco", n_train=4, n_val=2)
+
+    def edit(payload):
+        payload["annotations"][1]["category_id"] = 99
+
+    edit_annotations(root, "val", edit)
+    err = _refused(tmp_path, root)
+    ann_id = json.loads((root / "annotations" / "instances_val2017.json").read_text())["annotations"][1]["id"]
+    assert "instances_val2017.json" in err and f"annotation id {ann_id}" in err and "category_id 99" in err
+    assert "add the category to 'categories' or remove the annotation" in err
+
+
+def test_missing_image_exits_2_naming_the_path(tmp_path):
+    root = make_coco(tmp_path / "coco", n_train=4, n_val=2)
+    (root / "train2017" / "000000000003.jpg").unlink()
+    err = _refused(tmp_path, root)
+    assert str(root / "train2017" / "000000000003.jpg") in err and "is missing" in err
+
+
+def test_bad_sizes_and_classification_subsets_exit_2(tmp_path):
+    root = make_coco(tmp_path / "coco", n_train=4, n_val=2)
+    assert "need 1 <= min_size <= max_size" in _refused(tmp_path, root, "data.min_size=100", "data.max_size=50")
+    assert "data.train_per_class=2 subsets a classification set" in _refused(tmp_path, root, "data.train_per_class=2")
+    assert "['top1'] cannot score" in _refused(tmp_path, root, "train.metrics=[top1]")
+    assert "not among the run's metrics ['map']" in _refused(tmp_path, root, "train.select_by=loss")
+
+
+def test_non_positive_boxes_are_dropped_and_counted(tmp_path, caplog):
+    root = make_coco(tmp_path / "coco", n_train=4, n_val=2)
+
+    def edit(payload):
+        payload["annotations"][0]["bbox"][2] = 0.0  # zero width
+        payload["annotations"][1]["bbox"][3] = -3.0  # negative height
+
+    edit_annotations(root, "train", edit)
+    edit_annotations(root, "val", lambda p: p["annotations"][0]["bbox"].__setitem__(2, -1.0))
+    with caplog.at_level("WARNING", logger="kdlab"):
+        splits, _ = _data(root)
+    assert splits.record["dropped_boxes"] == {"train": 2, "val": 1}
+    assert "dropped 2 train and 1 val box(es) with non-positive width or height" in caplog.text
+    total = len(json.loads((root / "annotations" / "instances_train2017.json").read_text())["annotations"])
+    assert splits.train.boxes.shape[0] == total - 2
