@@ -15,6 +15,8 @@ from torch import Tensor
 
 #: Name of the default view of a batch (the plainly augmented image).
 DEFAULT_VIEW = "x"
+#: Prefix of the taps that carry a model's own task losses (detection models: ``loss.classification``, ...).
+LOSS_TAP_PREFIX = "loss."
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,21 @@ class Outputs:
     """One model, one view, one forward.
 
     Attributes:
-        logits: ``[B, K]`` class scores.
-        taps: feature taps by canonical name, e.g. ``"stage3": [B, C, H, W]``, ``"pool": [B, D]``.
+        logits: ``[B, K]`` class scores (detection models: their classification outputs in training mode,
+            ``[B, D, 6]`` detections in eval mode; :mod:`kdlab.models.detection`).
+        taps: feature taps by canonical name, e.g. ``"stage3": [B, C, H, W]``, ``"pool": [B, D]``; a model that
+            computes its own task losses (detection) adds them as 0-dim ``"loss.<name>"`` taps.
     """
 
     logits: Tensor
     taps: Mapping[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def losses(self) -> dict[str, Tensor]:
+        """The model's own task losses: its ``"loss.<name>"`` taps as ``{name: 0-dim tensor}`` (prefix removed, in
+        tap order); empty for models that have none (classifiers, segmentation)."""
+        n = len(LOSS_TAP_PREFIX)
+        return {k[n:]: v for k, v in self.taps.items() if k.startswith(LOSS_TAP_PREFIX)}
 
     def replace(self, **changes: object) -> Outputs:
         """Return a copy with some fields replaced."""
@@ -169,6 +180,27 @@ class StepIO:
         eps = label_smoothing if label_smoothing > 0 else self.label_smoothing
         target = self.y if self.batch.y_soft is None else self.batch.y_soft
         return cross_entropy(logits, target, eps, reduction)
+
+    def task_loss(self, logits: Tensor, label_smoothing: float = 0.0, reduction: str = "mean") -> Tensor:
+        """The student's task term: the sum of its own task losses (:attr:`Outputs.losses` of the default view, e.g.
+        a detector's classification and box losses) when it computes any, else :meth:`cross_entropy` of ``logits``.
+
+        Methods report it as their ``ce`` term. The detection losses are already means over the batch, so
+        ``reduction="none"`` (per-sample terms) is refused for them with a ``ValueError``.
+        """
+        losses = self.s.losses
+        if not losses:
+            return self.cross_entropy(logits, label_smoothing, reduction)
+        if reduction != "mean":
+            raise ValueError(
+                f"task_loss(reduction={reduction!r}): the model's own losses ({', '.join(losses)}) are batch means; "
+                "per-sample terms exist only for cross-entropy"
+            )
+        values = list(losses.values())
+        total = values[0]
+        for v in values[1:]:
+            total = total + v
+        return total
 
     def teacher_logits(self, view: str = DEFAULT_VIEW) -> Tensor:
         """``[M, B, K]``: the logits of all ``M`` teachers (or synthetic views) on ``view``, stacked."""

@@ -31,6 +31,9 @@ class BuildContext:
         student_shapes: shapes (without batch) of the student's taps and ``"logits"``, from one dry run.
         teacher_shapes: per teacher, the same.
         teacher_classifiers: per teacher, its final ``nn.Linear`` (frozen; SimKD reuses it).
+        teacher_models: the frozen teachers themselves (unwrapped, eval mode, no gradients), for a method that needs
+            a teacher's sub-network on the student's data in ``loss()``: a two-stage detection teacher's
+            ``roi_class_logits`` on the student's proposals (the detection contract).
         teacher_bn_before_relu: per teacher, ``{"stageK.pre": BatchNorm2d}`` for each pre-activation tap whose BN the
             model exposes (:meth:`kdlab.models.base.TapModel.bn_before_relu`; frozen; OFD's margins).
         student_classifier: the student's final ``nn.Linear``.
@@ -48,6 +51,7 @@ class BuildContext:
     student_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     teacher_shapes: Sequence[Mapping[str, tuple[int, ...]]] = ()
     teacher_classifiers: Sequence[nn.Module] = ()
+    teacher_models: Sequence[nn.Module] = ()
     teacher_bn_before_relu: Sequence[Mapping[str, nn.Module]] = ()
     student_classifier: nn.Module | None = None
     train_labels: Tensor | None = None

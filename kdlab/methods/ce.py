@@ -2,6 +2,9 @@
 
 Objective: ``CE(z_s, y)`` with optional label smoothing. Reads no teacher.
 
+Models with their own task losses (detection: ``"loss.*"`` taps): the sum of those losses instead
+(:meth:`kdlab.types.StepIO.task_loss`), still reported as ``ce``.
+
 Dense outputs (segmentation): the cross-entropy over labelled pixels of the logits upsampled to the label size, plus
 ``aux_weight * CE(aux, y)`` on the auxiliary head (the CIRKD / DIST_KD recipe: 0.4).
 """
@@ -21,6 +24,8 @@ class CE(DistillMethod):
 
     dense_outputs = True
 
+    detection_outputs = True
+
     mixed_labels = "soft"
 
     Config = CEConfig
@@ -32,4 +37,4 @@ class CE(DistillMethod):
         return with_aux(self._loss, io, self.cfg.aux_weight)
 
     def _loss(self, io: StepIO) -> LossOut:
-        return LossOut({"ce": io.cross_entropy(io.s.logits, self.cfg.label_smoothing)})
+        return LossOut({"ce": io.task_loss(io.s.logits, self.cfg.label_smoothing)})

@@ -19,6 +19,7 @@ from kdlab.data.streaming import StreamingLoader
 from kdlab.data.tokens import model_build_kwargs, token_refusal
 from kdlab.methods import DistillMethod, build_method
 from kdlab.methods._dense import check_output_kind
+from kdlab.methods._detection import check_detection_pair
 from kdlab.methods.base import BuildContext, mixed_labels_refusal
 from kdlab.models.base import TapError, probe_taps
 from kdlab.models.input_norm import set_input_normalization
@@ -132,6 +133,7 @@ def build_run(cfg: RunConfig, device: torch.device | None = None, load_teacher_w
             total_epochs=cfg.train.epochs,
         )
         check_output_kind(cfg.method, ctx.student_shapes["logits"], cfg.method.name, cfg.model.student)  # dense pairs
+        check_detection_pair(cfg.method, ctx.student_taps, cfg.model.student)  # detection pairs
         return build_method(cfg.method, ctx).to(device)
 
     rng = _rng_state(device)
@@ -187,6 +189,7 @@ def build_context(
         student_shapes=probe_taps(student, s_taps, input_size),
         teacher_shapes=[probe_taps(t, taps, input_size) for t, taps in zip(teachers, t_taps)],
         teacher_classifiers=[t.classifier for t in teachers],
+        teacher_models=list(teachers),
         teacher_bn_before_relu=[_bn_before_relu(t, taps) for t, taps in zip(teachers, t_taps)],
         student_classifier=student.classifier,
         train_labels=train_labels,
@@ -289,6 +292,7 @@ def check_on_meta(
         ]
     ctx = build_context(student, teachers, num_classes, input_size, meta, num_train=num_train)
     check_output_kind(cfg.method, ctx.student_shapes["logits"], cfg.method.name, cfg.model.student)
+    check_detection_pair(cfg.method, ctx.student_taps, cfg.model.student)
     method = build_method(cfg.method, ctx)
     check_method(cfg, method, student, teachers)
     return method

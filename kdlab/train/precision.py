@@ -143,7 +143,10 @@ def _autocast(device_type: str, dtype: torch.dtype) -> contextlib.AbstractContex
     return torch.autocast(device_type, dtype=dtype)
 
 
-def _channels_last(x: Tensor) -> Tensor:
+def _channels_last(x: Tensor | Mapping[str, Tensor]) -> Tensor | dict[str, Tensor]:
+    """4-D image tensors in channels_last; a dict input (tokens, a detection batch) entry by entry."""
+    if isinstance(x, Mapping):
+        return {k: _channels_last(v) for k, v in x.items()}
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -48,9 +48,10 @@ class FrozenTeacher(nn.Module):
         return super().train(False)
 
     @torch.inference_mode()
-    def _run(self, x: Tensor, taps: Collection[str]) -> tuple[Tensor, dict[str, Tensor]]:
+    def _run(self, x: Tensor | Mapping[str, Tensor], taps: Collection[str]) -> tuple[Tensor, dict[str, Tensor]]:
         if self.input_norm is not None:
-            x = self.input_norm(x)
+            # a dict input (a detection batch) carries its images under "images"
+            x = {**x, "images": self.input_norm(x["images"])} if isinstance(x, Mapping) else self.input_norm(x)
         return self.model.forward_taps(x, tuple(taps))
 
     def outputs(self, batch: Batch, views: Collection[str], taps: Collection[str]) -> dict[str, Outputs]:
