@@ -224,6 +224,9 @@ class OptimConfig:
     """Linear warm-up from ``warmup_lr`` over this many epochs (per step)."""
     warmup_lr: float = field(default=0.0, metadata=rng(ge=0))
     """Learning rate the warm-up starts from (it reaches the schedule's rate at the end of ``warmup_epochs``)."""
+    warmup_steps: int = field(default=0, metadata=rng(ge=0))
+    """Linear warm-up over this many optimiser steps instead of ``warmup_epochs`` (set one of them): the detection
+    1x schedule's 500 iterations (mmdetection's ``warmup_iters``), whatever the batch size and dataset length."""
     schedule_after_warmup: bool = False
     """true: the schedule starts when the warm-up ends (its progress counts from there; cosine spans the rest of the
     run), as DIST's reference ``GradualWarmupScheduler``; false: it runs from step 0 under the warm-up (timm)."""

@@ -21,6 +21,11 @@ reaches the schedule's rate at its end; the schedule itself runs from step 0 und
 with ``optim.schedule_after_warmup``, starts when the warm-up ends (as DIST's reference ``GradualWarmupScheduler``,
 whose decay counts from the end of the warm-up and whose cosine spans the rest of the run).
 
+The detection 1x schedule (mmdetection's ``schedule_1x.py``, the DIST COCO runs): ``schedule: step``,
+``milestones: [8, 11]``, ``gamma: 0.1`` over 12 epochs, and a linear warm-up over ``optim.warmup_steps: 500``
+iterations from ``warmup_lr = 0.001 * lr`` (mmdetection's ``warmup_ratio``); its ramp is
+``lr * (r + (1 - r) * s / 500)`` for step ``s``, kdlab's the same line one step later (``(s + 1) / W``).
+
 Deviation from DIST's reference (hunto/image_classification_sota ``lib/utils/scheduler.py``): its warm-up rises once
 per epoch (a staircase); kdlab's rises every step.
 """
@@ -41,9 +46,16 @@ def schedule_updates(cfg: OptimConfig) -> str:
     return AUTO_UPDATES[cfg.schedule] if cfg.schedule_updates == "auto" else cfg.schedule_updates
 
 
-def _offset_epochs(cfg: OptimConfig) -> float:
+def warmup_epochs(cfg: OptimConfig, steps_per_epoch: int) -> float:
+    """The warm-up's length in epochs: ``optim.warmup_steps / steps_per_epoch`` when set, else ``warmup_epochs``."""
+    if cfg.warmup_steps > 0:
+        return cfg.warmup_steps / max(steps_per_epoch, 1)
+    return cfg.warmup_epochs
+
+
+def _offset_epochs(cfg: OptimConfig, steps_per_epoch: int) -> float:
     """Epochs the schedule's clock starts late by: the warm-up under ``optim.schedule_after_warmup``, else 0."""
-    return cfg.warmup_epochs if cfg.schedule_after_warmup else 0.0
+    return warmup_epochs(cfg, steps_per_epoch) if cfg.schedule_after_warmup else 0.0
 
 
 def schedule_epochs(cfg: OptimConfig, progress: Progress) -> float:
@@ -53,7 +65,7 @@ def schedule_epochs(cfg: OptimConfig, progress: Progress) -> float:
         t = float(progress.epoch)
     else:
         t = progress.step / max(progress.steps_per_epoch, 1)
-    offset = _offset_epochs(cfg)
+    offset = _offset_epochs(cfg, progress.steps_per_epoch)
     return max(t - offset, 0.0) if offset else t
 
 
@@ -64,7 +76,7 @@ def learning_rate(cfg: OptimConfig, progress: Progress) -> float:
     ``epoch_1based > m``, as the CIFAR KD references (RepDistiller ``adjust_learning_rate``). ``exp_step``:
     ``lr * gamma ** floor(t / decay_epochs)``. ``cosine``: ``min_lr + (lr - min_lr) (1 + cos(pi t / T)) / 2`` over
     the ``T`` epochs of the stage (less the warm-up under ``schedule_after_warmup``). During a warm-up of
-    ``W = warmup_epochs * steps_per_epoch`` steps, step ``s`` (0-based) runs at
+    ``W = warmup_epochs * steps_per_epoch`` steps (or ``W = warmup_steps``), step ``s`` (0-based) runs at
     ``warmup_lr + (rate - warmup_lr) * (s + 1) / W``.
     """
     t = schedule_epochs(cfg, progress)
@@ -74,7 +86,7 @@ def learning_rate(cfg: OptimConfig, progress: Progress) -> float:
         # a small tolerance so that t = k * decay_epochs computed in floating point (2.4 * 5 / 2.4) counts as k periods
         lr = cfg.lr * cfg.gamma ** math.floor(t / cfg.decay_epochs + 1e-9)
     elif cfg.schedule == "cosine":
-        offset = _offset_epochs(cfg)
+        offset = _offset_epochs(cfg, progress.steps_per_epoch)
         if schedule_updates(cfg) == "epoch":
             frac = t / max(progress.total_epochs - offset, 1)
         elif offset:
@@ -84,15 +96,15 @@ def learning_rate(cfg: OptimConfig, progress: Progress) -> float:
             frac = progress.step / max(progress.total_steps, 1)
         lr = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(frac, 1.0)))
     elif cfg.schedule == "poly":
-        frac = t / max(progress.total_epochs - _offset_epochs(cfg), 1e-12)
+        frac = t / max(progress.total_epochs - _offset_epochs(cfg, progress.steps_per_epoch), 1e-12)
         lr = cfg.min_lr + (cfg.lr - cfg.min_lr) * max(1.0 - frac, 0.0) ** cfg.power
     else:
         lr = cfg.lr
-    if cfg.warmup_epochs > 0:
-        warm_steps = cfg.warmup_epochs * progress.steps_per_epoch
+    if cfg.warmup_epochs > 0 or cfg.warmup_steps > 0:
+        warm_steps = cfg.warmup_steps or cfg.warmup_epochs * progress.steps_per_epoch
         if progress.step + 1 < warm_steps:
             lr = cfg.warmup_lr + (lr - cfg.warmup_lr) * ((progress.step + 1) / warm_steps)
     return lr
 
 
-__all__ = ["AUTO_UPDATES", "learning_rate", "schedule_epochs", "schedule_updates"]
+__all__ = ["AUTO_UPDATES", "learning_rate", "schedule_epochs", "schedule_updates", "warmup_epochs"]

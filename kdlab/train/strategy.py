@@ -49,6 +49,11 @@ def check_strategy(cfg: RunConfig) -> None:
         raise ConfigError("train.ema_export=true needs an EMA: set train.ema_decay (e.g. 0.9999), or drop ema_export")
     if tc.ema_decay is None and tc.ema_warmup != "off":
         raise ConfigError(f"train.ema_warmup={tc.ema_warmup!r} needs an EMA: set train.ema_decay (e.g. 0.9999)")
+    if cfg.optim.warmup_steps > 0 and cfg.optim.warmup_epochs > 0:
+        raise ConfigError(
+            f"optim.warmup_steps={cfg.optim.warmup_steps} and optim.warmup_epochs={cfg.optim.warmup_epochs:g} both set "
+            "a warm-up length; set one of them (the other to 0)"
+        )
 
 
 def describe_strategy(cfg: RunConfig) -> str:
@@ -78,9 +83,10 @@ def describe_strategy(cfg: RunConfig) -> str:
     else:
         sched = "constant"
     sched += f" per {schedule_updates(o)}"
-    if o.warmup_epochs > 0:
+    if o.warmup_epochs > 0 or o.warmup_steps > 0:
         when = "after" if o.schedule_after_warmup else "under"
-        sched += f" {when} a {o.warmup_epochs:g}-epoch warm-up from {o.warmup_lr:g}"
+        length = f"{o.warmup_steps}-step" if o.warmup_steps > 0 else f"{o.warmup_epochs:g}-epoch"
+        sched += f" {when} a {length} warm-up from {o.warmup_lr:g}"
     wd = f"wd {o.weight_decay:g}" + ("" if o.decay_norm_and_bias or o.weight_decay == 0 else " (not on biases/norms)")
     parts = [f"{o.name} lr {o.lr:g} ({opt})", sched, wd]
     if t.label_smoothing > 0:
