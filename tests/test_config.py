@@ -101,6 +101,9 @@ INPUT.update({"criteo": (40,), "tabular_csv": (80,), "breast_cancer": (31,)})
 # segmentation: the probe size of DenseSplits.input_size (the crop divided by 8)
 NUM_CLASSES.update({"cityscapes": 19, "voc": 21})
 INPUT.update({"cityscapes": (3, 64, 128), "voc": (3, 64, 64)})
+# detection: 80 COCO classes, the detectors' registered probe size
+NUM_CLASSES["coco"] = 80
+INPUT["coco"] = (3, 800, 1344)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(REPO / "configs")) for p in SHIPPED])

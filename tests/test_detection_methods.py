@@ -233,7 +233,7 @@ def test_dist_on_a_one_stage_pair_sums_the_levels_sigmoid_dist():
         ps = [[_sig(v) for v in r] for r in rs.tolist()]
         pt = [[_sig(v) for v in r] for r in rt.tolist()]
         want += _dist_formula(ps, pt)
-    assert float(out.terms["dist"]) == pytest.approx(want, rel=1e-5)
+    assert float(out.terms["dist"].detach()) == pytest.approx(want, rel=1e-5)
     assert float(out.terms["ce"]) == pytest.approx(_task(io))  # the detector's own losses
     out.terms["dist"].backward()
     assert io.s.logits.grad is not None
