@@ -128,7 +128,7 @@ def _config(tmp_path, root) -> str:
     config = tmp_path / "coco.yaml"
     config.write_text(
         f"model: {{student: convnet_s}}\ndata: {{name: coco, root: {root}, batch_size: 4}}\n"
-        "train: {select_by: map, threads: 1}\nlog: {progress: off}\n"
+        "method: {name: ce}\ntrain: {select_by: map, threads: 1}\nlog: {progress: off}\n"
     )
     return str(config)
 
@@ -183,3 +183,64 @@ def test_non_positive_boxes_are_dropped_and_counted(tmp_path, caplog):
     assert "dropped 2 train and 1 val box(es) with non-positive width or height" in caplog.text
     total = len(json.loads((root / "annotations" / "instances_train2017.json").read_text())["annotations"])
     assert splits.train.boxes.shape[0] == total - 2
+
+
+def test_report_headline_is_box_map_for_detection_rows():
+    """The fast sibling of the CLI test below: store-style rows without top-1 but with a box mAP make cells whose
+    headline is the mAP, and the tables say "box mAP"."""
+    from kdlab.experiments.report import Cell, headline, markdown, summarize
+
+    metrics = {"last": {"map": 31.5, "map_50": 50.0}, "best": {"map": 32.0}}
+    rows = [
+        {"row_label": "DIST", "pair": "x101→r50", "seed": s, "student": "retinanet_r50", "last_top1": None,
+         "best_top1": None, "last_map": 31.5 + s, "best_map": 32.0 + s, "best_epoch": 11, "last_epoch": 12,
+         "metrics": json.dumps(metrics), "select_by": "map", "target_top1": 39.8, "curve": [(12, 31.5 + s)]}
+        for s in (0, 1)
+    ]  # fmt: skip
+    assert headline(rows[0]) == "map" and headline({"last_top1": 70.0, "last_map": None}) == "top1"
+    (cell,) = summarize(rows)
+    assert isinstance(cell, Cell) and cell.metric == "map" and cell.last_top1 == [31.5, 32.5]
+    assert cell.best_top1 == [32.0, 33.0] and cell.diff == pytest.approx(32.0 - 39.8)
+    text = markdown([cell], "coco")
+    assert "Test box mAP (%)" in text and "| last box mAP | best box mAP |" in text and "32.00 ± 0.71 (n=2)" in text
+
+
+@pytest.mark.slow
+def test_detection_run_reports_map_in_summary_store_and_report(tmp_path):
+    """A tiny RetinaNet (ce) through ``kdlab train`` on coco: summary.json, metrics.jsonl, the results store and the
+    report carry the box mAP (and no top-1); select_by map chose the best epoch."""
+    from kdlab.models import model_names
+
+    if "retinanet_tiny" not in model_names():
+        pytest.skip("needs the tiny detection models (kdlab/models/detection)")
+    root = make_coco(tmp_path / "coco", n_train=8, n_val=4)
+    config = tmp_path / "ce.yaml"
+    config.write_text(
+        f"model: {{student: retinanet_tiny}}\ndata: {{name: coco, root: {root}, batch_size: 4, eval_batch_size: 4}}\n"
+        "method: {name: ce}\ntrain: {select_by: map, threads: 1}\nlog: {progress: off}\n"
+    )
+    runs = tmp_path / "runs"
+    code, out, err = cli(
+        "train", str(config), *SMALL, "train.epochs=2", "train.eval_every=1", f"train.run_dir={runs}", "train.name=ce"
+    )
+    assert code == 0, err[-3000:]
+    assert "map last" in out and "top1" not in out
+    summary = json.loads((runs / "ce" / "summary.json").read_text())
+    assert summary["metrics"] == ["map"] and summary["select_by"] == "map" and "top1" not in summary["last"]
+    last = summary["last"]
+    assert 0.0 <= last["map"] <= 100.0 and last["n"] == 4 and "loss" not in last
+    assert set(last) >= {"map_50", "map_75", "map_s", "map_m", "map_l"}
+    assert summary["header"]["data"]["dropped_boxes"] == {"train": 0, "val": 0}
+    records = [json.loads(line) for line in (runs / "ce" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["test"]["map"] for r in records][-1] == last["map"]
+    store = tmp_path / "results.sqlite"
+    code, out, err = cli("results", "--import", str(runs / "ce"), "--store", str(store))
+    assert code == 0 and f"map last {last['map']:.2f}" in out, err[-2000:]
+    from kdlab.experiments.store import ResultsStore
+
+    (row,) = ResultsStore(str(store), create=False).query()
+    assert row["last_map"] == last["map"] and row["best_map"] == summary["best"]["map"] and row["last_top1"] is None
+    code, out, err = cli("report", "imported", "--store", str(store), "--out", str(tmp_path / "report"))
+    assert code == 0, err[-2000:]
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Test box mAP (%)" in report and f"| {last['map']:.2f} (n=1) |" in report

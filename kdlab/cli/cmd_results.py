@@ -15,6 +15,8 @@ SHOWN = (
     "method",
     "last_top1",
     "best_top1",
+    "last_map",
+    "best_map",
     "best_epoch",
     "epochs",
     "train_time_s",
@@ -59,7 +61,9 @@ def cmd_results(args: argparse.Namespace) -> int:
         if rows:  # a store is only created when there is something to record
             ResultsStore(args.store).record([row for _, row in rows])
         for d, row in rows:
-            print(f"recorded {d}: {row['method']} {row['pair']} seed {row['seed']}: top1 last {row['last_top1']:.2f}")
+            name = "top1" if row.get("last_top1") is not None else "map"  # a detection run: box mAP
+            last = row[f"last_{name}"]
+            print(f"recorded {d}: {row['method']} {row['pair']} seed {row['seed']}: {name} last {last:.2f}")
         print(f"{len(rows)} run(s) recorded in {args.store}, {failed} skipped")
         if any(row["sweep"] is None for _, row in rows):
             print(f"report the runs recorded outside a sweep with: kdlab report imported --store {args.store}")
@@ -90,8 +94,9 @@ def cmd_results(args: argparse.Namespace) -> int:
         header = [*args.group_by, "n", "last_top1_mean", "last_top1_std", "best_top1_mean", "best_top1_std"]
         out = []
         for key, members in groups.items():
-            last = [m["last_top1"] for m in members]
-            best = [m["best_top1"] for m in members]
+            # the headline number: top-1, or the box mAP of a detection run (which has no top-1)
+            last = [m["last_top1"] if m["last_top1"] is not None else m.get("last_map") for m in members]
+            best = [m["best_top1"] if m["best_top1"] is not None else m.get("best_map") for m in members]
             out.append([*key, len(members), mean(last), std(last), mean(best), std(best)])
     else:
         header = list(SHOWN)

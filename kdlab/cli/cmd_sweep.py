@@ -28,7 +28,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def show(o: Outcome, i: int, total: int) -> None:
         line = f"[{i}/{total}] {o.status:<11} {o.run.key}"
         if o.row is not None:
-            line += f": top1 last {o.row['last_top1']:.2f}, best {o.row['best_top1']:.2f} (epoch {o.row['best_epoch']})"
+            name = "top1" if o.row.get("last_top1") is not None else "map"  # a detection run has box mAP, no top-1
+            last, best = o.row[f"last_{name}"], o.row[f"best_{name}"]
+            line += f": {name} last {last:.2f}, best {best:.2f} (epoch {o.row['best_epoch']})"
             if o.wall_time_s is not None:
                 line += f", {o.wall_time_s:.0f} s"
         if o.message and o.status not in ("skipped", "done"):

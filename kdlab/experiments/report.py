@@ -4,8 +4,10 @@ Runs are grouped into cells by (row label, pair, grid point). Per cell: the numb
 standard deviation (n - 1 in the denominator; none with one seed) of the test top-1 after the last epoch and at
 the best epoch, the last top-5, the published number of the row and the difference (last top-1 mean minus the
 published number). The main table puts rows down and pairs across, like the papers' tables; a detail table
-has one line per cell. Plots: test top-1 over epochs per cell (mean over seeds, from ``metrics.jsonl``) and bars
-per row and pair with the seed std as error bars and the published number as a marker.
+has one line per cell. The headline number is the test top-1, or for detection runs (no top-1) the box mAP
+(``last_map``/``best_map``, :func:`headline`); a table of detection runs says so. Plots: test top-1 (box mAP) over
+epochs per cell (mean over seeds, from ``metrics.jsonl``) and bars per row and pair with the seed std as error bars
+and the published number as a marker.
 
 Runs come from a sweep spec (each planned run directory is read: the truth on disk) or from the results store
 (a sweep name). A missing, unfinished or corrupt run directory, or one holding another config, is listed under
@@ -25,10 +27,29 @@ from typing import Any
 from kdlab.experiments.stats import markdown_sections
 from kdlab.experiments.store import RunDirError, read_run_dir, record_from_run
 
+#: The headline metric of a run by preference, and its name in tables: top-1 for classifiers (segmentation: pixel
+#: accuracy), box mAP for detectors (which have no top-1).
+HEADLINES = {"top1": "top-1", "map": "box mAP"}
+
+
+def headline(row: dict) -> str:
+    """The headline metric of a store-style row: ``"top1"``, or ``"map"`` when the run has no top-1 but a box mAP."""
+    return "map" if row.get("last_top1") is None and row.get("last_map") is not None else "top1"
+
+
+def headline_name(cells: list) -> str:
+    """How tables name the cells' headline number (``top-1``, ``box mAP``, or both joined by a slash)."""
+    names = list(dict.fromkeys(HEADLINES[c.metric] for c in cells if c.n)) or ["top-1"]
+    return " / ".join(names)
+
 
 @dataclass
 class Cell:
-    """One table cell: the runs of (label, pair, grid point) over seeds."""
+    """One table cell: the runs of (label, pair, grid point) over seeds.
+
+    ``last_top1``/``best_top1`` hold the headline number (:func:`headline`): the top-1, or the box mAP of detection
+    runs, as ``metric`` says; ``target`` is the published number of the same metric.
+    """
 
     label: str
     pair: str
@@ -49,6 +70,8 @@ class Cell:
     """Test top-1 of the pair's (first) teacher as each run measured it at its start (the header)."""
     target_top5: float | None = None
     """The published top-5, where the spec's row gives one (``target: {top1: ..., top5: ...}``)."""
+    metric: str = "top1"
+    """The headline metric of the cell's runs (``top1``, or ``map`` for detection)."""
 
     @property
     def n(self) -> int:
@@ -84,7 +107,8 @@ def std(values: list[float]) -> float | None:
 
 
 def read_curve(run_dir: str | Path) -> list[tuple[int, float]]:
-    """``(epoch, test top-1)`` of every evaluated main-stage epoch in ``metrics.jsonl`` (unreadable lines skipped)."""
+    """``(epoch, test top-1)`` of every evaluated main-stage epoch in ``metrics.jsonl`` (unreadable lines skipped);
+    the box mAP for a detection run (no top-1)."""
     path = Path(run_dir) / "metrics.jsonl"
     curve = []
     if not path.is_file():
@@ -95,7 +119,9 @@ def read_curve(run_dir: str | Path) -> list[tuple[int, float]]:
         except json.JSONDecodeError:
             continue
         if isinstance(rec, dict) and "test" in rec and rec.get("stage", "main") == "main":
-            curve.append((int(rec["epoch"]), float(rec["test"]["top1"])))
+            value = rec["test"].get("top1", rec["test"].get("map"))
+            if isinstance(value, (int, float)):
+                curve.append((int(rec["epoch"]), float(value)))
     return curve
 
 
@@ -173,11 +199,13 @@ def summarize(records: Iterable[dict], cells: list[Cell] | None = None) -> list[
         cell.seeds.append(r["seed"])
         cell.students.add(str(r.get("student")))
         last = {"top1": r["last_top1"], **(json.loads(r.get("metrics") or "{}").get("last") or {})}
+        cell.metric = headline(r)
+        top = "last_top1" if cell.metric == "top1" else "last_map"
         for name, value in last.items():
             if value is not None and name not in ("loss", "ema_loss"):
                 cell.values.setdefault(name, {})[int(r["seed"])] = float(value)
-        cell.last_top1.append(float(r["last_top1"]))
-        cell.best_top1.append(float(r["best_top1"]))
+        cell.last_top1.append(float(r[top]))
+        cell.best_top1.append(float(r[top.replace("last_", "best_")]))
         cell.best_epoch.append(int(r["best_epoch"]))
         cell.last_epoch.append(int(r["last_epoch"]))
         if r.get("last_top5") is not None:
@@ -223,8 +251,9 @@ def markdown(cells: list[Cell], title: str, description: str = "", problems: lis
         lines += [description, ""]
     published = any(c.target is not None for c in cells)  # the published columns appear only where a target exists
     published5 = any(c.target_top5 is not None for c in cells)
+    what = headline_name(cells)
     lines += [
-        "Test top-1 (%) after the last epoch, mean ± std over seeds (sample std), with the number of seeds n"
+        f"Test {what} (%) after the last epoch, mean ± std over seeds (sample std), with the number of seeds n"
         + ("; beside it the published number and the difference (ours - published)." if published else "."),
         "",
         "| row | " + " | ".join(cols) + " |",
@@ -247,7 +276,7 @@ def markdown(cells: list[Cell], title: str, description: str = "", problems: lis
         "",
         "## Per cell",
         "",
-        "| row | pair | grid | n | last top-1 | best top-1 | best epoch | last epoch | last top-5 |"
+        f"| row | pair | grid | n | last {what} | best {what} | best epoch | last epoch | last top-5 |"
         + (" paper | diff |" if published else "")
         + (" paper top-5 |" if published5 else ""),
         "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if published else "") + ("---|" if published5 else ""),
@@ -264,7 +293,7 @@ def markdown(cells: list[Cell], title: str, description: str = "", problems: lis
         )
     lines += [
         "",
-        "Best top-1 is the maximum over the evaluated epochs of each run, measured on the test set: it is an "
+        f"Best {what} is the maximum over the evaluated epochs of each run, measured on the test set: it is an "
         "optimistic number (selection on the test set), reported because papers often print it; the last epoch is "
         "the honest one.",
     ]
@@ -325,7 +354,7 @@ def latex(cells: list[Cell], caption: str = "") -> str:
             parts.append(text)
         out.append(_tex(r) + " & " + " & ".join(parts) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
-    cap = caption or "Test top-1 (\\%) after the last epoch"
+    cap = caption or f"Test {headline_name(cells)} (\\%) after the last epoch"
     out.append(r"\caption{" + _tex(cap) + r". Mean $\pm$ std over seeds, (number of seeds), [published, difference].}")
     out += [r"\end{table}", ""]
     return "\n".join(out)
@@ -384,7 +413,7 @@ def plot_curves(cells: list[Cell], path: str | Path, title: str = "", baseline: 
     for ax in axes[-1]:
         ax.set_xlabel("epoch", fontsize=8)
     for row in axes:
-        row[0].set_ylabel("test top-1 (%)", fontsize=8)
+        row[0].set_ylabel(f"test {headline_name(cells)} (%)", fontsize=8)
     note = f"; grey: {baseline}" if base else ""
     fig.suptitle((title or "test accuracy over epochs") + f" (thick: mean over seeds{note})", fontsize=9)
     fig.tight_layout()
@@ -428,8 +457,8 @@ def plot_bars(cells: list[Cell], path: str | Path, title: str = "", baseline: st
     ax.set_xticks(range(len(cols)))
     ax.set_xticklabels(cols, rotation=20 if len(cols) > 3 else 0, ha="right" if len(cols) > 3 else "center")
     ax.set_ylim(0.0, min(100.0, hi + 2) if hi > 0 else 100.0)  # bars encode length: the axis starts at 0
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title(title or "last-epoch test top-1 (black: published)")
+    ax.set_ylabel(f"test {headline_name(cells)} (%)")
+    ax.set_title(title or f"last-epoch test {headline_name(cells)} (black: published)")
     if len(rows) > 1:
         ax.legend(fontsize=7, ncol=max(1, len(rows) // 12 + 1), loc="lower right")
     fig.tight_layout()
@@ -464,7 +493,7 @@ def _bars_one_pair(plt, cells: list[Cell], path: str | Path, title: str, baselin
     ax.set_xlim(max(0.0, min(lows) - pad), min(100.0, max(highs) + pad))
     ax.set_yticks(ys)
     ax.set_yticklabels(names, fontsize=8)
-    ax.set_xlabel("test top-1 (%), mean ± std over seeds")
+    ax.set_xlabel(f"test {headline_name(cells)} (%), mean ± std over seeds")
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()

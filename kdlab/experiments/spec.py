@@ -71,7 +71,8 @@ class RowSpec:
     target: float | None = None
     pair: str | None = None
     targets: dict[str, float] = field(default_factory=dict)
-    """Every published metric of the row (``top1``, ``top5``, ...); ``target`` is its ``top1``."""
+    """Every published metric of the row (``top1``, ``top5``, ...); ``target`` is its ``top1`` (``map`` for a
+    detection row)."""
 
 
 @dataclass
@@ -274,7 +275,7 @@ def parse_spec(data: dict, path: Path | None = None) -> SweepSpec:
                 label=raw["label"],
                 config=base / config if isinstance(config, str) else config,
                 overrides=_mapping(raw.get("overrides"), f"{rw}.overrides"),
-                target=targets.get("top1"),
+                target=targets.get("top1", targets.get("map")),  # the headline number (box mAP: detection)
                 pair=pair,
                 targets=targets,
             )
@@ -406,7 +407,8 @@ def expand(spec: SweepSpec, threads: int | None = None) -> list[PlannedRun]:
                 config["train"]["run_dir"] = str(run_dir.parent)
                 config["train"]["name"] = name
                 targets = dict(row.targets) if row.targets else dict(config.get("target", {}))  # one source
-                target = row.target if row.target is not None else config.get("target", {}).get("top1")
+                published = config.get("target", {})
+                target = row.target if row.target is not None else published.get("top1", published.get("map"))
                 runs.append(
                     PlannedRun(
                         sweep=spec.name,

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from kdlab.metrics import METRICS, higher_is_better
 
 #: Metric display order in reports (registered metrics first, in registry order).
-ORDER = ("top1", "top5", "auc", "nll", "ece")
+ORDER = ("top1", "top5", "auc", "nll", "ece", "map", "map_50", "map_75", "map_s", "map_m", "map_l")
+#: Metrics in percent, printed like top-1 (the box mAP family of detection runs too).
+_PERCENT = ("top1", "top5", "map", "map_50", "map_75", "map_s", "map_m", "map_l")
 
 
 @dataclass
@@ -101,7 +103,7 @@ def _num(x: float, digits: int = 4) -> str:
 
 def _fmt(metric: str, values: list[float], fmt) -> str:
     """Percent metrics with ``fmt`` (2 decimals); the 0..1 and nats metrics with 4 decimals."""
-    if metric.removeprefix("ema_") in ("top1", "top5") or not values:
+    if metric.removeprefix("ema_") in _PERCENT or not values:
         return fmt(values)
     if len(values) == 1:
         return f"{values[0]:.4f}"
@@ -118,7 +120,8 @@ def markdown_sections(cells, fmt) -> list[str]:
             "",
             "## Metrics",
             "",
-            "Test metrics after the last epoch, mean ± std over seeds (top-1 in %, AUC and ECE in 0..1, NLL in nats; "
+            "Test metrics after the last epoch, mean ± std over seeds (top-1 and box mAP in %, AUC and ECE in 0..1, "
+            "NLL in nats; "
             "ema_*: the student's moving average, train.ema_decay).",
             "",
             "| row | pair | n | " + " | ".join(names) + " |",

@@ -24,11 +24,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Columns each schema version added; an older store gains them when a writer opens it (readers accept it as is).
 ADDED_COLUMNS = {
     2: ("teacher_top1", "teacher_top5", "teachers_test"),
     3: ("last_auc", "last_nll", "last_ece", "metrics", "select_by"),
+    4: ("last_map", "best_map"),
 }
 DEFAULT_STORE = "runs/results.sqlite"
 
@@ -45,7 +46,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("teachers", "TEXT", "teacher model names, comma-separated"),
     ("student", "TEXT", "student model name"),
     ("dataset", "TEXT", "dataset name"),
-    ("target_top1", "REAL", "published top-1 of the row"),
+    ("target_top1", "REAL", "published top-1 of the row (box mAP for a detection run)"),
     ("teacher_top1", "REAL", "test top-1 of the (first) teacher, measured at the run's start (%)"),
     ("teacher_top5", "REAL", "test top-5 of the (first) teacher (%)"),
     ("teachers_test", "TEXT", "every teacher's measured test accuracy as JSON [{name, top1, top5}]"),
@@ -70,6 +71,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("last_ece", "REAL", "test ECE after the last epoch (0..1), when evaluated"),
     ("metrics", "TEXT", "every evaluated test metric as JSON {last: {name: value}, best: {name: value}}"),
     ("select_by", "TEXT", "train.select_by: the metric that chose the best epoch"),
+    ("last_map", "REAL", "detection: test box mAP (COCO AP@[.5:.95], %) after the last epoch; NULL otherwise"),
+    ("best_map", "REAL", "detection: test box mAP at the best epoch (train.select_by, %)"),
     ("recorded_at", "TEXT", "UTC time of recording"),
 )
 COLUMN_NAMES = tuple(c[0] for c in COLUMNS)
@@ -173,7 +176,8 @@ def record_from_run(files: RunFiles) -> dict[str, Any]:
 
     s, ident, cfg = files.summary, files.identity, files.config
     versions = s.get("versions") or {}
-    target = ident.get("target", (cfg.get("target") or {}).get("top1"))
+    published = cfg.get("target") or {}
+    target = ident.get("target", published.get("top1", published.get("map")))  # box mAP: a detection run
     return {
         "run_dir": str(files.run_dir.resolve()),
         "config_hash": files.config_hash,
@@ -223,7 +227,8 @@ def run_label(config: dict) -> str:
 
 
 def _metric_columns(summary: dict) -> dict[str, Any]:
-    """``last_auc``/``last_nll``/``last_ece`` and the JSON of every evaluated metric (``kdlab.metrics``)."""
+    """``last_auc``/``last_nll``/``last_ece``, ``last_map``/``best_map`` (detection) and the JSON of every evaluated
+    metric (``kdlab.metrics``)."""
     skip = ("epoch", "n")
     last = {k: v for k, v in summary["last"].items() if k not in skip and isinstance(v, (int, float))}
     best = {k: v for k, v in summary["best"].items() if k not in skip and isinstance(v, (int, float))}
@@ -231,6 +236,8 @@ def _metric_columns(summary: dict) -> dict[str, Any]:
         "last_auc": last.get("auc"),
         "last_nll": last.get("nll"),
         "last_ece": last.get("ece"),
+        "last_map": last.get("map"),
+        "best_map": best.get("map"),
         "metrics": json.dumps({"last": last, "best": best}, sort_keys=True),
         "select_by": summary.get("select_by", "top1"),
     }
