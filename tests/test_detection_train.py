@@ -126,3 +126,43 @@ def test_faster_rcnn_ce_run_resumes_bitwise(coco_root, tmp_path) -> None:
     assert a["student"].keys() == b["student"].keys()
     assert all(torch.equal(a["student"][k], b["student"][k]) for k in a["student"])
     assert json.loads((tmp_path / "part" / "summary.json").read_text())["last"] == summary["last"]
+
+
+def test_dict_batches_in_channels_last_and_through_a_renormalising_teacher() -> None:
+    """The fast sibling of the trainer test below: ``prepare_batch`` converts the dict's 4-D images only, and a frozen
+    teacher with its own input normalisation re-normalises ``x["images"]`` of a dict batch."""
+    from kdlab.models import create
+    from kdlab.train.precision import Precision
+    from kdlab.train.teacher import FrozenTeacher
+    from kdlab.types import Batch
+
+    x = {"images": torch.randn(2, 3, 64, 64), "image_sizes": torch.tensor([[64, 64], [64, 48]])}
+    batch = Precision(channels_last=True).prepare_batch(Batch(x=x, y=torch.zeros(2, 1, 7), index=torch.arange(2)))
+    assert batch.x["images"].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch.x["images"], x["images"]) and torch.equal(batch.x["image_sizes"], x["image_sizes"])
+    torch.manual_seed(0)
+    model = create("retinanet_tiny", num_classes=3)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    teacher = FrozenTeacher(model, "retinanet_tiny", mean, std, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+    out = teacher.outputs(batch, ["x"], ["cls"])["x"]
+    raw = x["images"] * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]  # back to [0, 1] pixels
+    with torch.no_grad():
+        _, want = model.forward_taps({**x, "images": raw}, ["cls"])
+    torch.testing.assert_close(out.taps["cls"], want["cls"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_channels_last_and_bf16_steps_take_the_dict_batch(coco_root, tmp_path) -> None:
+    """The generic precision path (``prepare_batch``'s memory format, autocast) accepts the detection batch dict:
+    a channels_last step equals the fp32 step; a bf16 step gives a finite ce term close to it."""
+    terms = {}
+    for extra in ([], ["train.channels_last=true"], ["train.precision=bf16"]):
+        cfg = load_config(RECIPE, [f"data.root={coco_root}", *SMALL, f"train.run_dir={tmp_path}", *extra])
+        trainer = Trainer(cfg)
+        batch = trainer.precision.prepare_batch(next(trainer.run.data.train_batches(0)))
+        torch.manual_seed(0)
+        terms[tuple(extra)] = trainer.step_module(batch, trainer.teacher_outputs(batch), trainer.start).terms["ce"]
+    fp32 = terms[()]
+    torch.testing.assert_close(terms[("train.channels_last=true",)], fp32, rtol=1e-5, atol=1e-6)
+    bf16 = terms[("train.precision=bf16",)]
+    assert torch.isfinite(bf16) and abs(float(bf16.detach()) - float(fp32.detach())) < 0.1 * float(fp32.detach())
