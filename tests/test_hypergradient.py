@@ -7,6 +7,8 @@ The reference below is that earlier implementation, written out: differentiate t
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -52,7 +54,7 @@ def double_backward_hypergradient(method, ctx, heldout):
 
     omega = list(method.ratio_net.parameters())
     out = ctx.student_outputs(ctx.batch, {**theta, **buffers()})
-    io = StepIO(out, ctx.teachers, ctx.batch, ctx.progress)
+    io = StepIO(out, ctx.teachers, ctx.batch, ctx.progress, label_smoothing=ctx.label_smoothing)
     terms = method.sample_terms(io)
     kd_w, gt_w = method.weights(io, terms, method.ratio(io, terms))
     inner = fusion_losses.fused_loss(terms.kd, terms.gt, kd_w, gt_w)
@@ -101,6 +103,48 @@ def test_forward_mode_hypergradient_equals_the_double_backward_one(policy, inner
     assert max(r.abs().max().item() for r in ref_grads) > 1e-4  # a non-trivial gradient was compared
     # neither form touches the student (parameters or BatchNorm statistics)
     assert all(torch.equal(v, student.state_dict()[n]) for n, v in before.items())
+
+
+@pytest.mark.parametrize("policy", ["tgeo_kd", "rw_kd"])
+@pytest.mark.parametrize("inner", sorted(INNERS))
+def test_the_main_steps_gradient_gives_the_same_hypergradient(policy, inner):
+    """With the main step's gradient handed over (``ctx.step_grads``: the trainer's ``.grad`` after the method's
+    loss was back-propagated, before the optimiser step) the hypergradient skips its own training pass and still
+    equals the double-backward one; the run's label smoothing reaches both."""
+    torch.set_default_dtype(torch.float64)  # restored by conftest
+    torch.manual_seed(2)
+    student = models.create("convnet_xs", num_classes=K, in_channels=3).train()
+    cfg = build_config({"method": {"name": policy, "hidden": [6], "inner": INNERS[inner]}}).method
+    method = build_method(cfg, BuildContext(num_classes=K))
+    with torch.no_grad():
+        for p in method.ratio_net.parameters():
+            p.normal_(0.0, 0.5)
+        if hasattr(method, "t_class_mean"):
+            method.t_class_mean.copy_(torch.softmax(torch.randn(K, K), -1))
+    x, y, t = torch.randn(12, 3, 8, 8), torch.randint(0, K, (12,)), torch.randn(12, K) * 3
+    batch = Batch(x, y, torch.arange(12))
+    heldout = Batch(torch.randn(12, 3, 8, 8), torch.randint(0, K, (12,)), torch.arange(12))
+    progress = Progress(step=3, steps_per_epoch=10, total_epochs=2)
+    ctx = dataclasses.replace(_ctx(method, student, batch, t, 0.5, progress), label_smoothing=0.1)
+    # the main step as the trainer takes it: the method's loss on the batch, back-propagated into .grad
+    io = StepIO({"x": Outputs(student(x))}, ctx.teachers, batch, progress, label_smoothing=0.1)
+    method.loss(io).total.backward()
+    step_grads = {n: p.grad for n, p in student.named_parameters()}
+    assert all(g is not None for g in step_grads.values())
+    before = {n: b.clone() for n, b in student.state_dict().items()}
+
+    grads, outer = method.meta.hypergradient(dataclasses.replace(ctx, step_grads=step_grads), heldout)
+    own_grads, own_outer = method.meta.hypergradient(ctx, heldout)
+    ref_grads, ref_outer = double_backward_hypergradient(method, ctx, heldout)
+
+    assert outer.item() == pytest.approx(ref_outer.item(), rel=1e-12)
+    assert own_outer.item() == pytest.approx(ref_outer.item(), rel=1e-12)
+    for g, own, r in zip(grads, own_grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(own, r, rtol=1e-6, atol=1e-9)
+    assert max(r.abs().max().item() for r in ref_grads) > 1e-4
+    assert all(torch.equal(v, student.state_dict()[n]) for n, v in before.items())
+    assert all(p.grad is step_grads[n] for n, p in student.named_parameters())  # .grad left as it was
 
 
 def test_forward_mode_hypergradient_with_a_virtual_lr_and_frozen_parameters():
@@ -215,3 +259,42 @@ def test_first_dual_tensor_of_a_process_prints_no_jit_script_warning():
     assert lines["silenced"] == "[]", lines["silenced"]
     if lines["torch_warns"] != "True":
         pytest.skip("this torch no longer warns about torch.jit.script (nothing to silence)")
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_the_trainer_runs_the_outer_step_before_the_optimiser_step_with_its_gradient(tmp_path, monkeypatch, clip):
+    """Through the trainer: the outer step sees the student at the parameters of the main step's gradient (before the
+    optimiser moves them) and is handed that gradient; a clipped gradient is not the loss's, so it is not handed over
+    (the step computes its own)."""
+    from kdlab.methods.fusion.hypergradient import HypergradientStep
+    from kdlab.train.trainer import Trainer
+
+    from conftest import tiny_config
+
+    overrides = ["train.epochs=1", "method.meta_every=2"] + ([f"train.clip_grad_norm={clip}"] if clip else [])
+    trainer = Trainer(tiny_config(tmp_path, *overrides, method="tgeo_kd"))
+    student = trainer.run.student
+    theta0 = {n: p.detach().clone() for n, p in student.named_parameters()}
+    calls = []
+    real = HypergradientStep.hypergradient
+
+    def spy(self, ctx, heldout):
+        params = {n: p.detach().clone() for n, p in ctx.student.named_parameters()}
+        grads = {n: p.grad.clone() for n, p in ctx.student.named_parameters()}
+        handed = None if ctx.step_grads is None else {n: g.clone() for n, g in ctx.step_grads.items()}
+        calls.append((params, grads, handed))
+        return real(self, ctx, heldout)
+
+    monkeypatch.setattr(HypergradientStep, "hypergradient", spy)
+    trainer.fit()
+    assert len(calls) == -(-trainer.steps_per_epoch // 2) >= 2
+    params, grads, handed = calls[0]  # step 0: the student is still at its initial parameters
+    assert all(torch.equal(params[n], theta0[n]) for n in theta0)
+    assert any(g.abs().sum() > 0 for g in grads.values())
+    if clip is None:
+        assert handed is not None and handed.keys() == theta0.keys()
+        assert all(torch.equal(handed[n], grads[n]) for n in theta0)
+    else:
+        assert all(h is None for _, _, h in calls)
+    assert any(not torch.equal(p, theta0[n]) for n, p in student.named_parameters())
+    assert "meta.heldout_ce" in trainer.history[-1]["train"]

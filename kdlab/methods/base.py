@@ -91,6 +91,11 @@ class AuxContext:
             training set, or the method's ``Needs.holdout_fraction`` when that is 0 (never the test set).
         teachers: the teachers' outputs of the step just taken (one ``{view: Outputs}`` per teacher), so that an
             objective re-reading ``batch`` needs no second teacher forward; empty when not available.
+        label_smoothing: the run's ``train.label_smoothing`` (for a :class:`~kdlab.types.StepIO` built here).
+        step_grads: for an objective that runs before the optimiser step
+            (:attr:`AuxObjective.before_optimizer_step`), the main step's gradient of each trainable student parameter
+            (name -> ``Tensor`` or None) when it is exactly the gradient of the method's loss on ``batch`` (fp32, no
+            loss scaling, clipping or term factors, one process); None otherwise.
     """
 
     student: nn.Module
@@ -102,19 +107,26 @@ class AuxContext:
     student_outputs: Callable[..., Any]
     heldout_batches: Callable[[], Any]
     teachers: tuple = ()
+    label_smoothing: float = 0.0
+    step_grads: dict[str, Tensor | None] | None = None
 
 
 class AuxObjective:
     """An extra optimisation loop owned by a method (e.g. the TGeo-KD outer step).
 
-    The trainer calls :meth:`step` whenever :meth:`due` says so, after the main optimiser step, and
-    checkpoints :meth:`state_dict`.
+    The trainer calls :meth:`step` whenever :meth:`due` says so, after the main optimiser step (or, with
+    :attr:`before_optimizer_step`, after the main step's backward and before its optimiser step, the student still at
+    the parameters the step's gradient was taken at), and checkpoints :meth:`state_dict`.
 
     Under several processes (``torchrun``) the trainer calls :meth:`step` on every rank; the objective's own parameters
     are outside DDP, so an objective that trains them from per-rank data calls
     :func:`kdlab.distributed.average_gradients` on them between its ``backward()`` and its optimiser step
     (a no-op in one process), which keeps them identical across ranks.
     """
+
+    #: Run between the main step's backward and its optimiser step (the objective must not touch the student's
+    #: parameters or ``.grad``); :attr:`AuxContext.step_grads` may then hand it the step's gradient.
+    before_optimizer_step: bool = False
 
     def due(self, progress: Progress) -> bool:
         """Whether to run at this step."""

@@ -10,6 +10,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -126,9 +129,13 @@ class TrainerStepMixin:
             return self.teacher_outputs(batch)
         return self.teacher_cache.outputs(batch, self._data_epoch(progress.epoch), progress.step_in_epoch)
 
-    def _backward_step(self, loss: Tensor) -> dict[str, float]:
+    def _backward_step(
+        self, loss: Tensor, before_step: Callable[[bool], dict[str, float]] | None = None
+    ) -> dict[str, float]:
         """Backward, gradient clipping (``train.clip_grad_norm``) and optimiser step (loss-scaled in fp16); returns the
-        step's logged values of the clipping (empty without it; :func:`kdlab.train.clipping.clip_gradients`)."""
+        step's logged values of the clipping (empty without it; :func:`kdlab.train.clipping.clip_gradients`) and of
+        ``before_step(plain)``, called just before the optimiser step (``plain``: the gradients are the loss's own,
+        neither clipped nor loss-scaled)."""
         from kdlab.train.clipping import clip_gradients
 
         max_norm, logs = self.cfg.train.clip_grad_norm, {}
@@ -136,14 +143,46 @@ class TrainerStepMixin:
             loss.backward()
             if max_norm is not None:
                 logs = clip_gradients(self.optimizer, max_norm)
+            if before_step is not None:
+                logs.update(before_step(max_norm is None))
             self.optimizer.step()
             return logs
         self.scaler.scale(loss).backward()
         if max_norm is not None:
             logs = clip_gradients(self.optimizer, max_norm, self.scaler)
+        if before_step is not None:
+            logs.update(before_step(False))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return logs
+
+    def _aux_before_step(
+        self, batch: Batch, progress: Progress, done: Progress, lr: float, teachers: tuple
+    ) -> Callable[[bool], dict[str, float]] | None:
+        """The aux objectives due at ``progress`` that run before the optimiser step
+        (:attr:`~kdlab.methods.base.AuxObjective.before_optimizer_step`), as :meth:`_backward_step`'s ``before_step``;
+        None when there are none. They get the step's gradient (``AuxContext.step_grads``) when it is exactly the
+        gradient of the method's loss: plain (not clipped or loss-scaled), fp32, no term factors, one process."""
+        due = [a for a in self.aux if a.before_optimizer_step and a.due(progress)]
+        if not due:
+            return None
+
+        def run(plain: bool) -> dict[str, float]:
+            exact = (
+                plain
+                and self.precision.student == torch.float32
+                and all(f == 1.0 for f in self.step_module.term_scales.values())
+                and self.world.size == 1
+            )
+            named = self.run.student.named_parameters()
+            grads = {n: p.grad for n, p in named if p.requires_grad} if exact else None
+            ctx = dataclasses.replace(self._aux_context(batch, done, lr, teachers), step_grads=grads)
+            logs: dict[str, float] = {}
+            for aux in due:
+                logs.update(aux.step(ctx))
+            return logs
+
+        return run
 
     def speed_record(self) -> dict:
         """The effective speed settings of the run (for ``summary.json``)."""

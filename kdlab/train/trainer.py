@@ -424,12 +424,13 @@ class Trainer(
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 self._ema_restart(progress)  # the main stage's first step: the average starts from these weights
-                logs = self._backward_step(loss)  # with train.clip_grad_norm: grad_norm, grad_clipped
+                done = dataclasses.replace(progress, step=progress.step + 1, step_in_epoch=progress.step_in_epoch + 1)
+                early = self._aux_before_step(batch, progress, done, lr, teachers) if main else None
+                logs = self._backward_step(loss, early)  # with train.clip_grad_norm: grad_norm, grad_clipped
                 self._ema_update(progress)
                 self.global_step += 1
-                done = dataclasses.replace(progress, step=progress.step + 1, step_in_epoch=progress.step_in_epoch + 1)
                 for aux in self.aux if main else ():
-                    if aux.due(progress):
+                    if aux.due(progress) and not aux.before_optimizer_step:
                         logs.update(aux.step(self._aux_context(batch, done, lr, teachers)))
                 values = dict(zip(named, term_values))
                 values["loss"] = loss_value
@@ -519,6 +520,7 @@ class Trainer(
             student_outputs=student_outputs,
             heldout_batches=heldout,
             teachers=teachers,
+            label_smoothing=step.label_smoothing,
         )
 
     def _finish(self, progress: Progress) -> dict:

@@ -227,15 +227,20 @@ class SampleFusion(DistillMethod):
         if io.progress.stage != MAIN_STAGE:  # an inner method's own stage runs unweighted
             return self.inner.loss(io)
         terms = self.sample_terms(io)
-        ratio = self.ratio(io, terms).detach()
+        ratio, diagnostics = self.ratio_and_diagnostics(io, terms)
+        ratio = ratio.detach()
         kd_w, gt_w = self.weights(io, terms, ratio)
         out = {terms.gt_name: (gt_w * terms.gt).mean(), terms.kd_name: (kd_w * terms.kd).mean()}
         metrics = _ratio_metrics(ratio, io, self.cfg.histogram_bins, num_classes=self.num_classes)
-        return LossOut(out, {**metrics, **self.diagnostics(io, terms)})
+        return LossOut(out, {**metrics, **diagnostics})
 
     def diagnostics(self, io: StepIO, terms: SampleTerms) -> dict[str, Tensor]:
         """More logged scalars of the policy on this batch (none by default; learned policies log their inputs)."""
         return {}
+
+    def ratio_and_diagnostics(self, io: StepIO, terms: SampleTerms) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`ratio` and :meth:`diagnostics` of one batch (a policy whose two share work computes it once)."""
+        return self.ratio(io, terms), self.diagnostics(io, terms)
 
 
 def _check_unit(name: str, value: float, open_interval: bool = False) -> None:

@@ -3,13 +3,13 @@ sample-fusion wrapper (:mod:`kdlab.methods.fusion.base`).
 
 The student minimises the fused training loss with ``alpha`` fixed (detached); ``omega`` minimises the label loss of
 the *updated* student on a held-out split (``holdout_fraction`` of the training set, stratified, never the test set):
-every ``meta_every`` steps, after the student's step, :class:`HypergradientStep` takes the training batch again,
-makes a virtual SGD step ``theta' = theta - eta * grad_theta L_train(theta, omega)`` with
-``torch.func.functional_call``, evaluates ``CE(f(x_val; theta'), y_val)`` on the next held-out mini-batch (as many
-samples as the training batch) and steps ``omega``'s own optimiser along its gradient (exact, by forward mode: see
-:class:`HypergradientStep`). ``omega``
-lives in the method (its state dict, hence the checkpoint); the optimiser state and the held-out position are the aux
-objective's state. The features read the student's predictions detached, so the student cannot move ``alpha``.
+every ``meta_every`` steps, between the student's backward and its optimiser step, :class:`HypergradientStep` makes
+a virtual SGD step ``theta' = theta - eta * grad_theta L_train(theta, omega)`` on the same training batch (with the
+main step's gradient) through ``torch.func.functional_call``, evaluates ``CE(f(x_val; theta'), y_val)`` on the next
+held-out mini-batch (as many samples as the training batch) and steps ``omega``'s own optimiser along its gradient
+(exact, by forward mode: see :class:`HypergradientStep`). ``omega`` lives in the method (its state dict, hence the
+checkpoint); the optimiser state and the held-out position are the aux objective's state. The features read the
+student's predictions detached, so the student cannot move ``alpha``.
 
 
 Logged on the steps where ``omega`` moves: ``meta.heldout_ce`` and ``meta.hypergrad_norm``; every step:
@@ -109,7 +109,12 @@ class LearnedFusion(SampleFusion):
         """``feature.<name>.mean`` / ``.std``: batch mean and spread of each input block's L2 norm per sample (for a
         one-wide block, its absolute value)."""
         with torch.no_grad():
-            feats = self.features(io, terms).float()
+            return self._feature_stats(self.features(io, terms))
+
+    def _feature_stats(self, features: Tensor) -> dict[str, Tensor]:
+        """:meth:`diagnostics` of ``[B, D]`` features."""
+        with torch.no_grad():
+            feats = features.float()
             names = self.feature_names()
             norms = feats.view(feats.shape[0], len(names), -1).norm(dim=-1)  # [B, blocks]
             mean, std = norms.mean(0), norms.std(0, unbiased=False)
@@ -122,6 +127,13 @@ class LearnedFusion(SampleFusion):
     def ratio(self, io: StepIO, terms: SampleTerms) -> Tensor:
         features = self.features(io, terms)
         return self.ratio_net(features.to(self.ratio_net.net[-1].weight.dtype))
+
+    def ratio_and_diagnostics(self, io: StepIO, terms: SampleTerms) -> tuple[Tensor, dict[str, Tensor]]:
+        """The features once for both; the ratio without a graph to omega (the student's loss detaches it)."""
+        with torch.no_grad():
+            features = self.features(io, terms)
+            ratio = self.ratio_net(features.to(self.ratio_net.net[-1].weight.dtype))
+        return ratio, self._feature_stats(features)
 
     def needs(self) -> Needs:
         return self.inner.needs().union(Needs(holdout_fraction=self.cfg.holdout_fraction))
