@@ -127,7 +127,7 @@ SMALL = ["data.min_size=64", "data.max_size=64", "data.workers=0", "train.epochs
 def _config(tmp_path, root) -> str:
     config = tmp_path / "coco.yaml"
     config.write_text(
-        f"model: {{student: convnet_s}}\ndata: {{name: coco, root: {root}, batch_size: 4}}\n"
+        f"model: {{student: retinanet_tiny}}\ndata: {{name: coco, root: {root}, batch_size: 4}}\n"
         "method: {name: ce}\ntrain: {select_by: map, threads: 1}\nlog: {progress: off}\n"
     )
     return str(config)
@@ -166,6 +166,14 @@ def test_bad_sizes_and_classification_subsets_exit_2(tmp_path):
     assert "data.train_per_class=2 subsets a classification set" in _refused(tmp_path, root, "data.train_per_class=2")
     assert "['top1'] cannot score" in _refused(tmp_path, root, "train.metrics=[top1]")
     assert "not among the run's metrics ['map']" in _refused(tmp_path, root, "train.select_by=loss")
+
+
+def test_classifier_on_boxes_and_detector_on_classes_exit_2(tmp_path):
+    root = make_coco(tmp_path / "coco", n_train=4, n_val=2)
+    err = _refused(tmp_path, root, "model.student=convnet_s")
+    assert "model 'convnet_s' does not detect objects, but dataset 'coco' has boxes" in err and "retinanet_tiny" in err
+    err = _refused(tmp_path, root, "data.name=synthetic", "data.image_size=32")
+    assert "model 'retinanet_tiny' is an object detector, but dataset 'synthetic' has no boxes" in err
 
 
 def test_non_positive_boxes_are_dropped_and_counted(tmp_path, caplog):

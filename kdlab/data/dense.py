@@ -450,9 +450,12 @@ def dense_model_check(splits: object, model_names: list[str]) -> None:
     Raises:
         ConfigError: naming the model, the dataset and the models that fit.
     """
+    from kdlab.data.detection import detection_model_check
     from kdlab.models import MODELS
     from kdlab.models import model_names as all_models
 
+    if detection_model_check(splits, model_names):  # boxes: detectors only (and detectors on boxes only)
+        return
     dense_data = isinstance(splits, DenseSplits)
     known = all_models()
     dense_models = [n for n in known if MODELS.meta(n).get("outputs") == "dense"]

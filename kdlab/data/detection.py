@@ -466,6 +466,36 @@ class DetectionLoader(WorkerPlan):
             yield self.to_batch(cpu)
 
 
+def detection_model_check(splits: object, model_names: list[str]) -> bool:
+    """Refuse a model that does not detect on a detection dataset, and a detector on another dataset, by name.
+
+    Returns:
+        True when ``splits`` is a detection dataset (all models checked), False otherwise (no model is a detector).
+
+    Raises:
+        ConfigError: naming the model, the dataset and the models that fit.
+    """
+    from kdlab.models import MODELS
+    from kdlab.models import model_names as all_models
+
+    known = all_models()
+    detectors = [n for n in known if MODELS.meta(n).get("outputs") == "detection"]
+    boxes = isinstance(splits, DetectionSplits)
+    for name in model_names:
+        if name not in known or (name in detectors) == boxes:
+            continue
+        if boxes:
+            raise ConfigError(
+                f"model {name!r} does not detect objects, but dataset {splits.name!r} has boxes; use a detection "
+                f"model: {', '.join(detectors)}"
+            )
+        raise ConfigError(
+            f"model {name!r} is an object detector, but dataset {getattr(splits, 'name', '?')!r} has no boxes; use "
+            "a detection dataset (coco) or a model of the dataset's task (kdlab list models)"
+        )
+    return boxes
+
+
 __all__ = [
     "DETECTION_METRICS",
     "SIZE_DIVISIBLE",
@@ -476,6 +506,7 @@ __all__ = [
     "DetectionTransform",
     "check_sizes",
     "collate_detection",
+    "detection_model_check",
     "flip_boxes",
     "resize_boxes",
     "resized_hw",
