@@ -76,6 +76,14 @@ class ModelConfig:
     are renormalised as for teachers, in training, evaluation and the exported model."""
     student_input_std: list[float] | None = field(default=None, metadata=rng(gt=0))
     """Per-channel std the student expects (see ``student_input_mean``)."""
+    student_dropout: float | None = field(default=None, metadata=rng(ge=0, lt=1, note="null keeps the model's own"))
+    """Dropout probability before the student's classifier (None: the architecture's own: 0 for kdlab's ResNets,
+    torchvision's 0.2 for ``mobilenet_v2`` / ``efficientnet_b0``, timm's ``drop_rate`` default); a student without
+    one refuses a value (:mod:`kdlab.models.regularization`)."""
+    student_drop_path: float | None = field(default=None, metadata=rng(ge=0, lt=1, note="null keeps the model's own"))
+    """Stochastic depth of the student: the drop-path probability of its last residual block, smaller for earlier
+    blocks by the model's rule (timm's ``drop_path_rate``, torchvision EfficientNet's ``stochastic_depth_prob``; None:
+    the architecture's own). ResNets (kdlab's, torchvision's) have none and refuse a value."""
 
 
 @dataclass(kw_only=True)

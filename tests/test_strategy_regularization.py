@@ -111,3 +111,114 @@ def test_a_bad_clipping_bound_exits_2_naming_the_fix(tmp_path, capsys, value):
     assert code == 2 and "Traceback" not in err
     assert "train.clip_grad_norm" in err and "null" in err, err
     assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------------------ dropout, drop-path
+def _takers(keyword: str) -> list[str]:
+    from kdlab.models.regularization import _takers as takers
+
+    return takers(keyword)
+
+
+def _dropout_rates(model: nn.Module) -> list[float]:
+    return [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+
+
+def test_the_zoo_models_taking_each_setting_are_the_documented_ones():
+    assert _takers("classifier_dropout") == [
+        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2", "efficientnet_b0"
+    ]  # fmt: skip
+    assert _takers("drop_path") == ["efficientnet_b0"]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2"])
+def test_student_dropout_reaches_every_zoo_model_that_takes_it(name):
+    from kdlab.config import ModelConfig
+    from kdlab.models.regularization import create_student
+
+    with torch.device("meta"):
+        default = create_student(ModelConfig(student=name), 10, 3)
+        model = create_student(ModelConfig(student=name, student_dropout=0.37), 10, 3)
+    assert _dropout_rates(default) == [0.2 if name == "mobilenet_v2" else 0.0]  # the architecture's own
+    assert _dropout_rates(model) == [0.37] and model.dropout.p == 0.37
+
+
+def test_dropout_acts_on_the_classifier_input_in_training_only():
+    from kdlab.config import ModelConfig
+    from kdlab.models.regularization import create_student
+
+    torch.manual_seed(0)
+    model = create_student(ModelConfig(student="resnet18", student_dropout=0.5), 10, 3)
+    seen = []
+    model.classifier.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    x = torch.randn(4, 3, 32, 32)
+    model.train()
+    _, taps = model.forward_taps(x, ("pool",))
+    kept = seen[-1] != 0
+    assert 0.3 < kept.float().mean() < 0.7  # half of the 4 x 512 inputs dropped
+    torch.testing.assert_close(seen[-1][kept], taps["pool"][kept] / 0.5)  # inverted dropout: survivors scaled by 2
+    model.eval()
+    _, taps = model.forward_taps(x, ("pool",))
+    assert torch.equal(seen[-1], taps["pool"])
+
+
+def test_efficientnet_drop_path_is_torchvisions_stochastic_depth_rule():
+    from torchvision.ops import StochasticDepth
+
+    from kdlab.config import ModelConfig
+    from kdlab.models.regularization import create_student
+
+    with torch.device("meta"):
+        default = create_student(ModelConfig(student="efficientnet_b0"), 10, 3)
+        model = create_student(
+            ModelConfig(student="efficientnet_b0", student_drop_path=0.3, student_dropout=0.1), 10, 3
+        )
+    rates = [m.p for m in model.modules() if isinstance(m, StochasticDepth)]
+    n = len(rates)  # 16 MBConv blocks; block i (0-based) drops with probability 0.3 * i / n
+    assert n == 16 and rates == pytest.approx([0.3 * i / n for i in range(n)])
+    assert [m.p for m in default.modules() if isinstance(m, StochasticDepth)] == pytest.approx(
+        [0.2 * i / n for i in range(n)]
+    )
+    assert model.dropout.p == 0.1 and default.dropout.p == 0.2
+
+
+def test_timm_students_take_drop_rate_and_drop_path_rate():
+    pytest.importorskip("timm")
+    from kdlab.config import ModelConfig
+    from kdlab.models.regularization import create_student
+
+    with torch.device("meta"):
+        model = create_student(ModelConfig(student="timm:test_vit", student_dropout=0.3, student_drop_path=0.2), 10, 3)
+    assert model.model.head_drop.p == 0.3
+    drop_path = [float(m.drop_prob) for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert drop_path and max(drop_path) == pytest.approx(0.2)  # timm's linear rule up to the last block
+
+
+@pytest.mark.parametrize(
+    ("student", "setting", "words"),
+    [
+        ("resnet18", "model.student_drop_path=0.2", ["model.student_drop_path", "'resnet18'", "efficientnet_b0"]),
+        ("convnet_s", "model.student_dropout=0.2", ["model.student_dropout", "'convnet_s'", "resnet18"]),
+        ("timm:vgg11", "model.student_drop_path=0.2", ["model.student_drop_path", "timm:vgg11", "drop_path_rate"]),
+        ("convnet_s", "model.student_dropout=1", ["model.student_dropout", "null"]),
+        ("convnet_s", "model.student_drop_path=-0.1", ["model.student_drop_path"]),
+    ],
+)
+def test_a_student_without_the_setting_or_a_bad_rate_exits_2_naming_the_fix(tmp_path, capsys, student, setting, words):
+    if student.startswith("timm:"):
+        pytest.importorskip("timm")
+    cfg = REPO / "configs" / "debug" / "digits_ce.yaml"
+    args = ["train", str(cfg), f"train.run_dir={tmp_path / 'runs'}", f"model.student={student}", setting]
+    code = main([*args, "train.threads=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert all(w in err for w in words), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_builds_its_student_with_the_settings(tmp_path):
+    from kdlab.train.build import build_run
+
+    cfg = tiny_config(tmp_path, "model.student=resnet18", "data.image_size=32", "model.student_dropout=0.25")
+    run = build_run(cfg)
+    assert run.student.dropout.p == 0.25

@@ -23,6 +23,7 @@ from kdlab.methods._detection import check_detection_pair
 from kdlab.methods.base import BuildContext, mixed_labels_refusal
 from kdlab.models.base import TapError, probe_taps
 from kdlab.models.input_norm import set_input_normalization
+from kdlab.models.regularization import create_student
 from kdlab.seeding import seed_everything
 from kdlab.train.checkpoint import load_model_file
 from kdlab.train.pairs import explain_pair_error
@@ -94,7 +95,7 @@ def build_run(cfg: RunConfig, device: torch.device | None = None, load_teacher_w
     extra = model_build_kwargs(splits, [cfg.model.student, *[t.name for t in cfg.model.teachers]])
     dense_model_check(splits, [cfg.model.student, *[t.name for t in cfg.model.teachers]])  # per-pixel labels
 
-    student = models.create(cfg.model.student, num_classes=k, in_channels=in_ch, **extra).to(device)
+    student = create_student(cfg.model, k, in_ch, **extra).to(device)  # with model.student_dropout / drop_path
     mc = cfg.model
     try:
         set_input_normalization(student, splits.mean, splits.std, mc.student_input_mean, mc.student_input_std)
@@ -286,7 +287,7 @@ def check_on_meta(
     """
     meta = torch.device("meta")
     with meta:
-        student = models.create(cfg.model.student, num_classes=num_classes, in_channels=input_size[0])
+        student = create_student(cfg.model, num_classes, input_size[0])
         teachers = [
             models.create(t.name, num_classes=num_classes, in_channels=input_size[0]) for t in cfg.model.teachers
         ]

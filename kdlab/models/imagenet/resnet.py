@@ -18,6 +18,8 @@ Deviations:
     - The blocks return the pre-activation sum and the stage loop applies the final ReLU, so ``stageK.pre``
       costs nothing; the computed function is unchanged.
     - ``classifier`` is an alias of ``fc`` (reading and assigning; no duplicate state-dict keys).
+    - An optional dropout before ``fc`` (``dropout``, default 0: torchvision's function), for the strategies that
+      regularise the classifier (``model.student_dropout``); it has no parameters, so state dicts are unchanged.
     - mdistiller's extra ``stem`` pre-activation (the stem's BN output) is not exposed: ``stem.pre`` is not a
       canonical tap name.
 """
@@ -133,13 +135,19 @@ class ResNetBase(TapModel):
         depths: blocks per stage, e.g. ``(2, 2, 2, 2)``.
         in_channels: input channels ``C``.
         imagenet_stem: 7x7/2 convolution + 3x3/2 max-pool (ImageNet) instead of a 3x3/1 convolution (CIFAR).
+        dropout: dropout probability on the pooled embedding before the classifier (0: none, as torchvision's).
 
     Subclasses create the final linear layer and expose it as ``classifier`` (see
     :class:`~kdlab.models.alias.ClassifierAlias`).
     """
 
     def __init__(
-        self, block: type[nn.Module], depths: Sequence[int], in_channels: int = 3, imagenet_stem: bool = True
+        self,
+        block: type[nn.Module],
+        depths: Sequence[int],
+        in_channels: int = 3,
+        imagenet_stem: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if imagenet_stem:
@@ -163,6 +171,7 @@ class ResNetBase(TapModel):
         self.num_stages = len(depths)
         self.num_features = c_in
         self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)  # p = 0 returns its input unchanged (no random draw)
         self._info = (*info, TapInfo("pool", c_in, 1, "pool"))
 
     def _init_weights(self) -> None:
@@ -203,7 +212,7 @@ class ResNetBase(TapModel):
         pooled = torch.flatten(self.avgpool(h), 1)
         if "pool" in taps:
             out["pool"] = pooled
-        return self.classifier(pooled), out
+        return self.classifier(self.dropout(pooled)), out
 
 
 class ResNet(ClassifierAlias, ResNetBase):
@@ -218,45 +227,61 @@ class ResNet(ClassifierAlias, ResNetBase):
         depths: blocks per stage.
         num_classes: output classes ``K``.
         in_channels: input channels ``C``.
+        dropout: dropout before the classifier (``model.student_dropout``; 0 as torchvision's ResNets).
     """
 
     input_size = (3, 224, 224)
     _classifier_attr = "fc"
 
     def __init__(
-        self, block: type[nn.Module], depths: Sequence[int], num_classes: int = 1000, in_channels: int = 3
+        self,
+        block: type[nn.Module],
+        depths: Sequence[int],
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        dropout: float = 0.0,
     ) -> None:
-        super().__init__(block, depths, in_channels=in_channels, imagenet_stem=True)
+        super().__init__(block, depths, in_channels=in_channels, imagenet_stem=True, dropout=dropout)
         self.input_size = (in_channels, 224, 224)
         self.fc = nn.Linear(self.num_features, num_classes)
         self._init_weights()
 
 
 @register_model("resnet18", family="imagenet", input_size=(3, 224, 224))
-def resnet18(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+def resnet18(num_classes: int = 1000, in_channels: int = 3, classifier_dropout: float = 0.0) -> ResNet:
     """ResNet-18 (torchvision layout, 11,689,512 parameters for 1000 classes)."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels)
+    return ResNet(
+        BasicBlock, (2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels, dropout=classifier_dropout
+    )
 
 
 @register_model("resnet34", family="imagenet", input_size=(3, 224, 224))
-def resnet34(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+def resnet34(num_classes: int = 1000, in_channels: int = 3, classifier_dropout: float = 0.0) -> ResNet:
     """ResNet-34 (torchvision layout, 21,797,672 parameters for 1000 classes)."""
-    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels)
+    return ResNet(
+        BasicBlock, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels, dropout=classifier_dropout
+    )
 
 
 @register_model("resnet50", family="imagenet", input_size=(3, 224, 224))
-def resnet50(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+def resnet50(num_classes: int = 1000, in_channels: int = 3, classifier_dropout: float = 0.0) -> ResNet:
     """ResNet-50 v1.5 (torchvision layout, 25,557,032 parameters for 1000 classes)."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels)
+    return ResNet(
+        Bottleneck, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels, dropout=classifier_dropout
+    )
 
 
 @register_model("resnet101", family="imagenet", input_size=(3, 224, 224), heavy=True)
-def resnet101(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+def resnet101(num_classes: int = 1000, in_channels: int = 3, classifier_dropout: float = 0.0) -> ResNet:
     """ResNet-101 v1.5 (torchvision layout, 44,549,160 parameters for 1000 classes)."""
-    return ResNet(Bottleneck, (3, 4, 23, 3), num_classes=num_classes, in_channels=in_channels)
+    return ResNet(
+        Bottleneck, (3, 4, 23, 3), num_classes=num_classes, in_channels=in_channels, dropout=classifier_dropout
+    )
 
 
 @register_model("resnet152", family="imagenet", input_size=(3, 224, 224), heavy=True)
-def resnet152(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+def resnet152(num_classes: int = 1000, in_channels: int = 3, classifier_dropout: float = 0.0) -> ResNet:
     """ResNet-152 v1.5 (torchvision layout, 60,192,808 parameters for 1000 classes)."""
-    return ResNet(Bottleneck, (3, 8, 36, 3), num_classes=num_classes, in_channels=in_channels)
+    return ResNet(
+        Bottleneck, (3, 8, 36, 3), num_classes=num_classes, in_channels=in_channels, dropout=classifier_dropout
+    )

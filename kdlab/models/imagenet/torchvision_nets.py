@@ -118,9 +118,16 @@ def _replace_stem(features: nn.Sequential, in_channels: int) -> None:
 
 
 def _from_torchvision(
-    builder: str, stage_ends: Sequence[int], stage_info: Sequence[tuple[int, int]], num_classes: int, in_channels: int
+    builder: str,
+    stage_ends: Sequence[int],
+    stage_info: Sequence[tuple[int, int]],
+    num_classes: int,
+    in_channels: int,
+    **options: float,
 ) -> TorchvisionFeatureNet:
-    tv = _torchvision_builder(builder)(weights=None, num_classes=num_classes)
+    """torchvision's ``builder`` (``weights=None``; ``options`` such as ``dropout`` or ``stochastic_depth_prob`` go to
+    its constructor) behind the tap contract."""
+    tv = _torchvision_builder(builder)(weights=None, num_classes=num_classes, **options)
     _replace_stem(tv.features, in_channels)
     linear = tv.classifier[-1]
     dropout = next(m.p for m in tv.classifier if isinstance(m, nn.Dropout))
@@ -139,24 +146,36 @@ def _from_torchvision(
 
 
 @register_model("mobilenet_v2", family="imagenet", input_size=(3, 224, 224))
-def mobilenet_v2(num_classes: int = 1000, in_channels: int = 3) -> TorchvisionFeatureNet:
-    """torchvision MobileNetV2 (width 1.0; 3,504,872 parameters for 1000 classes). Not the CIFAR ``mobilenetv2``."""
+def mobilenet_v2(
+    num_classes: int = 1000, in_channels: int = 3, classifier_dropout: float = 0.2
+) -> TorchvisionFeatureNet:
+    """torchvision MobileNetV2 (width 1.0; 3,504,872 parameters for 1000 classes). Not the CIFAR ``mobilenetv2``.
+    ``classifier_dropout``: before the classifier (torchvision's default 0.2; ``model.student_dropout``)."""
     return _from_torchvision(
         "mobilenet_v2",
         stage_ends=(1, 3, 6, 13, 17),
         stage_info=((16, 2), (24, 4), (32, 8), (96, 16), (320, 32)),
         num_classes=num_classes,
         in_channels=in_channels,
+        dropout=classifier_dropout,
     )
 
 
 @register_model("efficientnet_b0", family="imagenet", input_size=(3, 224, 224))
-def efficientnet_b0(num_classes: int = 1000, in_channels: int = 3) -> TorchvisionFeatureNet:
-    """torchvision EfficientNet-B0 (5,288,548 parameters for 1000 classes; stochastic depth 0.2 in training)."""
+def efficientnet_b0(
+    num_classes: int = 1000, in_channels: int = 3, classifier_dropout: float = 0.2, drop_path: float = 0.2
+) -> TorchvisionFeatureNet:
+    """torchvision EfficientNet-B0 (5,288,548 parameters for 1000 classes). ``classifier_dropout``: before the
+    classifier;
+    ``drop_path``: stochastic depth of the last block, torchvision's ``stochastic_depth_prob`` (block ``i`` of ``n``
+    (0-based) drops its residual branch with probability ``drop_path * i / n``); both torchvision's default 0.2
+    (``model.student_dropout``, ``model.student_drop_path``)."""
     return _from_torchvision(
         "efficientnet_b0",
         stage_ends=(1, 2, 3, 5, 7),
         stage_info=((16, 2), (24, 4), (40, 8), (112, 16), (320, 32)),
         num_classes=num_classes,
         in_channels=in_channels,
+        dropout=classifier_dropout,
+        stochastic_depth_prob=drop_path,
     )
