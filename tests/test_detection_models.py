@@ -283,3 +283,33 @@ def test_build_time_probe_and_registry(name: str) -> None:
     assert MODELS.meta(name)["family"] == "detection" and tuple(model.input_size) == MODELS.meta(name)["input_size"]
     with pytest.raises(ValueError, match="boxes and labels"):
         model.train()({"images": torch.zeros(1, 3, 64, 64), "image_sizes": torch.tensor([[64, 64]])})
+
+
+@pytest.mark.parametrize("name", ["retinanet_r50", "faster_rcnn_x101"])
+def test_full_size_taps_on_meta(name: str) -> None:
+    """The build-time checks run on the meta device (``check_on_meta``): shapes only, at the registered probe size."""
+    with torch.device("meta"):
+        model = create(name, num_classes=80)
+    shapes = probe_taps(model, model.tap_names(), (3, 800, 1344))
+    assert shapes["logits"] == (100, 6)
+    if name.startswith("retinanet"):
+        levels = [(100, 168), (50, 84), (25, 42), (13, 21), (7, 11)]  # P3-P7; P6, P7 by stride-2 convolutions
+        assert shapes["cls"] == (9 * sum(h * w for h, w in levels), 80)
+    else:
+        levels = [(200, 336), (100, 168), (50, 84), (25, 42), (13, 21)]  # P2-P5, P6 by max-pooling
+        assert shapes["rois"] == (5,) and shapes["roi_logits"] == (81,)
+    assert [shapes[f"fpn.{i}"] for i in range(5)] == [(256, h, w) for h, w in levels]
+
+
+@pytest.mark.parametrize("name", ["retinanet_tiny", "faster_rcnn_tiny"])
+def test_teacher_loads_a_torchvision_layout_checkpoint(name: str, tmp_path) -> None:
+    """``model.teachers.0.checkpoint``: a state dict saved from torchvision's own detector class (same parts, same
+    class count) loads as it is, wrapped or not."""
+    from kdlab.train.checkpoint import load_model_file
+
+    tv = _torchvision_twin(_tiny(name))
+    torch.save({"model": tv.state_dict()}, tmp_path / "teacher.pth")
+    torch.manual_seed(9)
+    teacher = create(name, num_classes=K)
+    load_model_file(teacher, tmp_path / "teacher.pth", name)
+    assert all(torch.equal(v, tv.state_dict()[k]) for k, v in teacher.state_dict().items())

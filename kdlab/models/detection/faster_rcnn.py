@@ -127,6 +127,8 @@ class FasterRCNNDetector(TapModel, FasterRCNN):
         images = inputs.images
         targets = require_targets(inputs, type(self).__name__) if self.training else None
         features = self.backbone(images.tensors)
+        if images.tensors.device.type == "meta":
+            return self._meta_outputs(features, len(images.image_sizes), wanted)
         proposals, rpn_losses = self.rpn(images, features, targets)
         if self.training:
             proposals, _, labels, regression_targets = self.roi_heads.select_training_samples(proposals, targets)
@@ -152,6 +154,21 @@ class FasterRCNNDetector(TapModel, FasterRCNN):
         detections = [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(boxes, scores, labels)]
         packed = pack_detections(detections, images.image_sizes, inputs.original_sizes, self.detections_per_img, 1)
         return packed, out
+
+    def _meta_outputs(
+        self, features: Mapping[str, Tensor], batch: int, wanted: frozenset[str]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Eval-mode outputs on the meta device (build-time shape checks): the RPN's proposal selection depends on
+        the data, so the proposals are ``post_nms_top_n`` placeholder rows per image, and the detections empty."""
+        ref = next(iter(features.values()))
+        out: dict[str, Tensor] = {f"fpn.{i}": f for i, f in enumerate(features.values()) if f"fpn.{i}" in wanted}
+        rows = batch * self.rpn.post_nms_top_n()
+        if "rois" in wanted:
+            out["rois"] = ref.new_zeros(rows, 5)
+        if "roi_logits" in wanted:
+            c = ref.shape[1]
+            out["roi_logits"] = self.roi_heads.box_predictor(self.roi_heads.box_head(ref.new_zeros(rows, c, 7, 7)))[0]
+        return ref.new_zeros(batch, self.detections_per_img, 6), out
 
     def roi_class_logits(self, fpn_features: Mapping[str, Tensor], rois: Tensor, image_sizes: Tensor) -> Tensor:
         """This model's RoI class logits on given boxes and FPN features (e.g. a teacher on a student's proposals).

@@ -119,6 +119,8 @@ class RetinaNetDetector(TapModel, RetinaNet):
             out["cls"] = head_outputs["cls_logits"]
         if "anchors" in wanted:
             out["anchors"] = torch.stack(anchors)
+        if images.tensors.device.type == "meta":  # shapes only (build-time checks): no data-dependent selection
+            return images.tensors.new_zeros(len(images.image_sizes), self.detections_per_img, 6), out
         if self.training:
             losses = self.compute_loss(require_targets(inputs, type(self).__name__), head_outputs, anchors)
             out.update({f"loss.{k}": v for k, v in losses.items()})
