@@ -12,12 +12,11 @@ ROOT = str(Path(__file__).resolve().parent.parent / "configs")
 # COCO 2017: data.root holds annotations/instances_{train,val}2017.json, train2017/, val2017/ (the coco source).
 DATA = dict(name="coco", root="data/coco", min_size=800, max_size=1333, batch_size=16, eval_batch_size=8, workers=4)
 # The 1x schedule (mmdetection schedule_1x.py, torchvision's detection reference): 12 epochs, SGD momentum 0.9, weight
-# decay 1e-4, x0.1 after epochs 8 and 11, linear warm-up over the first 500 iterations from 0.001 x lr. COCO train2017
-# has 117,266 images with boxes: 7,330 steps per epoch at batch 16, so 500 iterations are 0.0682 epochs.
-WARMUP_EPOCHS = 0.0682
+# decay 1e-4, x0.1 after epochs 8 and 11, linear warm-up over the first 500 iterations from 0.001 x lr
+# (optim.warmup_steps: 500 optimiser steps whatever the batch size, as mmdetection's warmup_iters).
 SCHEDULE = (
     "the 1x schedule: 12 epochs, SGD lr {lr:g} at batch 16 (scale it linearly with data.batch_size), momentum 0.9, "
-    "wd 1e-4, x0.1 after epochs 8 and 11, linear warm-up over 500 iterations (0.0682 epochs) from 0.001 x lr; "
+    "wd 1e-4, x0.1 after epochs 8 and 11, linear warm-up over 500 iterations (optim.warmup_steps) from 0.001 x lr; "
     "images resized to shorter side 800 (longer at most 1333) with flips; frozen BN in the backbone"
 )
 # RetinaNet trains at 0.01 for batch 16 (mmdetection retinanet_r50_fpn_1x_coco.py, torchvision's reference --lr 0.01,
@@ -113,7 +112,7 @@ def _optim(model: str) -> dict:
         schedule="step",
         milestones=[8, 11],
         gamma=0.1,
-        warmup_epochs=WARMUP_EPOCHS,
+        warmup_steps=500,
         warmup_lr=round(lr * 0.001, 8),
     )
 

@@ -113,12 +113,23 @@ def test_every_shipped_recipe_takes_a_step_from_the_teacher_run(coco_root, teach
     assert all(p.grad is not None for p in trainer.run.student.parameters() if p.requires_grad)
 
 
-def test_two_stage_dist_reads_the_teachers_roi_head_on_the_students_proposals(coco_root, tmp_path) -> None:
-    """The Faster R-CNN DIST + mimic recipe on tiny models: the teacher's RoI head runs on the student's sampled
-    proposals (one row of K + 1 logits per student RoI), and the step trains the student."""
-    teacher = _teacher(coco_root, tmp_path / "t", "faster_rcnn")
-    trainer = Trainer(_config("dist_mimic", coco_root, teacher, tmp_path, "two", "faster_rcnn"))
-    model = trainer.run.method.methods[0].detection.teacher_models[0]
+@pytest.fixture(scope="module")
+def rcnn_teacher_run(coco_root, tmp_path_factory):
+    """``kdlab train configs/coco/ce/faster_rcnn_x101.yaml`` with the tiny Faster R-CNN (1 epoch x 2 steps)."""
+    return _teacher(coco_root, tmp_path_factory.mktemp("runs"), "faster_rcnn")
+
+
+@pytest.mark.parametrize(
+    ("method", "reads_roi_head"), [("kd", True), ("cwd", False), ("dist", True), ("dist_mimic", True)]
+)
+def test_two_stage_recipes_read_the_teachers_roi_head_on_the_students_proposals(
+    coco_root, rcnn_teacher_run, tmp_path, method, reads_roi_head
+) -> None:
+    """The Faster R-CNN recipes on tiny models: kd and dist call the teacher's RoI head on the student's sampled
+    proposals (one row of K + 1 logits per student RoI, the FPN levels by tap name), cwd and mimic read the FPN levels;
+    every recipe trains the student."""
+    trainer = Trainer(_config(method, coco_root, rcnn_teacher_run, tmp_path, method, "faster_rcnn"))
+    model = trainer.run.teachers[0].model
     calls = []
     original = model.roi_class_logits
 
@@ -130,10 +141,11 @@ def test_two_stage_dist_reads_the_teachers_roi_head_on_the_students_proposals(co
     model.roi_class_logits = recording
     batch = next(trainer.run.data.train_batches(0))
     out = trainer.step_module(batch, trainer.teacher_outputs(batch), trainer.start)
-    assert set(out.terms) == TERMS["dist_mimic"]
-    assert len(calls) == 1
-    names, rois, logits = calls[0]
-    assert names == [f"fpn.{i}" for i in range(5)] and rois[1] == 5 and logits == (rois[0], 4)  # K = 3, + background
+    assert set(out.terms) == TERMS[method]
+    assert len(calls) == int(reads_roi_head)
+    if reads_roi_head:
+        names, rois, logits = calls[0]
+        assert names == [f"fpn.{i}" for i in range(5)] and rois[1] == 5 and logits == (rois[0], 4)  # K = 3, + bg
     out.total.backward()
     assert all(p.grad is not None for p in trainer.run.student.parameters() if p.requires_grad)
 
