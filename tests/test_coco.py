@@ -121,6 +121,25 @@ def test_resume_replays_the_epoch_and_holdout_split(tmp_path):
         assert all(torch.equal(a.x[k], b.x[k]) for k in a.x)
 
 
+def test_worker_processes_give_the_same_batches(tmp_path):
+    root = make_coco(tmp_path / "coco", n_train=6, n_val=2)
+    _, inline = _data(root, batch_size=3)
+    _, workers = _data(root, batch_size=3, workers=2)
+    for a, b in zip(list(inline.train_batches(0)), list(workers.train_batches(0)), strict=True):
+        assert torch.equal(a.index, b.index) and torch.equal(a.y, b.y)
+        assert all(torch.equal(a.x[k], b.x[k]) for k in a.x)
+
+
+def test_an_image_of_another_size_than_its_annotation_is_refused_naming_it(tmp_path):
+    from kdlab.data.base import DataError
+
+    root = make_coco(tmp_path / "coco", n_train=4, n_val=2)
+    edit_annotations(root, "val", lambda p: p["images"][1].update(height=50))
+    _, loader = _data(root)
+    with pytest.raises(DataError, match=r"000000001002\.jpg is 64x48 \(W x H\) but its annotation file says 64x50"):
+        list(loader.eval_batches("test"))
+
+
 SMALL = ["data.min_size=64", "data.max_size=64", "data.workers=0", "train.epochs=1", "train.device=cpu"]
 
 
@@ -222,6 +241,7 @@ def test_detection_run_reports_map_in_summary_store_and_report(tmp_path):
     if "retinanet_tiny" not in model_names():
         pytest.skip("needs the tiny detection models (kdlab/models/detection)")
     root = make_coco(tmp_path / "coco", n_train=8, n_val=4)
+    edit_annotations(root, "train", lambda p: p["annotations"][0]["bbox"].__setitem__(2, 0.0))  # dropped, counted
     config = tmp_path / "ce.yaml"
     config.write_text(
         f"model: {{student: retinanet_tiny}}\ndata: {{name: coco, root: {root}, batch_size: 4, eval_batch_size: 4}}\n"
@@ -238,7 +258,8 @@ def test_detection_run_reports_map_in_summary_store_and_report(tmp_path):
     last = summary["last"]
     assert 0.0 <= last["map"] <= 100.0 and last["n"] == 4 and "loss" not in last
     assert set(last) >= {"map_50", "map_75", "map_s", "map_m", "map_l"}
-    assert summary["header"]["data"]["dropped_boxes"] == {"train": 0, "val": 0}
+    assert summary["header"]["data"]["dropped_boxes"] == {"train": 1, "val": 0}  # in the run record
+    assert "dropped 1 train and 0 val box(es) with non-positive width or height" in err  # and logged
     records = [json.loads(line) for line in (runs / "ce" / "metrics.jsonl").read_text().splitlines()]
     assert [r["test"]["map"] for r in records][-1] == last["map"]
     store = tmp_path / "results.sqlite"
