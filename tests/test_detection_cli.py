@@ -113,6 +113,31 @@ def test_every_shipped_recipe_takes_a_step_from_the_teacher_run(coco_root, teach
     assert all(p.grad is not None for p in trainer.run.student.parameters() if p.requires_grad)
 
 
+def test_mimic_box_mask_on_real_batches_keeps_only_positions_inside_the_boxes(coco_root, teacher_run, tmp_path) -> None:
+    """``mask: boxes`` on the loader's batches (boxes in resized pixels): the masked term differs from the unmasked
+    one and equals the formula on the kept positions."""
+    from kdlab.losses.detection import box_mask, mimic_mse
+
+    trainer = Trainer(
+        _config("dist_mimic", coco_root, teacher_run, tmp_path, "m", "retinanet", "method.terms.1.mask=boxes")
+    )
+    batch = next(trainer.run.data.train_batches(0))
+    teachers = trainer.teacher_outputs(batch)
+    out = trainer.step_module(batch, teachers, trainer.start)
+    mimic = trainer.run.method.methods[1]
+    _, s_out = trainer.run.student.forward_taps(batch.x, set(mimic.student_tap_names))
+    want, plain, kept, total = 0.0, 0.0, 0, 0
+    for key, s, t in zip(mimic.keys, mimic.student_tap_names, mimic.teacher_tap_names):
+        f_t = teachers[0]["x"].taps[t]
+        mask = box_mask(batch.x["boxes"], batch.x["labels"], tuple(f_t.shape[-2:]), 64 / f_t.shape[-2])
+        kept, total = kept + int(mask.sum()), total + mask.numel()
+        want = want + mimic_mse(mimic.adapters[key](s_out[s]), f_t, mask)
+        plain = plain + mimic_mse(mimic.adapters[key](s_out[s]), f_t)
+    assert 0 < kept < total
+    assert torch.allclose(out.terms["mimic.mimic"], want, rtol=1e-4)
+    assert not torch.allclose(out.terms["mimic.mimic"], plain, rtol=1e-3)
+
+
 @pytest.fixture(scope="module")
 def rcnn_teacher_run(coco_root, tmp_path_factory):
     """``kdlab train configs/coco/ce/faster_rcnn_x101.yaml`` with the tiny Faster R-CNN (1 epoch x 2 steps)."""
