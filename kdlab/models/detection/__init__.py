@@ -34,6 +34,22 @@ proposals), but it is a weaker teacher than the paper's 45.6 mAP one. Both teach
 Students start from an ImageNet trunk: ``model.student_backbone=<torchvision resnet50 .pth>`` loads the file into
 ``imagenet_trunk`` (``backbone.body``: ``conv1`` .. ``layer4``; the ``fc`` keys are dropped).
 
+Deviations from the mmdetection configs behind the paper's numbers (``configs/_base_/models/retinanet_r50_fpn.py``,
+``faster-rcnn_r50_fpn.py``): the models are torchvision's, as the issue asks, and keep torchvision's choices where the
+two differ:
+
+- RetinaNet's P6 is computed from P5 (torchvision's v1 ``LastLevelP6P7(256, 256)``; mmdetection's
+  ``add_extra_convs='on_input'`` uses C5); its octave anchor sizes are truncated to integers
+  (``int(32 * 2**(1/3)) = 40``);
+- the trunk's BN affine weights are frozen (see :mod:`kdlab.models.detection.backbone`);
+- Faster R-CNN keeps 2000 RPN proposals per image in training (mmdetection 1000), pools with ``sampling_ratio=2``
+  (mmdetection 0, adaptive) and regresses boxes with smooth-L1 (``beta=1/9``) in the RPN and the RoI head
+  (mmdetection L1).
+
+Same in both: ResNet "pytorch" style (stride in the 3x3 convolution), FPN width 256, anchor scales and ratios,
+focal loss (alpha 0.25, gamma 2) with an L1 box loss for RetinaNet, IoU thresholds, 256 / 512 sampled anchors / RoIs,
+score threshold 0.05, NMS 0.5, 100 detections per image.
+
 The contract (``forward_taps`` on the batch dict, the taps ``fpn.*``, ``cls``, ``rois``, ``roi_logits`` and the
 ``loss.*`` taps) is in :mod:`kdlab.models.detection.retinanet` and :mod:`kdlab.models.detection.faster_rcnn`.
 """

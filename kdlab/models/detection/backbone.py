@@ -1,12 +1,13 @@
 """ResNet / ResNeXt FPN backbones of the detection models, built from torchvision's parts with frozen BatchNorm.
 
-As torchvision's detectors (``torchvision/models/detection/backbone_utils.py``: ``_resnet_fpn_extractor``) and
-mmdetection's 1x configs (``norm_cfg=dict(type='BN', requires_grad=False)``, ``norm_eval=True``, ``frozen_stages=1``):
+As torchvision's detectors (``torchvision/models/detection/backbone_utils.py``: ``_resnet_fpn_extractor``):
 
 - every BatchNorm of the ResNet trunk is torchvision's ``FrozenBatchNorm2d`` (fixed statistics and affine parameters:
-  buffers, never trained, identical in train and eval mode);
+  buffers, never trained, identical in train and eval mode). mmdetection's configs, which the DIST paper's COCO
+  numbers come from, freeze the statistics too (``norm_eval=True``) but train the affine weights of stages 2-4
+  (``requires_grad=True``): a deviation of a few thousand parameters;
 - the stem (``conv1``) and ``layer1`` are frozen (``requires_grad=False``): ``trainable_layers=3`` trains
-  ``layer2`` .. ``layer4``, torchvision's default for a pretrained backbone;
+  ``layer2`` .. ``layer4``, torchvision's default for a pretrained backbone (mmdetection's ``frozen_stages=1``);
 - an FPN (torchvision ``FeaturePyramidNetwork``) on the returned stages, with torchvision's extra levels
   (``LastLevelP6P7`` for RetinaNet, ``LastLevelMaxPool`` for Faster R-CNN).
 
