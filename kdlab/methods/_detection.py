@@ -54,11 +54,6 @@ def fpn_taps(taps: Mapping[str, object]) -> list[str]:
     return [name for _, name in sorted(found)]
 
 
-def is_detection_step(io: StepIO) -> bool:
-    """Whether the student's outputs of this step carry detection losses (``"loss.*"`` taps)."""
-    return any(name.startswith("loss.") for name in io.s.taps)
-
-
 def _detection_methods() -> list[str]:
     from kdlab.registry import METHODS
 
@@ -286,6 +281,5 @@ __all__ = [
     "check_fpn_pair",
     "detection_kind",
     "fpn_taps",
-    "is_detection_step",
     "refuse",
 ]
