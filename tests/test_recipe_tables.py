@@ -117,6 +117,49 @@ def test_dist_table4_every_number_is_a_target_and_pairs_are_right() -> None:
         assert [t["name"] for t in model["teachers"]] == ([] if run.label == "Student" else [teacher])
 
 
+DIST_T4_TEACHERS = {_R50: 80.1, _SWL: 86.3}  # Table 4's teacher column
+# Table 4 students' dropout / stochastic depth as DIST's reference ran them (B2.yaml and B3.yaml give the reasons)
+DIST_T4_REGULARISERS = {
+    "resnet18": (0.0, None),
+    "resnet34": (0.0, None),
+    "resnet50": (0.0, None),
+    "mobilenet_v2": (0.2, None),
+    "efficientnet_b0": (0.2, 0.2),
+    "timm:swin_tiny_patch4_window7_224": (0.0, 0.2),
+}
+
+
+def test_dist_table4_teacher_accuracies_are_targets_of_every_distillation_row_and_recipe() -> None:
+    """80.1 (timm's ResNet-50 "strikes back") and 86.3 (Swin-L) are ``target.teacher_top1`` of each distillation
+    recipe and of its sweep row: the number the run's measured teacher top-1 (run header, store, report) is read
+    against. The Student rows train alone and have none."""
+    import yaml
+
+    spec = load_spec(SWEEPS / "dist_strong_strategies.yaml")
+    rows = {(r.label, r.pair): r for r in spec.rows}
+    checked = 0
+    for run in expand(spec):
+        teacher = run.pair.split("→")[0]
+        recipe = yaml.safe_load(rows[(run.label, run.pair)].config.read_text())
+        if run.label == "Student":
+            assert "teacher_top1" not in run.targets and "teacher_top1" not in recipe["target"]
+            continue
+        assert run.targets["teacher_top1"] == recipe["target"]["teacher_top1"] == DIST_T4_TEACHERS[teacher]
+        checked += 1
+    assert checked == 24
+
+
+def test_dist_table4_students_take_the_strategy_regularisers_as_the_reference_ran_them() -> None:
+    """Every Table 4 recipe sets its student's dropout and stochastic depth (DIST_T4_REGULARISERS) and B3's Swin-T
+    clips its gradients at norm 5, B2's students do not."""
+    spec = load_spec(SWEEPS / "dist_strong_strategies.yaml")
+    for row in spec.rows:
+        cfg = load_config(row.config)
+        m = cfg.model
+        assert (m.student_dropout, m.student_drop_path) == DIST_T4_REGULARISERS[m.student], row.config
+        assert cfg.train.clip_grad_norm == (5.0 if m.student == "timm:swin_tiny_patch4_window7_224" else None)
+
+
 @pytest.mark.parametrize(
     ("name", "table", "pairs"),
     [
@@ -279,3 +322,13 @@ def test_report_shows_the_published_top5_where_the_spec_gives_it(tmp_path) -> No
     assert ce_line.endswith("| 69.75 |  |  |")
     without = markdown([c for c in cells if c.label == "CE"], "t")
     assert "paper top-5" not in without
+
+
+def test_dist_table4_report_prints_the_published_teacher_accuracies(tmp_path) -> None:
+    """The report of the Table 4 sweep (no run trained yet) has the teacher row with the table's teacher column."""
+    from kdlab.experiments.report import report
+
+    report(str(SWEEPS / "dist_strong_strategies.yaml"), tmp_path)
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    teacher = next(x for x in lines if x.startswith("| teacher (measured) |"))
+    assert teacher.count("(paper 80.10)") == 4 and teacher.count("(paper 86.30)") == 2

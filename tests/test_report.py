@@ -249,3 +249,20 @@ def test_published_columns_only_where_a_target_exists():
     assert "| paper |" not in without and "published" not in without
     with_target = markdown(_cells(["ce", "kd"], ["a→b"], target=80.0), "t")
     assert "| paper | diff |" in with_target and "published number" in with_target
+
+
+def test_the_teacher_row_puts_the_published_teacher_accuracy_beside_the_measured_one():
+    """A row's ``target.teacher_top1`` (DIST Table 4's teacher column) appears next to the teacher top-1 the runs
+    measured; a pair without runs shows the published number alone; a pair without either stays empty."""
+    from kdlab.experiments.report import Cell, teacher_row
+
+    cells = [
+        Cell("KD", "t→s", {}, 72.6, teacher_top1=[79.91, 79.91], target_teacher_top1=80.1),
+        Cell("DIST", "t→s", {}, 74.5, teacher_top1=[79.91], target_teacher_top1=80.1),
+        Cell("KD", "big→s", {}, 80.0, target_teacher_top1=86.3),
+        Cell("Student", "u→s", {}, 73.4),
+    ]
+    assert teacher_row(cells, ["t→s", "big→s", "u→s"]) == [
+        "| teacher (measured) | 79.91 (paper 80.10) | – (paper 86.30) |  |"
+    ]
+    assert teacher_row([Cell("Student", "u→s", {}, 73.4)], ["u→s"]) == []

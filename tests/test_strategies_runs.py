@@ -152,6 +152,7 @@ def _tiny(strategy: str, tmp_path: Path, teacher: str, *extra: str) -> list[str]
         "data.batch_size=16",
         "data.eval_batch_size=32",
         "model.student=convnet_xs",
+        "model.student_drop_path=0",  # B3's 0.2 is Swin-T's; the tiny ConvNet has no stochastic depth
         "method.name=kd",
         "model.teachers.0.name=convnet_s",
         f"model.teachers.0.checkpoint={teacher}",
@@ -189,6 +190,9 @@ def test_strategy_file_runs_kd_through_the_cli_and_resumes_bitwise_mid_epoch(tmp
         assert cfg.optim.name == "rmsprop_tf" and cfg.train.ema_export and "ema_top1" in summary["last"]
     else:
         assert cfg.optim.name == "adamw" and cfg.data.mixup_alpha == 0.8 and cfg.data.cutmix_alpha == 1.0
+        assert cfg.train.clip_grad_norm == 5.0  # B3 clips: the norms are logged
+        last = json.loads((full / "metrics.jsonl").read_text().splitlines()[-1])["train"]
+        assert last["grad_norm"] > 0 and 0 <= last["grad_clipped"] <= 1
         probe = Trainer(load_config(args[1], [*args[2:-1], "train.name=probe"]))
         batch = next(probe.run.data.train_batches(0))  # teacher and student see mixed images, CE the mixed labels
         assert batch.y_soft is not None and batch.y_soft.shape == (16, 4)

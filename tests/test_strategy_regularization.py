@@ -216,9 +216,18 @@ def test_a_student_without_the_setting_or_a_bad_rate_exits_2_naming_the_fix(tmp_
     assert not (tmp_path / "runs").exists()
 
 
+def test_zero_is_accepted_for_any_student():
+    from kdlab.config import ModelConfig
+    from kdlab.models.regularization import regularization_kwargs
+
+    assert regularization_kwargs(ModelConfig(student="convnet_s", student_dropout=0.0, student_drop_path=0.0)) == {}
+    assert regularization_kwargs(ModelConfig(student="resnet18", student_dropout=0.0)) == {"classifier_dropout": 0.0}
+
+
 def test_a_run_builds_its_student_with_the_settings(tmp_path):
     from kdlab.train.build import build_run
 
     cfg = tiny_config(tmp_path, "model.student=resnet18", "data.image_size=32", "model.student_dropout=0.25")
     run = build_run(cfg)
     assert run.student.dropout.p == 0.25
+    assert describe_strategy(cfg).endswith("; student dropout 0.25")

@@ -70,6 +70,8 @@ class Cell:
     """Test top-1 of the pair's (first) teacher as each run measured it at its start (the header)."""
     target_top5: float | None = None
     """The published top-5, where the spec's row gives one (``target: {top1: ..., top5: ...}``)."""
+    target_teacher_top1: float | None = None
+    """The teacher's published top-1, where the spec's row gives one (``target: {top1: ..., teacher_top1: ...}``)."""
     metric: str = "top1"
     """The headline metric of the cell's runs (``top1``, or ``map`` for detection)."""
 
@@ -135,6 +137,7 @@ def collect_from_spec(spec) -> tuple[list[dict], list[str], list[Cell]]:
         key = (run.label, run.pair, json.dumps(run.grid, sort_keys=True))
         cell = cells.setdefault(key, Cell(run.label, run.pair, dict(run.grid), run.target))
         cell.target_top5 = run.targets.get("top5", cell.target_top5)
+        cell.target_teacher_top1 = run.targets.get("teacher_top1", cell.target_teacher_top1)
         try:
             files = read_run_dir(run.run_dir)
         except RunDirError as err:
@@ -308,16 +311,23 @@ def markdown(cells: list[Cell], title: str, description: str = "", problems: lis
 
 def teacher_row(cells: list[Cell], cols: list[str]) -> list[str]:
     """The table's "teacher" row: each pair's teacher top-1 as measured at the runs' start (one number when the runs
-    agree, as they do for one checkpoint), or nothing when no run measured a teacher."""
+    agree, as they do for one checkpoint) and, where the spec's rows give it (``target.teacher_top1``), the published
+    one as ``(paper 80.10)``; nothing when no run measured a teacher and no row publishes one."""
     by_pair: dict[str, list[float]] = {}
+    paper: dict[str, float] = {}
     for c in cells:
         by_pair.setdefault(c.pair, []).extend(c.teacher_top1)
-    if not any(by_pair.values()):
+        if c.target_teacher_top1 is not None:
+            paper.setdefault(c.pair, c.target_teacher_top1)
+    if not any(by_pair.values()) and not paper:
         return []
     parts = []
     for col in cols:
         values = by_pair.get(col) or []
-        parts.append("" if not values else f"{values[0]:.2f}" if len(set(values)) == 1 else fmt(values))
+        text = "" if not values else f"{values[0]:.2f}" if len(set(values)) == 1 else fmt(values)
+        if col in paper:
+            text = f"{text or '–'} (paper {paper[col]:.2f})"
+        parts.append(text)
     return ["| teacher (measured) | " + " | ".join(parts) + " |"]
 
 

@@ -9,7 +9,8 @@ Who takes what:
   ImageNet ResNet-18..152: ``classifier_dropout``, default 0 as torchvision's; torchvision-built ``mobilenet_v2``:
   ``classifier_dropout``, default 0.2; ``efficientnet_b0``: ``classifier_dropout`` and ``drop_path``, torchvision's
   ``stochastic_depth_prob``, both default 0.2). A WRN's ``dropout`` is inside its blocks, not this one.
-  Every other model refuses a value (ResNets have no stochastic depth in kdlab or torchvision), with the fix.
+  Every other model refuses a value above 0 (ResNets have no stochastic depth in kdlab or torchvision), with the fix;
+  0 is accepted everywhere (it is what such a model has), so a strategy file can state "none" for any student.
 - None (the default) leaves the architecture's own setting.
 
 Only the student is affected (teachers run in eval mode, where both are off). Neither adds parameters, so
@@ -65,8 +66,8 @@ def regularization_kwargs(model: ModelConfig) -> dict[str, float]:
         if known and keyword in inspect.signature(MODELS.get(name)).parameters:
             out[keyword] = value
             continue
-        if not known and not name.startswith("hf:"):
-            continue  # an unknown model: building it reports that, with suggestions
+        if (not known and not name.startswith("hf:")) or value == 0:
+            continue  # unknown: building it reports that, with suggestions; 0 is what a model without one has
         raise ConfigError(
             f"model.{field_name}={value}: the student {name!r} has no {what} to set. Fix: remove "
             f"model.{field_name} (null keeps the architecture's own), or choose a student that takes it: "

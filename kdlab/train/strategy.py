@@ -57,8 +57,8 @@ def check_strategy(cfg: RunConfig) -> None:
 
 
 def describe_strategy(cfg: RunConfig) -> str:
-    """One line of the run header: optimiser, learning-rate schedule, weight decay, label smoothing, EMA and gradient
-    clipping, e.g.
+    """One line of the run header: optimiser, learning-rate schedule, weight decay, label smoothing, EMA, the student's
+    dropout and drop-path when set above 0, and gradient clipping, e.g.
     ``rmsprop_tf lr 0.048 (alpha 0.9, eps 0.001, momentum 0.9); exp_step x0.97 every 2.4 epochs per step after a
     3-epoch warm-up from 1e-06; wd 1e-05 (not on biases/norms); label smoothing 0.1; EMA 0.9999 (exported)``."""
     from kdlab.train.optim import DEFAULT_EPS
@@ -94,6 +94,11 @@ def describe_strategy(cfg: RunConfig) -> str:
     if t.ema_decay is not None:
         warm = "" if t.ema_warmup == "off" else f", {t.ema_warmup} warm-up"
         parts.append(f"EMA {t.ema_decay:g}{warm}" + (" (exported)" if t.ema_export else " (evaluated, not exported)"))
+    m = cfg.model
+    if m.student_dropout:
+        parts.append(f"student dropout {m.student_dropout:g}")
+    if m.student_drop_path:
+        parts.append(f"student drop-path {m.student_drop_path:g}")
     if t.clip_grad_norm is not None:
         parts.append(f"gradients clipped to norm {t.clip_grad_norm:g}")
     return "; ".join(parts)
