@@ -109,6 +109,20 @@ def test_batch_contract_padding_crowd_and_empty_images(tmp_path):
     assert (x["labels"][real] == y[..., 4][real].long()).all()
 
 
+def test_test_limit_evaluates_a_seeded_subset_in_id_order(tmp_path):
+    root = make_coco(tmp_path / "coco", n_train=4, n_val=8)
+    full, _ = _data(root)
+    a, _ = _data(root, test_limit=3)
+    b, _ = _data(root, test_limit=3)
+    other, _ = _data(root, test_limit=3, split_seed=1)
+    ids = a.test.image_ids.tolist()
+    assert len(ids) == 3 and ids == sorted(ids) and set(ids) <= set(full.test.image_ids.tolist())
+    assert ids == b.test.image_ids.tolist() and ids != other.test.image_ids.tolist()
+    for j, image_id in enumerate(ids):  # each image keeps its own annotations
+        i = full.test.image_ids.tolist().index(image_id)
+        assert np.array_equal(a.test.annotations(j)[0], full.test.annotations(i)[0])
+
+
 def test_resume_replays_the_epoch_and_holdout_split(tmp_path):
     root = make_coco(tmp_path / "coco", n_train=10, n_val=2)
     _, loader = _data(root, batch_size=3, val_fraction=0.2)
