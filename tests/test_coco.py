@@ -287,3 +287,46 @@ def test_detection_run_reports_map_in_summary_store_and_report(tmp_path):
     assert code == 0, err[-2000:]
     report = (tmp_path / "report" / "report.md").read_text()
     assert "Test box mAP (%)" in report and f"| {last['map']:.2f} (n=1) |" in report
+
+
+@pytest.mark.slow
+def test_map_under_torchrun_equals_one_process_eval(tmp_path):
+    """2 gloo processes through the real command line, each evaluating its part of the 5 val images (3 + 2): the
+    gathered box mAP (all six numbers) equals ``kdlab eval`` of the same exported model in one process. The student
+    starts from a file whose class bias makes every anchor a detection, so the mAP is not trivially 0."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from kdlab import models
+    from kdlab.models import model_names
+
+    from conftest import REPO
+
+    if "retinanet_tiny" not in model_names():
+        pytest.skip("needs the tiny detection models (kdlab/models/detection)")
+    root = make_coco(tmp_path / "coco", n_train=4, n_val=5)
+    model = models.create("retinanet_tiny", num_classes=3)
+    torch.nn.init.constant_(model.head.classification_head.cls_logits.bias, 2.0)
+    torch.save(model.state_dict(), tmp_path / "init.pt")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KDLAB_NO_TCMALLOC": "1"}
+    args = [
+        _config(tmp_path, root), *SMALL, f"model.student_checkpoint={tmp_path / 'init.pt'}",
+        "optim.lr=1e-9", f"train.run_dir={tmp_path / 'runs'}", "train.name=ddp",
+    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    proc = subprocess.run([*cmd, "-m", "kdlab", "train", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    assert proc.stdout.count("map last") == 1  # rank 0 reports
+    last = json.loads((tmp_path / "runs" / "ddp" / "summary.json").read_text())["last"]
+    assert last["n"] == 5 and last["map"] > 0
+    code, out, err = cli("eval", str(tmp_path / "runs" / "ddp"))
+    assert code == 0, err[-2000:]
+    single = json.loads(out)
+    for key in ("map", "map_50", "map_75", "map_s", "map_m", "map_l"):
+        assert (single[key] is None) == (last[key] is None), key
+        assert single[key] is None or single[key] == pytest.approx(last[key], abs=1e-9), key
