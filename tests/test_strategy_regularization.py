@@ -231,3 +231,20 @@ def test_a_run_builds_its_student_with_the_settings(tmp_path):
     run = build_run(cfg)
     assert run.student.dropout.p == 0.25
     assert describe_strategy(cfg).endswith("; student dropout 0.25")
+
+
+def test_an_fp16_run_clips_the_unscaled_gradients(tmp_path):
+    """Under fp16 the loss scaler multiplies the gradients by 65536 at first: the logged norm is the true one (the
+    trainer unscales before clipping), as the fp32 run of the same steps measures it to fp16 rounding."""
+    runs = {}
+    for precision in ("fp32", "fp16"):
+        trainer = Trainer(
+            tiny_config(
+                tmp_path, f"train.precision={precision}", "train.clip_grad_norm=0.01", "train.max_steps=1",
+                "train.epochs=1", f"train.name={precision}",
+            )
+        )  # fmt: skip
+        trainer.fit()
+        runs[precision] = trainer.history[-1]["train"]
+    assert (runs["fp16"]["grad_clipped"], runs["fp32"]["grad_clipped"]) == (1.0, 1.0)
+    assert runs["fp16"]["grad_norm"] == pytest.approx(runs["fp32"]["grad_norm"], rel=0.05)
