@@ -83,12 +83,22 @@ def _method(name: str, student, teacher, probe: Batch):
     return build_method(cfg, ctx)
 
 
-def run(size: int, batch: int, steps: int, threads: int, method_name: str = "dist", seed: int = 0) -> dict:
-    """Time ``steps`` (+1 warm-up) KD steps, teacher and student parts alternating step by step."""
+def run(
+    size: int,
+    batch: int,
+    steps: int,
+    threads: int,
+    method_name: str = "dist",
+    seed: int = 0,
+    teacher_name: str = "retinanet_x101",
+    student_name: str = "retinanet_r50",
+) -> dict:
+    """Time ``steps`` (+1 warm-up) KD steps, teacher and student parts alternating step by step (``teacher_name`` /
+    ``student_name``: registered RetinaNet models; the tiny ones for a quick check)."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    teacher = create("retinanet_x101", num_classes=K).eval()
-    student = create("retinanet_r50", num_classes=K)
+    teacher = create(teacher_name, num_classes=K).eval()
+    student = create(student_name, num_classes=K)
     for p in teacher.parameters():
         p.requires_grad_(False)
     g = torch.Generator().manual_seed(seed)
@@ -121,8 +131,8 @@ def run(size: int, batch: int, steps: int, threads: int, method_name: str = "dis
     step = t_med + s_med
     return {
         "method": method_name,
-        "teacher": "retinanet_x101",
-        "student": "retinanet_r50",
+        "teacher": teacher_name,
+        "student": student_name,
         "image_size": size,
         "batch": batch,
         "steps_timed": steps,

@@ -257,3 +257,18 @@ def test_the_sweep_states_the_issues_numbers_as_targets() -> None:
     assert load_config(COCO / "ce/retinanet_x101.yaml").target == {"map": 41.0}  # the one-stage teacher
     labels = [(r.label, r.pair) for r in spec.rows]
     assert len(labels) == 10 and {label for label, _ in labels} == {"Student", "KD", "CWD", "DIST", "DIST + mimic"}
+
+
+def test_detection_speed_benchmark_times_a_dist_step_on_tiny_models() -> None:
+    """benchmarks/detection_speed.py on the tiny RetinaNet pair: the teacher and student parts of each step are
+    timed, the teacher's share is the ratio of the medians, the DIST loss is part of the student's time."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("detection_speed", REPO / "benchmarks" / "detection_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.run(64, 2, 1, 1, "dist_mimic", teacher_name="retinanet_tiny", student_name="retinanet_tiny")
+    assert len(out["teacher_steps_s"]) == len(out["student_steps_s"]) == 2  # a warm-up step and a timed one
+    assert out["step_s"] == pytest.approx(out["teacher_s"] + out["student_s"], abs=2e-4)
+    assert out["teacher_share"] == pytest.approx(out["teacher_s"] / out["step_s"], abs=2e-3)
+    assert 0 < out["method_loss_s"] < out["student_s"] and out["images_per_s"] > 0
