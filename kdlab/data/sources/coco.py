@@ -44,6 +44,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -105,55 +106,69 @@ def _categories(coco, path: Path) -> tuple[list[int], list[str]]:
 
 
 def _boxset(coco, path: Path, folder: Path, root: Path, label_of: dict[int, int], train: bool) -> tuple:
-    """The split of one annotation file: ``(BoxSet, dropped boxes, dropped images)``."""
-    for ann in coco.dataset["annotations"]:  # the whole file, also annotations of images it does not list
-        if int(ann["category_id"]) not in label_of:
+    """The split of one annotation file: ``(BoxSet, dropped boxes, dropped images)`` (vectorised over the
+    annotations: COCO's train file has 860k)."""
+    anns = coco.dataset["annotations"]  # the whole file, also annotations of images it does not list
+    m = len(anns)
+    try:
+        cats = np.fromiter((int(a["category_id"]) for a in anns), dtype=np.int64, count=m)
+        ann_image = np.fromiter((int(a["image_id"]) for a in anns), dtype=np.int64, count=m)
+        bbox = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(m, 4)
+        crowd = np.fromiter((bool(a.get("iscrowd", 0)) for a in anns), dtype=np.uint8, count=m)
+        area = np.fromiter((float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in anns), np.float64, count=m)
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(
+            f"coco: {path}: an annotation lacks a numeric image_id, category_id or 4-number bbox ({err!r}); "
+            "re-download or repair the annotation file"
+        ) from None
+    bad = np.flatnonzero(~np.isin(cats, np.array(sorted(label_of), dtype=np.int64)))
+    if bad.size:
+        ann = anns[int(bad[0])]
+        raise DataError(
+            f"coco: {path}: annotation id {ann.get('id')} (image {ann.get('image_id')}) has category_id "
+            f"{ann['category_id']}, which is not in the file's 'categories' (ids {sorted(label_of)}); add the "
+            "category to 'categories' or remove the annotation"
+        )
+    ids = np.array(sorted(coco.imgs), dtype=np.int64)
+    n = ids.shape[0]
+    infos = [coco.imgs[int(i)] for i in ids]
+    hw = np.array([(int(i["height"]), int(i["width"])) for i in infos], dtype=np.int64).reshape(n, 2)
+    pos = np.searchsorted(ids, ann_image)
+    listed = (pos < n) & (ids[np.minimum(pos, max(n - 1, 0))] == ann_image) if n else np.zeros(m, dtype=bool)
+    order = np.flatnonzero(listed)
+    order = order[np.argsort(pos[order], kind="stable")]  # by image, file order within an image
+    img = pos[order]
+    x, y, bw, bh = bbox[order].T
+    h, w = hw[img, 0], hw[img, 1]
+    x1, y1 = np.minimum(np.maximum(x, 0.0), w), np.minimum(np.maximum(y, 0.0), h)
+    x2, y2 = np.minimum(np.maximum(x + bw, 0.0), w), np.minimum(np.maximum(y + bh, 0.0), h)
+    valid = (bw > 0) & (bh > 0) & (x2 > x1) & (y2 > y1)  # clipped to the image as torchvision's reference
+    dropped_boxes = int((~valid).sum())
+    order, img = order[valid], img[valid]
+    boxes = np.stack([x1, y1, x2, y2], axis=1)[valid]
+    usable = np.bincount(img, weights=1.0 - crowd[order], minlength=n)
+    keep = usable > 0 if train else np.ones(n, dtype=bool)  # a training image needs a non-crowd box
+    dropped_images = int((~keep).sum())
+    rows = keep[img]
+    order, img, boxes = order[rows], img[rows], boxes[rows]
+    kept = np.flatnonzero(keep)
+    images = []
+    for i in kept:
+        name = f"{folder.name}/{infos[i]['file_name']}"
+        if not os.path.isfile(os.path.join(root, name)):
             raise DataError(
-                f"coco: {path}: annotation id {ann.get('id')} (image {ann.get('image_id')}) has category_id "
-                f"{ann['category_id']}, which is not in the file's 'categories' (ids {sorted(label_of)}); add the "
-                "category to 'categories' or remove the annotation"
+                f"coco: image {root / name} (id {int(ids[i])}, listed in {path}) is missing; restore the file or "
+                f"remove the image and its annotations from the annotation file. {LAYOUT}"
             )
-    images, ids, sizes, counts = [], [], [], []
-    boxes, labels, crowd, areas = [], [], [], []
-    dropped_boxes = dropped_images = 0
-    for image_id in sorted(coco.imgs):
-        info = coco.imgs[image_id]
-        h, w = int(info["height"]), int(info["width"])
-        kept = 0
-        usable = 0
-        for ann in coco.imgToAnns.get(image_id, []):
-            x, y, bw, bh = (float(v) for v in ann["bbox"])
-            x1, y1 = min(max(x, 0.0), w), min(max(y, 0.0), h)
-            x2, y2 = min(max(x + bw, 0.0), w), min(max(y + bh, 0.0), h)
-            if bw <= 0 or bh <= 0 or x2 <= x1 or y2 <= y1:
-                dropped_boxes += 1
-                continue
-            is_crowd = int(bool(ann.get("iscrowd", 0)))
-            boxes.append((x1, y1, x2, y2))
-            labels.append(label_of[int(ann["category_id"])])
-            crowd.append(is_crowd)
-            areas.append(float(ann.get("area", bw * bh)))
-            kept += 1
-            usable += 1 - is_crowd
-        if train and usable == 0:
-            dropped_images += 1
-            del boxes[len(boxes) - kept :], labels[len(labels) - kept :]
-            del crowd[len(crowd) - kept :], areas[len(areas) - kept :]
-            continue
-        file = folder / str(info["file_name"])
-        if not file.is_file():
-            raise DataError(
-                f"coco: image {file} (id {image_id}, listed in {path}) is missing; restore the file or remove the "
-                f"image and its annotations from the annotation file. {LAYOUT}"
-            )
-        images.append(file.relative_to(root).as_posix())
-        ids.append(image_id)
-        sizes.append((h, w))
-        counts.append(kept)
+        images.append(name)
     if not images:
         raise DataError(f"coco: {path} gives no usable image; {LAYOUT}")
+    counts = np.bincount(np.searchsorted(kept, img), minlength=kept.shape[0])
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    boxset = BoxSet(root, np.array(images, dtype=np.bytes_), ids, sizes, offsets, boxes, labels, crowd, areas)
+    labels = np.searchsorted(np.array(sorted(label_of), dtype=np.int64), cats[order])  # label = rank of the id
+    boxset = BoxSet(
+        root, np.array(images, dtype=np.bytes_), ids[kept], hw[kept], offsets, boxes, labels, crowd[order], area[order]
+    )
     return boxset, dropped_boxes, dropped_images
 
 
