@@ -20,19 +20,21 @@ unused), ``tgeo_kd[pool]`` (tgeo_kd whose held-out split comes from extra images
 as many images as kd), ``kd[holdout,drop_last]`` (kd[holdout] without the epoch's last partial batch) and
 ``tgeo_kd[init=inner]`` (tgeo_kd whose ratio starts at the inner kd's own 0.9 instead of 0.5).
 
-Runs go method by method in :data:`RUN_ORDER` (every seed of a method before the next), ``--jobs`` at a time, each
+Runs go seed by seed (every label's seed 0, in :data:`RUN_ORDER`, before any seed 1), ``--jobs`` at a time, each
 in its own process with ``train.threads`` = ``--threads``; finished runs are reused and interrupted ones resumed when
 their recorded config, read by the current code, is the same (more ``--seeds`` or ``--methods`` later make only the
 missing runs; each ``--train-per-class``/``--epochs`` has its own folder); the commit that trained a run is written
 to its ``bench.json`` and listed in the report. After every finished run the report is rewritten (marked partial
-until every run has finished): ``--report`` (default ``benchmarks/results/real_cifar10.md``) and the same numbers as
-JSON beside it. The report holds
+until every run has finished; each row gives the seeds that finished): ``--report`` (default
+``benchmarks/results/real_cifar10.md`` at the default 200 images per class, ``real_cifar10_<n>pc.md`` at ``n``: the
+500-image table is ``real_cifar10_50pc.md``) and the same numbers as JSON beside it. A run holds a lock while it
+trains, so a second driver reaching it waits and then reuses it. The report holds
 the protocol, the teacher's accuracy, per method the mean ± std of the last-epoch test top-1, the mean ± std of the
 paired difference to ``ce`` with the paired t-test (``scipy.stats.ttest_rel``), the per-seed values and run times,
-the held-out controls, and the learned ratio of the fusion methods (first and last epoch, teacher-right against
-teacher-wrong samples) read from each run's ``metrics.jsonl``.
+the controls (held-out split, CRD's memory), and the learned ratio of the fusion methods (first and last epoch,
+teacher-right against teacher-wrong samples) read from each run's ``metrics.jsonl``.
 
-Usage: ``python benchmarks/real_cifar10.py [--data DIR] [--epochs 20] [--seeds 3] [--train-per-class 50]
+Usage: ``python benchmarks/real_cifar10.py [--data DIR] [--epochs 20] [--seeds 3] [--train-per-class 200]
 [--test-limit 2000] [--methods LABELS] [--controls LABELS] [--jobs 2] [--threads 1] [--out runs/real_cifar10]
 [--report benchmarks/results/real_cifar10.md] [--before FILE.json] [--report-only]``.
 """
@@ -101,12 +103,13 @@ def split_labels(text: str) -> list[str]:
     return [part.strip() for part in re.split(r",(?![^\[]*\])", text) if part.strip()]
 
 
-#: Order in which the runs are made (all seeds of one label before the next), so that a partial table answers the
-#: issue's questions first: the baseline, kd, the runs on the held-out split (the ones the loader and held-out fixes
-#: change) and their controls, the method not run before (mlkd), then the methods the issue found below the student.
+#: Order of the labels within a seed (the runs are seed-major: every label's seed 0 first, :func:`run_tasks`): the
+#: baseline and kd, the methods the issue found below the student (simkd, crd, dkd, mlkd) and the other one-pass
+#: methods, then the two learned policies (tgeo_kd, rw_kd: about three kd runs each) and the controls, so that a
+#: partial table has as many methods as possible.
 RUN_ORDER = split_labels(
-    "ce,kd,kd[holdout],tgeo_kd,tgeo_kd[pool],rw_kd,mlkd,simkd,dkd,crd,dist,tekap(kd),anl_kd,ada_kd,wls_kd,"
-    "kd[holdout,drop_last],tgeo_kd[init=inner]"
+    "ce,kd,simkd,crd,dkd,mlkd,dist,tekap(kd),anl_kd,ada_kd,wls_kd,tgeo_kd,rw_kd,kd[holdout],tgeo_kd[pool],"
+    "crd[k=64],crd[m=0],crd[m=0.9],kd[holdout,drop_last],tgeo_kd[init=inner]"
 )
 #: control -> (what it is compared with, paired by seed)
 CONTROL_PAIRS = {
