@@ -54,6 +54,7 @@ import argparse
 import dataclasses
 import datetime
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -109,27 +110,29 @@ class UsageError(Exception):
 
 
 def _kdlab_runner(threads: int, num_data: int):
-    """``run(label, warmup, steps) -> [step seconds]`` through kdlab's Trainer (the timed steps only)."""
+    """``run(label, warmup, steps) -> {"wall": [s], "cpu": [s]}`` of the timed steps through kdlab's Trainer.
+
+    The step boundaries are the trainer's own clock readings (``time.perf_counter`` in ``kdlab/train/trainer.py``,
+    one at the start of the epoch and one after each step); the trainer's module-level ``time`` is replaced in this
+    worker process by a recorder that also reads the process CPU time at the same instants.
+    """
     import yaml
 
+    import kdlab.train.trainer as trainer_module
     from kdlab.bench import bench_config
     from kdlab.train.trainer import Trainer
 
-    class _StepTimes(Trainer):
-        """The Trainer, keeping each epoch's list of step times (the trainer's own clock) after the epoch ends."""
+    readings: list[tuple[float, float]] = []
 
-        def __init__(self, *a, **k) -> None:
-            self.step_time_lists: list[list[float]] = []
-            super().__init__(*a, **k)
+    def perf_counter() -> float:
+        wall = time.perf_counter()
+        readings.append((wall, time.process_time()))
+        return wall
 
-        def _new_epoch_accum(self, progress):
-            acc = super()._new_epoch_accum(progress)
-            self.step_time_lists.append(acc["step_times"])
-            return acc
-
+    trainer_module.time = types.SimpleNamespace(perf_counter=perf_counter)
     tmp = tempfile.mkdtemp(prefix="kdlab_vs_reference_")
 
-    def run(label: str, warmup: int, steps: int) -> list[float]:
+    def run(label: str, warmup: int, steps: int) -> dict[str, list[float]]:
         pair = METHODS[label]
         recipe_file = ROOT / "configs" / "cifar100" / pair.recipe / "resnet32x4__resnet8x4.yaml"
         recipe = yaml.safe_load(recipe_file.read_text())
@@ -139,12 +142,14 @@ def _kdlab_runner(threads: int, num_data: int):
         if label == "crd":
             cfg.data.train_size = num_data
             cfg.train.max_steps = n
-        trainer = _StepTimes(cfg, force=True)
+        trainer = Trainer(cfg, force=True)
+        readings.clear()
         trainer.fit()
-        times = [t for lst in trainer.step_time_lists for t in lst]
-        if len(times) != n:
-            raise RuntimeError(f"kdlab {label}: expected {n} step times from the trainer, got {len(times)}")
-        return times[warmup:]
+        if len(readings) != n + 1:
+            raise RuntimeError(f"kdlab {label}: expected {n + 1} clock readings from the trainer, got {len(readings)}")
+        wall = [b[0] - a[0] for a, b in itertools.pairwise(readings)]
+        cpu = [b[1] - a[1] for a, b in itertools.pairwise(readings)]
+        return {"wall": wall[warmup:], "cpu": cpu[warmup:]}
 
     return run
 
@@ -166,7 +171,7 @@ def _reference_runner(reference_dir: str, threads: int, num_data: int):
     from mdistiller.engine.utils import AverageMeter, accuracy
     from mdistiller.models import cifar_model_dict
 
-    def run(label: str, warmup: int, steps: int) -> list[float]:
+    def run(label: str, warmup: int, steps: int) -> dict[str, list[float]]:
         pair = METHODS[label]
         cfg = CFG.clone()
         cfg.merge_from_file(str(ref / pair.ref_config))
@@ -193,9 +198,9 @@ def _reference_runner(reference_dir: str, threads: int, num_data: int):
             negatives = torch.randint(0, num_data, (BATCH, cfg.CRD.NCE.K), generator=g)
             extra = {"index": index, "contrastive_index": torch.cat([index[:, None], negatives], 1)}
         meters = {k: AverageMeter() for k in ("training_time", "data_time", "losses", "top1", "top5")}
-        times = []
+        wall, cpu = [], []
         for _ in range(warmup + steps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             # BaseTrainer.train_iter / CRDTrainer.train_iter, less the .cuda() copies
             optimizer.zero_grad()
             train_start_time = time.time()
@@ -219,8 +224,9 @@ def _reference_runner(reference_dir: str, threads: int, num_data: int):
                 meters["top5"].avg,
             )
             del msg
-            times.append(time.perf_counter() - t0)
-        return times[warmup:]
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        return {"wall": wall[warmup:], "cpu": cpu[warmup:]}
 
     return run
 
@@ -243,7 +249,7 @@ def worker_main(args: argparse.Namespace) -> None:
     for line in sys.stdin:
         req = json.loads(line)
         try:
-            out = {"times": run(req["method"], req["warmup"], req["steps"])}
+            out = run(req["method"], req["warmup"], req["steps"])
         except Exception as err:  # reported to the parent, which stops with the message
             logging.getLogger("kdlab").exception("worker failed")
             out = {"error": f"{type(err).__name__}: {err}"}
@@ -285,10 +291,10 @@ class Worker:
             raise RuntimeError(f"worker {self.name}: {out['error']} (log: {self.log_path.read_text()[-3000:]})")
         return out
 
-    def run(self, method: str, warmup: int, steps: int) -> list[float]:
+    def run(self, method: str, warmup: int, steps: int) -> dict[str, list[float]]:
         self.proc.stdin.write(json.dumps({"method": method, "warmup": warmup, "steps": steps}) + "\n")
         self.proc.stdin.flush()
-        return self._read()["times"]
+        return self._read()
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -360,9 +366,20 @@ def measure(args: argparse.Namespace) -> dict:
                         for side in order:
                             t = workers[side, a].run(m, args.warmup, args.steps)
                             times[a][m][side].append(t)
-                        k, ref = (statistics.median(times[a][m][s][-1]) for s in ("kdlab", "reference"))
+                        k, ref = (statistics.median(times[a][m][s][-1]["wall"]) for s in ("kdlab", "reference"))
+                        kc, rc = (statistics.median(times[a][m][s][-1]["cpu"]) for s in ("kdlab", "reference"))
                         logging.getLogger("kdlab").info(
-                            "round %d %s %s: kdlab %.3f s, mdistiller %.3f s, ratio %.2f", r + 1, m, a, k, ref, ref / k
+                            "round %d %s %s: kdlab %.3f s (cpu %.3f), mdistiller %.3f s (cpu %.3f), "
+                            "ratio %.2f (cpu %.2f)",
+                            r + 1,
+                            m,
+                            a,
+                            k,
+                            kc,
+                            ref,
+                            rc,
+                            ref / k,
+                            rc / kc,
                         )
             info = {f"{s}/{a}": w.info for (s, a), w in workers.items()}
         finally:
@@ -373,15 +390,18 @@ def measure(args: argparse.Namespace) -> dict:
         row: dict = {"method": m}
         for a in allocators:
             k_runs, r_runs = times[a][m]["kdlab"], times[a][m]["reference"]
-            ratios = [statistics.median(rr) / statistics.median(kk) for kk, rr in zip(k_runs, r_runs)]
-            row[a] = {
-                "kdlab_images_per_s": BATCH / statistics.median([t for run in k_runs for t in run]),
-                "reference_images_per_s": BATCH / statistics.median([t for run in r_runs for t in run]),
-                "ratio": statistics.median(ratios),
-                "ratio_rounds": ratios,
-                "kdlab_step_s": k_runs,
-                "reference_step_s": r_runs,
-            }
+            cell = {}
+            for clock in ("wall", "cpu"):
+                k_t = [run[clock] for run in k_runs]
+                r_t = [run[clock] for run in r_runs]
+                ratios = [statistics.median(rr) / statistics.median(kk) for kk, rr in zip(k_t, r_t)]
+                suffix = "" if clock == "wall" else "_cpu"
+                cell["kdlab_images_per_s" + suffix] = BATCH / statistics.median([t for run in k_t for t in run])
+                cell["reference_images_per_s" + suffix] = BATCH / statistics.median([t for run in r_t for t in run])
+                cell["ratio" + suffix] = statistics.median(ratios)
+                cell["ratio_rounds" + suffix] = ratios
+            cell["kdlab_steps"], cell["reference_steps"] = k_runs, r_runs
+            row[a] = cell
         rows.append(row)
     return {
         "table": "vs_reference",
@@ -425,29 +445,38 @@ def format_markdown(result: dict) -> str:
         f"{'/'.join(f'{x:.1f}' for x in result['load_average_before'])} before, "
         f"{'/'.join(f'{x:.1f}' for x in result['load_average_after'])} after.",
         "",
-        "Ratio = kdlab images/s ÷ mdistiller images/s (median over rounds of the paired per-round ratios; > 1: kdlab "
-        "faster). Images/s: medians over all timed steps. What each side's step contains: see the benchmark's "
-        "docstring (kdlab's includes producing the batch; mdistiller's batch is already in memory).",
+        "Ratio = kdlab images/s ÷ mdistiller images/s (> 1: kdlab faster), the median over rounds of the paired "
+        "per-round ratios of median step times. **wall**: wall-clock step time, the figure on a quiet machine; "
+        "**cpu**: the process's CPU time per step, which a loaded machine disturbs much less (another process's "
+        "work delays a step's wall clock, not its CPU time). Images/s: wall clock, medians over all timed steps. What "
+        "each side's step contains: see the benchmark's docstring (kdlab's includes producing the batch; "
+        "mdistiller's batch is already in memory).",
         "",
     ]
     head = "| method |"
     rule = "|---|"
     for a in allocs:
-        head += f" kdlab img/s ({a}) | mdistiller img/s ({a}) | ratio ({a}) |"
-        rule += "---:|---:|---:|"
+        head += f" kdlab img/s ({a}) | mdistiller img/s ({a}) | ratio wall ({a}) | ratio cpu ({a}) |"
+        rule += "---:|---:|---:|---:|"
     lines += [head, rule]
     for row in result["rows"]:
         line = f"| {row['method']} |"
         for a in allocs:
             c = row[a]
-            line += f" {c['kdlab_images_per_s']:.1f} | {c['reference_images_per_s']:.1f} | **{c['ratio']:.2f}** |"
+            line += (
+                f" {c['kdlab_images_per_s']:.1f} | {c['reference_images_per_s']:.1f} | **{c['ratio']:.2f}** |"
+                f" {c['ratio_cpu']:.2f} |"
+            )
         lines.append(line)
     lines += ["", "Allocators: " + "; ".join(f"{a}: {lib}" for a, lib in result["allocators"].items()) + "."]
     lines.append("")
-    lines.append("Per-round ratios:")
+    lines.append("Per-round ratios (wall / cpu):")
     lines.append("")
     for row in result["rows"]:
-        parts = [f"{a} " + ", ".join(f"{x:.2f}" for x in row[a]["ratio_rounds"]) for a in allocs]
+        parts = [
+            f"{a} " + ", ".join(f"{w:.2f}/{c:.2f}" for w, c in zip(row[a]["ratio_rounds"], row[a]["ratio_rounds_cpu"]))
+            for a in allocs
+        ]
         lines.append(f"- {row['method']}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 

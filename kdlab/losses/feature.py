@@ -501,6 +501,39 @@ def _align(v_s: Tensor, v_t: Tensor) -> Tensor:
     return chosen * sign
 
 
+class _RbfRelation(torch.autograd.Function):
+    """KDSVD's relation term of two consecutive stages, fused: the pair tensors are formed once, in place.
+
+    ``sum_{b, c, c', j} (exp(-(a[b, c, j] - p[b, c', j])^2 / 8) - exp(-(u[b, c, j] - q[b, c', j])^2 / 8))^2`` over
+    ``a, u [B, C, k]`` and ``p, q [B, C', k]``, non-finite entries counted as 0; gradients reach ``a`` and ``p``
+    (the student's) only. The same value and gradient as the unfused expression (``exp``, ``pow``, ``where``,
+    ``sum`` over ``[B, C, C', k]``, eight full-size temporaries forward and as many backward) with three: in the
+    channels layout ``C x C'`` is 256 x 128 per sample and vector, so these element-wise passes were a large part of
+    the loss.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, p: Tensor, u: Tensor, q: Tensor) -> Tensor:
+        diff = a[:, :, None, :] - p[:, None, :, :]  # [B, C, C', k]
+        s_rbf = diff.square().mul_(-0.125).exp_()
+        d = (u[:, :, None, :] - q[:, None, :, :]).square_().mul_(-0.125).exp_()
+        torch.sub(s_rbf, d, out=d)  # in [-1, 1], or NaN: its square is finite exactly where d is not NaN
+        d.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        value = d.square().sum()
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            # d value / d diff = 2 d * d s_rbf / d diff = -d * s_rbf * diff / 2
+            ctx.save_for_backward(diff.mul_(s_rbf).mul_(d))
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        (h,) = ctx.saved_tensors
+        g = h * (-0.5 * grad)
+        ga = g.sum(2) if ctx.needs_input_grad[0] else None
+        gp = -g.sum(1) if ctx.needs_input_grad[1] else None
+        return ga, gp, None, None
+
+
 def kdsvd(s_feats: Sequence[Tensor], t_feats: Sequence[Tensor], k: int = 1, layout: str = "channels") -> Tensor:
     """KDSVD (Lee, Kim & Song, ECCV 2018): RBF relations between the singular vectors of consecutive stages.
 
@@ -509,7 +542,7 @@ def kdsvd(s_feats: Sequence[Tensor], t_feats: Sequence[Tensor], k: int = 1, layo
     vector of largest ``|cos|``, sign-aligned (``v_s``); both are scaled by the L2-normalised ``k`` leading teacher
     singular values. For consecutive stages ``i - 1, i``:
     ``L_i = sum_{b, c, c', j} (exp(-(v_s^i[c, j] - v_s^{i-1}[c', j])^2 / 8) - (same for v_t))^2 / B``; the result
-    is ``sum_i L_i`` (non-finite entries count 0).
+    is ``sum_i L_i`` (non-finite entries count 0 and get no gradient).
 
     Layouts: ``"channels"`` (default) reshapes ``[C, H, W]`` to ``[H*W, C]``, so the vectors live in channel space,
     as in the paper's TensorFlow code (NHWC maps reshaped to ``[HW, C]``) and RepDistiller
@@ -551,10 +584,7 @@ def kdsvd(s_feats: Sequence[Tensor], t_feats: Sequence[Tensor], k: int = 1, layo
         v_t = v_t * weight
         if prev is not None:
             s_prev, t_prev = prev
-            s_rbf = torch.exp(-(v_s[:, :, None, :] - s_prev[:, None, :, :]).pow(2) / 8)
-            t_rbf = torch.exp(-(v_t[:, :, None, :] - t_prev[:, None, :, :]).pow(2) / 8)
-            sq = (s_rbf - t_rbf).pow(2)
-            terms.append(torch.where(torch.isfinite(sq), sq, torch.zeros_like(sq)).sum() / s.shape[0])
+            terms.append(_RbfRelation.apply(v_s, s_prev, v_t, t_prev) / s.shape[0])
         prev = (v_s, v_t)
     if not terms:
         raise ValueError("kdsvd: needs at least two stages (it relates consecutive stages)")

@@ -25,6 +25,8 @@ Deviations:
 - Gradients through the student's singular vectors are computed for the kept vectors only
   (:func:`kdlab.losses.top_right_singular_vectors`), so repeated discarded singular values (the zero singular
   values of maps with dead ReLU channels) do not make them NaN, as the full SVD backward of the references does.
+- A non-finite entry of the relation term counts 0 in the value (as in the references) and gets no gradient (the
+  references' ``where`` passes ``0 * NaN = NaN`` back through it).
 - A student vector that ties for the largest ``|cos|`` with a teacher vector is picked once (the references add
   all tied vectors); the map is reshaped with its ``H * W`` (the references assume ``W == H``); no float32 cast.
 """

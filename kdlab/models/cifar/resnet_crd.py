@@ -67,7 +67,9 @@ class _BasicBlock(nn.Module):
         h = F.relu(self.bn1(self.conv1(x)), inplace=True)
         h = self.bn2(self.conv2(h))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return h + shortcut
+        # in place on the BN output (its backward does not read it), as the references' ``out += residual``: one
+        # block-sized buffer and pass fewer per block
+        return h.add_(shortcut)
 
 
 class CifarResNet(ClassifierAlias, TapModel):

@@ -1,0 +1,124 @@
+"""The changes made for the kdlab ÷ mdistiller speed table (issue 21) compute what they replaced, and the benchmark's
+bad-input rules.
+
+- The CIFAR ResNet block adds its shortcut in place on the BN output: outputs, input gradients, parameter gradients
+  and BN running statistics are bitwise those of the out-of-place sum.
+- KDSVD's fused relation term (:class:`kdlab.losses.feature._RbfRelation`) equals the unfused expression
+  (``exp``/``pow``/``where``/``sum``), value and gradients, non-finite entries included.
+- ``benchmarks/vs_reference.py`` exits 2 naming the fix for a missing reference copy or an unknown method.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdlab.losses.feature import _RbfRelation
+from kdlab.models.cifar.resnet_crd import _BasicBlock
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _out_of_place(block: _BasicBlock, x: torch.Tensor) -> torch.Tensor:
+    """The block's forward as it was: ``h + shortcut``."""
+    h = F.relu(block.bn1(block.conv1(x)), inplace=True)
+    h = block.bn2(block.conv2(h))
+    shortcut = x if block.downsample is None else block.downsample(x)
+    return h + shortcut
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "stride"), [(8, 8, 1), (8, 16, 2)])
+def test_resnet_block_in_place_sum_is_bitwise_the_out_of_place_sum(c_in, c_out, stride):
+    torch.manual_seed(0)
+    block = _BasicBlock(c_in, c_out, stride).train()
+    ref_block = copy.deepcopy(block)
+    x = torch.randn(4, c_in, 8, 8, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out, ref = block(x), _out_of_place(ref_block, x_ref)
+    assert torch.equal(out, ref)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    (ref * w).sum().backward()
+    assert torch.equal(x.grad, x_ref.grad)
+    for (name, p), p_ref in zip(block.named_parameters(), ref_block.parameters()):
+        assert torch.equal(p.grad, p_ref.grad), name
+    for (name, b), b_ref in zip(block.named_buffers(), ref_block.buffers()):
+        assert torch.equal(b, b_ref), name
+    with torch.inference_mode():  # the frozen teacher's path
+        assert torch.equal(block.eval()(x), _out_of_place(ref_block.eval(), x_ref))
+
+
+def _unfused(a, p, u, q):
+    """The relation term as :func:`kdlab.losses.kdsvd` computed it before the fusion."""
+    s_rbf = torch.exp(-(a[:, :, None, :] - p[:, None, :, :]).pow(2) / 8)
+    t_rbf = torch.exp(-(u[:, :, None, :] - q[:, None, :, :]).pow(2) / 8)
+    sq = (s_rbf - t_rbf).pow(2)
+    return torch.where(torch.isfinite(sq), sq, torch.zeros_like(sq)).sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("k", [1, 3])
+def test_fused_rbf_relation_equals_the_unfused_expression(dtype, k):
+    g = torch.Generator().manual_seed(k)
+    a, p, u, q = (torch.randn(3, c, k, generator=g, dtype=dtype) for c in (6, 5, 6, 5))
+    a.requires_grad_(True)
+    p.requires_grad_(True)
+    value = _RbfRelation.apply(a, p, u, q)
+    ref = _unfused(a, p, u, q)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert value.item() == pytest.approx(ref.item(), rel=tol)
+    for got, want in zip(torch.autograd.grad(value * 1.7, [a, p]), torch.autograd.grad(ref * 1.7, [a, p])):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_fused_rbf_relation_counts_non_finite_entries_as_zero():
+    g = torch.Generator().manual_seed(5)
+    a, p, u, q = (torch.randn(2, 4, 1, generator=g, dtype=torch.float64) for _ in range(4))
+    u[0, 1, 0] = float("nan")  # a teacher entry: its row of pairs is not finite
+    q[1, 2, 0] = float("inf")  # exp(-inf) = 0: finite
+    value = _RbfRelation.apply(a.requires_grad_(True), p, u, q)
+    ref = _unfused(a, p, u, q)
+    assert torch.isfinite(value) and value.item() == pytest.approx(ref.item(), rel=1e-12)
+    (grad,) = torch.autograd.grad(value, a)
+    (grad_ref,) = torch.autograd.grad(_unfused(a, p, u, q), a)
+    # the unfused gradient of a dropped entry is 0 * NaN = NaN; the fused one drops it from the gradient too
+    finite = torch.isfinite(grad_ref)
+    assert not finite[0, 1, 0] and finite.sum() == finite.numel() - 1
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(grad[finite], grad_ref[finite], rtol=1e-12, atol=1e-12)
+    # a dropped entry contributes no gradient: the same as leaving its pair out
+    keep = torch.ones(4, dtype=torch.bool)
+    keep[1] = False
+    a0 = a.detach()[0:1, keep].clone().requires_grad_(True)
+    (grad0,) = torch.autograd.grad(_unfused(a0, p[0:1], u[0:1, keep], q[0:1]), a0)
+    torch.testing.assert_close(grad[0, keep], grad0[0], rtol=1e-12, atol=1e-12)
+    assert grad[0, 1, 0] == 0
+
+
+def _vs_reference():
+    spec = importlib.util.spec_from_file_location("vs_reference", ROOT / "benchmarks" / "vs_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["vs_reference"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_vs_reference_refuses_a_missing_reference_copy(tmp_path, capsys):
+    bench = _vs_reference()
+    assert bench.main(["--reference-dir", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "not a copy of mdistiller" in err and "git clone" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_vs_reference_refuses_an_unknown_method(tmp_path, capsys):
+    bench = _vs_reference()
+    assert bench.main(["--reference-dir", str(tmp_path), "--methods", "kd,nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method(s) ['nope']" in err and "kdsvd[width]" in err
