@@ -60,7 +60,8 @@ Issue 18 (big teachers, strong strategies, the remaining seed tables):
   MobileNetV2 and EfficientNet-B0 only, whose builders took the reference's `drop`; stochastic depth 0.2 for Swin-T
   and, torchvision's default, EfficientNet-B0); B3's gradient clipping at norm 5 is in its train section. The
   teachers' accuracies (80.1, 86.3) are each distillation recipe's target.teacher_top1, the test top-1 the run measures
-  of its teacher at its start (the run header; the store's teacher_top1; the report's teacher row).
+  of its teacher at its start (the run header, which warns when the two differ by more than a point; the store's
+  teacher_top1; the report's teacher row).
   A big teacher may run in bf16 and channels-last (train.teacher_precision=bf16, train.channels_last=true); the
   teacher cache cannot apply under B2/B3's per-step random views (kdlab/train/teacher_cache.py).
 - DIST Table 2's SRRL (71.73 / 72.49): CE 1, SRRL 1, no KD (the CIFAR recipe's weights), batch 256, lr 0.1.

@@ -127,3 +127,31 @@ def test_changed_method_fields_are_plain_json_for_nested_configs():
     assert json.loads(json.dumps(changed)) == changed
     assert changed["weights"] == [0.5] and changed["terms"][0]["temperature"] == 2.0
     assert method_changes(build_config({"method": {"name": "kd"}}).method) == {}
+
+
+def test_off_target_rule():
+    from kdlab.train.header import off_target
+
+    assert off_target(79.0, 80.1, 50_000) and not off_target(79.5, 80.1, 50_000)  # ImageNet val: 1 point
+    assert not off_target(75.0, 80.1, 100) and off_target(65.0, 80.1, 100)  # 3 sd of 80.1 % on 100 images: 12 points
+
+
+def test_a_teacher_missing_the_recipes_published_accuracy_warns(tmp_path, teacher_ckpt, caplog):
+    """A recipe's ``target.teacher_top1`` (DIST Table 4's teacher column) is checked against the teacher's measured
+    top-1 at the run's start: far off, the header warns; at the measured value, it does not."""
+    args = ("train.epochs=1", "train.max_steps=1")
+    first = Trainer(tiny_config(tmp_path, *args, "train.name=a", method="kd", teacher_ckpt=str(teacher_ckpt)))
+    measured = first.fit()["header"]["teachers"][0]["test"]["top1"]
+    far = 0.0 if measured > 50 else 100.0
+    for name, published in (("far", far), ("same", measured)):
+        cfg = tiny_config(
+            tmp_path, *args, f"train.name={name}", f"target.teacher_top1={published}", method="kd",
+            teacher_ckpt=str(teacher_ckpt),
+        )  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="kdlab"):
+            t = Trainer(cfg).fit()["header"]["teachers"][0]
+        if name == "far":
+            assert f"target.teacher_top1 is {far:g} %" in t["warning"] and "target.teacher_top1" in caplog.text
+        else:  # (this small teacher is at chance level for 4 classes: that warning stays)
+            assert "target.teacher_top1" not in t.get("warning", "")

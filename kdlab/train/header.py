@@ -120,6 +120,14 @@ def chance_level(top1: float, num_classes: int, n: int) -> bool:
     return top1 / 100.0 < max(p + 0.1 * (1 - p), p + 3 * sd)
 
 
+def off_target(top1: float, target: float, n: int, tolerance: float = 1.0) -> bool:
+    """Whether a measured top-1 (%) on ``n`` test samples is further from a published ``target`` (%) than
+    ``tolerance`` points or three binomial standard deviations of the target rate (subsets), whichever is larger."""
+    p = min(max(target / 100.0, 0.0), 1.0)
+    sd = 100.0 * math.sqrt(p * (1 - p) / max(n, 1))
+    return abs(top1 - target) > max(tolerance, 3 * sd)
+
+
 def measure_teachers(run: Any, use_cache: bool = True) -> list[dict]:
     """Score every teacher of ``run`` that has a checkpoint on the test split, once per cache key.
 
@@ -129,8 +137,9 @@ def measure_teachers(run: Any, use_cache: bool = True) -> list[dict]:
 
     Returns:
         One dict per teacher: ``name``, ``checkpoint``, ``sha256``, ``test`` (``{"top1", "top5", "nll", "ece",
-        "n"}`` or None when not measured), ``cached`` (bool), ``chance_level`` (bool) and, at chance level, a
-        ``warning`` naming the usual causes (logged by :func:`log_header`).
+        "n"}`` or None when not measured), ``cached`` (bool), ``chance_level`` (bool) and, at chance level or when
+        the first teacher misses the config's ``target.teacher_top1`` (:func:`off_target`), a ``warning`` naming the
+        usual causes (logged by :func:`log_header`).
     """
     from kdlab.evaluate import score
     from kdlab.metrics import METRICS
@@ -177,6 +186,14 @@ def measure_teachers(run: Any, use_cache: bool = True) -> list[dict]:
                 "(another dataset, class order or architecture). Score it alone with: kdlab eval FILE (a raw "
                 "checkpoint also needs --model NAME --data name=DATASET, and --input-mean/--input-std)"
             )
+        published = cfg.target.get("teacher_top1") if i == 0 else None  # a recipe's published teacher accuracy
+        if published is not None and off_target(test["top1"], published, int(test["n"])):
+            miss = (
+                f"teacher 0 ({tcfg.name}, {tcfg.checkpoint}) scores {test['top1']:.2f} % top-1 on the test split; the "
+                f"recipe's target.teacher_top1 is {published:g} %. Check that the checkpoint is the published one "
+                "and that the evaluation transform and input normalisation are the ones it was scored with"
+            )
+            entry["warning"] = f"{entry['warning']}. {miss}" if entry.get("warning") else miss
     return out
 
 
