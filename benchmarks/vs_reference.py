@@ -481,6 +481,29 @@ def format_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge(results: list[dict]) -> dict:
+    """One result from runs of the same methods under different allocators (``--allocators`` one each, e.g. run
+    side by side): the rows' cells, allocators, commands and load averages side by side."""
+    first = results[0]
+    methods = [r["method"] for r in first["rows"]]
+    for res in results[1:]:
+        if [r["method"] for r in res["rows"]] != methods:
+            raise UsageError("--merge: the results do not have the same methods in the same order")
+        if set(res["allocators"]) & set(first["allocators"]):
+            raise UsageError("--merge: two results measure the same allocator")
+    merged = {**first, "allocators": {}, "workers": {}, "rows": [{"method": m} for m in methods]}
+    merged["command"] = "; ".join(r["command"] for r in results)
+    merged["wall_s"] = max(r["wall_s"] for r in results)
+    merged["load_average_before"] = [max(x) for x in zip(*(r["load_average_before"] for r in results))]
+    merged["load_average_after"] = [max(x) for x in zip(*(r["load_average_after"] for r in results))]
+    for res in results:
+        merged["allocators"].update(res["allocators"])
+        merged["workers"].update(res["workers"])
+        for row, src in zip(merged["rows"], res["rows"]):
+            row.update({k: v for k, v in src.items() if k != "method"})
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reference-dir", help="a copy of megvii-research/mdistiller (outside this repository)")
@@ -494,12 +517,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads of each side")
     p.add_argument("--num-data", type=int, default=50000, help="CRD memory bank rows (both sides)")
     p.add_argument("--out", help="write <out>.json and <out>.md")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="combine the JSON results of runs (no measuring)")
     p.add_argument("--worker", choices=["kdlab", "reference"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         worker_main(args)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.merge:
+        try:
+            result = merge([json.loads(Path(f).read_text()) for f in args.merge])
+        except (OSError, ValueError, KeyError, UsageError) as err:
+            print(f"vs_reference --merge: {err}", file=sys.stderr)
+            return 2
+        return _write(result, args.out)
     args.allocators_given = args.allocators is not None
     args.allocators = args.allocators or ",".join(ALLOCATORS)
     cmd_args = list(sys.argv[1:] if argv is None else argv)
@@ -513,10 +544,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vs_reference: {err}", file=sys.stderr)
         return 2
     result["allocators"] = {a: Path(v).name if a == "tcmalloc" else v for a, v in result["allocators"].items()}
+    return _write(result, args.out)
+
+
+def _write(result: dict, out: str | None) -> int:
     text = format_markdown(result)
-    if args.out:
-        Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")
-        Path(args.out + ".md").write_text(text)
+    if out:
+        Path(out + ".json").write_text(json.dumps(result, indent=2) + "\n")
+        Path(out + ".md").write_text(text)
     print(text)
     return 0
 

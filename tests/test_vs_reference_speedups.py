@@ -122,3 +122,55 @@ def test_vs_reference_refuses_an_unknown_method(tmp_path, capsys):
     assert bench.main(["--reference-dir", str(tmp_path), "--methods", "kd,nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown method(s) ['nope']" in err and "kdsvd[width]" in err
+
+
+def _fake_result(bench, allocator: str, ratio: float) -> dict:
+    cell = {
+        "kdlab_images_per_s": 20.0 * ratio,
+        "reference_images_per_s": 20.0,
+        "ratio": ratio,
+        "ratio_rounds": [ratio, ratio],
+        "kdlab_images_per_s_cpu": 21.0,
+        "reference_images_per_s_cpu": 20.0,
+        "ratio_cpu": 1.05,
+        "ratio_rounds_cpu": [1.05, 1.05],
+    }
+    return {
+        "table": "vs_reference",
+        "reference_commit": "a08d46f",
+        "teacher": "resnet32x4",
+        "student": "resnet8x4",
+        "batch_size": 64,
+        "threads": 1,
+        "rounds": 2,
+        "warmup_steps": 1,
+        "timed_steps": 2,
+        "allocators": {allocator: f"lib-{allocator}"},
+        "workers": {f"kdlab/{allocator}": {}},
+        "command": f"python benchmarks/vs_reference.py --allocators {allocator}",
+        "date_utc": "2026-12-04 21:00",
+        "load_average_before": [1.0, 2.0, 3.0] if allocator == "system" else [2.0, 1.0, 3.0],
+        "load_average_after": [2.0, 1.0, 3.0],
+        "cpu_count": 2,
+        "platform": "linux",
+        "wall_s": 60.0,
+        "rows": [{"method": "kd", allocator: cell}, {"method": "vid", allocator: dict(cell)}],
+    }
+
+
+def test_vs_reference_merges_runs_of_different_allocators(tmp_path):
+    bench = _vs_reference()
+    files = []
+    for allocator, ratio in (("system", 1.2), ("tcmalloc", 0.9)):
+        files.append(tmp_path / f"{allocator}.json")
+        files[-1].write_text(bench.json.dumps(_fake_result(bench, allocator, ratio)))
+    out = tmp_path / "merged"
+    assert bench.main(["--merge", *map(str, files), "--out", str(out)]) == 0
+    merged = bench.json.loads((out.with_suffix(".json")).read_text())
+    assert list(merged["allocators"]) == ["system", "tcmalloc"]
+    assert merged["rows"][0]["system"]["ratio"] == 1.2 and merged["rows"][0]["tcmalloc"]["ratio"] == 0.9
+    assert merged["load_average_before"] == [2.0, 2.0, 3.0]
+    text = (out.with_suffix(".md")).read_text()
+    assert "| kd | 24.0 | 20.0 | **1.20** | 1.05 | 18.0 | 20.0 | **0.90** | 1.05 |" in text
+    # the same allocator twice is refused
+    assert bench.main(["--merge", str(files[0]), str(files[0])]) == 2
