@@ -313,3 +313,21 @@ def test_teacher_loads_a_torchvision_layout_checkpoint(name: str, tmp_path) -> N
     teacher = create(name, num_classes=K)
     load_model_file(teacher, tmp_path / "teacher.pth", name)
     assert all(torch.equal(v, tv.state_dict()[k]) for k, v in teacher.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["retinanet_tiny", "faster_rcnn_tiny"])
+def test_an_image_without_boxes_trains_as_background(name: str) -> None:
+    """Images without (non-crowd) boxes, all labels -1, give finite losses and gradients: every anchor / proposal of
+    them is background, as in torchvision (images kept without annotations, or only crowd boxes)."""
+    model = _tiny(name).train()
+    batch = _batch()
+    batch["labels"][1] = -1  # the second image has only padding / crowd rows
+    _, taps = model.forward_taps(batch, ())
+    losses = [v for k, v in taps.items() if k.startswith("loss.")]
+    assert losses and all(torch.isfinite(v) for v in losses)
+    sum(losses).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    batch["labels"][0] = -1  # no box in the whole batch
+    model.zero_grad()
+    _, taps = model.forward_taps(batch, ())
+    assert all(torch.isfinite(v) for k, v in taps.items() if k.startswith("loss."))
