@@ -174,3 +174,44 @@ def test_vs_reference_merges_runs_of_different_allocators(tmp_path):
     assert "| kd | 24.0 | 20.0 | **1.20** | 1.05 | 18.0 | 20.0 | **0.90** | 1.05 |" in text
     # the same allocator twice is refused
     assert bench.main(["--merge", str(files[0]), str(files[0])]) == 2
+
+
+def test_single_threaded_lapack_restores_the_thread_count():
+    from kdlab.losses.feature import single_threaded_lapack
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with single_threaded_lapack(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="inside"), single_threaded_lapack(torch.device("cpu")):
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+        with single_threaded_lapack(torch.device("meta")):  # other devices: untouched
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_kdsvd_on_two_threads_equals_one_thread():
+    from kdlab import losses
+
+    g = torch.Generator().manual_seed(11)
+    s_feats = [torch.relu(torch.randn(3, c, h, h, generator=g, dtype=torch.float64)) for c, h in ((8, 6), (16, 3))]
+    t_feats = [torch.relu(torch.randn(3, c, h, h, generator=g, dtype=torch.float64)) for c, h in ((8, 6), (16, 3))]
+    before = torch.get_num_threads()
+    values = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            s = [f.clone().requires_grad_(True) for f in s_feats]
+            value = losses.kdsvd(s, t_feats, 1)
+            values.append((value.detach(), torch.autograd.grad(value, s)))
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
+    (v1, g1), (v2, g2) = values
+    torch.testing.assert_close(v1, v2, rtol=1e-12, atol=0)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
