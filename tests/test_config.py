@@ -17,6 +17,17 @@ def test_defaults_are_the_cifar100_benchmark_recipe():
     assert cfg.data.augment == "crop_flip" and cfg.data.crop_padding == 4
 
 
+def test_a_config_without_a_method_section_is_ce_with_its_own_fields():
+    # the default method section is the registered ce Config (with ce's fields such as aux_weight), not the bare
+    # base class: a config without `method:` used to crash when the run was built (ce.needs read aux_weight)
+    from kdlab.method_configs.ce import CEConfig
+
+    for cfg in (RunConfig(), build_config({"train": {"epochs": 1}})):
+        assert type(cfg.method) is CEConfig and cfg.method.name == "ce"
+        assert cfg.method == CEConfig()
+    assert to_dict(build_config({}))["method"] == to_dict(build_config({"method": {"name": "ce"}}))["method"]
+
+
 def test_unknown_key_names_it_and_suggests_the_closest():
     with pytest.raises(ConfigError, match=r"unknown config key 'optim\.weight_decy'.*Did you mean 'weight_decay'"):
         build_config({"optim": {"weight_decy": 1e-4}})
