@@ -166,10 +166,15 @@ def _reference_runner(reference_dir: str, threads: int, num_data: int):
     engine = types.ModuleType("mdistiller.engine")
     engine.__path__ = [str(ref / "mdistiller" / "engine")]
     sys.modules["mdistiller.engine"] = engine
+    from mdistiller.distillers import CRD as crd_module
     from mdistiller.distillers import distiller_dict
     from mdistiller.engine.cfg import CFG
     from mdistiller.engine.utils import AverageMeter, accuracy
     from mdistiller.models import cifar_model_dict
+
+    # CRD's ContrastMemory moves its alias sampler to CUDA unconditionally; the sampler is unused in the exact mode
+    # (the dataset draws the negatives), so on the CPU the move is skipped
+    crd_module.AliasMethod.cuda = lambda self: self
 
     def run(label: str, warmup: int, steps: int) -> dict[str, list[float]]:
         pair = METHODS[label]
@@ -238,14 +243,16 @@ def worker_main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.ERROR)  # no "teacher is randomly initialised" warning per run
     import torch
 
-    from kdlab.allocator import allocator_name
+    from kdlab.allocator import loaded_tcmalloc
 
     torch.set_num_threads(args.threads)
     if args.worker == "kdlab":
         run = _kdlab_runner(args.threads, args.num_data)
     else:
         run = _reference_runner(args.reference_dir, args.threads, args.num_data)
-    proto.write(json.dumps({"ready": True, "allocator": allocator_name(), "torch": torch.__version__}) + "\n")
+    lib = loaded_tcmalloc()
+    allocator = f"tcmalloc ({Path(lib).name})" if lib else "system"  # the file name only: no path of this machine
+    proto.write(json.dumps({"ready": True, "allocator": allocator, "torch": torch.__version__}) + "\n")
     for line in sys.stdin:
         req = json.loads(line)
         try:
@@ -279,6 +286,9 @@ class Worker:
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=ROOT
         )
         self.info = self._read()
+        if self.info["allocator"].startswith("tcmalloc") != (allocator == "tcmalloc"):
+            self.close()
+            raise RuntimeError(f"worker {self.name} runs with allocator {self.info['allocator']!r}")
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -381,15 +391,23 @@ def measure(args: argparse.Namespace) -> dict:
                             ref / k,
                             rc / kc,
                         )
-            info = {f"{s}/{a}": w.info for (s, a), w in workers.items()}
+                if args.out:  # a partial record after every round (a long run stopped early keeps its rounds)
+                    partial = _summary(args, methods, allocators, lib, times, r + 1, t_start, load_before, workers)
+                    Path(args.out + ".partial.json").write_text(json.dumps(partial, indent=2) + "\n")
+            result = _summary(args, methods, allocators, lib, times, args.rounds, t_start, load_before, workers)
         finally:
             for w in workers.values():
                 w.close()
+    return result
+
+
+def _summary(args, methods, allocators, lib, times, rounds_done, t_start, load_before, workers) -> dict:
+    """The result record of the rounds measured so far."""
     rows = []
     for m in methods:
         row: dict = {"method": m}
         for a in allocators:
-            k_runs, r_runs = times[a][m]["kdlab"], times[a][m]["reference"]
+            k_runs, r_runs = times[a][m]["kdlab"][:rounds_done], times[a][m]["reference"][:rounds_done]
             cell = {}
             for clock in ("wall", "cpu"):
                 k_t = [run[clock] for run in k_runs]
@@ -411,12 +429,12 @@ def measure(args: argparse.Namespace) -> dict:
         "student": "resnet8x4",
         "batch_size": BATCH,
         "threads": args.threads,
-        "rounds": args.rounds,
+        "rounds": rounds_done,
         "warmup_steps": args.warmup,
         "timed_steps": args.steps,
         "num_data": args.num_data,
-        "allocators": {a: (lib if a == "tcmalloc" else "glibc malloc") for a in allocators},
-        "workers": info,
+        "allocators": {a: (Path(lib).name if a == "tcmalloc" else "glibc malloc") for a in allocators},
+        "workers": {f"{s}/{a}": w.info for (s, a), w in workers.items()},
         "command": args.command,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "load_average_before": load_before,
@@ -543,7 +561,6 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"vs_reference: {err}", file=sys.stderr)
         return 2
-    result["allocators"] = {a: Path(v).name if a == "tcmalloc" else v for a, v in result["allocators"].items()}
     return _write(result, args.out)
 
 
