@@ -224,6 +224,9 @@ class Needs:
         batch_fields: extra batch fields the method reads (``"index"``).
         holdout_fraction: fraction of the training set held out for the method (bilevel methods), 0 for none.
         teacher: whether the method reads a teacher at all (``ce`` does not).
+        teacher_logits: whether the method reads the teachers' logits (``Outputs.logits``); False lets a frozen
+            teacher skip work only its logits need (a detector's proposals, RoI head and post-processing when only
+            its FPN taps are read: :class:`kdlab.train.teacher.FrozenTeacher`). Classifiers compute them anyway.
     """
 
     student_taps: frozenset[str] = frozenset()
@@ -232,6 +235,7 @@ class Needs:
     batch_fields: frozenset[str] = frozenset()
     holdout_fraction: float = 0.0
     teacher: bool = True
+    teacher_logits: bool = True
 
     def union(self, other: Needs) -> Needs:
         """The needs of two methods run together."""
@@ -243,6 +247,7 @@ class Needs:
             batch_fields=self.batch_fields | other.batch_fields,
             holdout_fraction=max(self.holdout_fraction, other.holdout_fraction),
             teacher=self.teacher or other.teacher,
+            teacher_logits=self.teacher_logits or other.teacher_logits,
         )
 
 

@@ -196,7 +196,7 @@ class DetectionPair:
             s_taps.update(self.student_fpn)
             for names in self.teacher_fpn:
                 t_taps.update(names)
-        return Needs(student_taps=frozenset(s_taps), teacher_taps=frozenset(t_taps))
+        return Needs(student_taps=frozenset(s_taps), teacher_taps=frozenset(t_taps), teacher_logits=False)
 
     # ------------------------------------------------------------------------------------------ rows
 

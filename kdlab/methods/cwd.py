@@ -118,6 +118,7 @@ class CWD(DistillMethod):
             return Needs(
                 student_taps=frozenset(s for s, _, _, _ in self.levels) if on else frozenset(),
                 teacher_taps=frozenset(t for _, t, _, _ in self.levels) if on else frozenset(),
+                teacher_logits=False,  # FPN taps only (det-followup: the teacher skips its detections)
             )
         s_taps, t_taps = set(), set()
         if cfg.feature_weight > 0:

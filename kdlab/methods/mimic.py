@@ -32,6 +32,8 @@ Deviations:
 
 from __future__ import annotations
 
+import dataclasses
+
 from torch import nn
 
 from kdlab.losses.detection import box_mask, mimic_mse
@@ -40,7 +42,7 @@ from kdlab.methods import register_method
 from kdlab.methods._detection import DetectionPair, check_fpn_pair, refuse
 from kdlab.methods._feature import FeatureMethod, PairError
 from kdlab.methods.base import BuildContext
-from kdlab.types import LossOut, StepIO
+from kdlab.types import LossOut, Needs, StepIO
 
 
 @register_method("mimic", description="feature mimicking: 1x1 adapter + MSE per FPN level (DIST + mimic on COCO)")
@@ -78,6 +80,9 @@ class Mimic(FeatureMethod):
                 self.adapters[key] = nn.Conv2d(s_shape[0], t_shape[0], 1)
             elif s_shape[0] != t_shape[0]:
                 raise self.pair_error("the widths differ; set method.adapter=true for a 1x1 convolution", [s], [t])
+
+    def needs(self) -> Needs:  # det-followup: teacher taps only, never its logits (a detector skips its detections)
+        return dataclasses.replace(super().needs(), teacher_logits=False)
 
     def loss(self, io: StepIO) -> LossOut:
         cfg = self.cfg

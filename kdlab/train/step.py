@@ -201,5 +201,5 @@ class TrainerStepMixin:
         """Every teacher's outputs on the views and taps the method needs (fp32, whatever the teacher's precision)."""
         n = self.run.needs
         with self.precision.teacher_autocast():
-            outs = tuple(t.outputs(batch, n.views, n.teacher_taps) for t in self.run.teachers)
+            outs = tuple(t.outputs(batch, n.views, n.teacher_taps, n.teacher_logits) for t in self.run.teachers)
         return tuple(to_float(o) for o in outs)

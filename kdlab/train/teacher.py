@@ -48,22 +48,36 @@ class FrozenTeacher(nn.Module):
         return super().train(False)
 
     @torch.inference_mode()
-    def _run(self, x: Tensor | Mapping[str, Tensor], taps: Collection[str]) -> tuple[Tensor, dict[str, Tensor]]:
+    def _run(
+        self, x: Tensor | Mapping[str, Tensor], taps: Collection[str], logits: bool = True
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         if self.input_norm is not None:
             # a dict input (a detection batch) carries its images under "images"
             x = {**x, "images": self.input_norm(x["images"])} if isinstance(x, Mapping) else self.input_norm(x)
+        if not logits and getattr(self.model, "optional_logits", False):
+            return self.model.forward_taps(x, tuple(taps), logits=False)
         return self.model.forward_taps(x, tuple(taps))
 
-    def outputs(self, batch: Batch, views: Collection[str], taps: Collection[str]) -> dict[str, Outputs]:
+    def outputs(
+        self, batch: Batch, views: Collection[str], taps: Collection[str], logits: bool = True
+    ) -> dict[str, Outputs]:
         """The teacher's outputs on each view of ``batch``.
 
         Tensors computed under inference mode cannot be saved for backward by the student's loss, so the
         (small) outputs are cloned into ordinary tensors outside inference mode.
+
+        Args:
+            batch: the batch (its views ``batch.view(v)``).
+            views: the views to run.
+            taps: the teacher taps to return.
+            logits: False when nobody reads the logits (``Needs.teacher_logits``): a model with
+                ``optional_logits`` (the detectors) then skips what only its logits need and returns a placeholder
+                with no rows (``[B, 0, 6]`` for a detector); other models compute their logits as always.
         """
         out = {}
         for view in views:
-            logits, feats = self._run(batch.view(view), taps)
-            out[view] = Outputs(logits.clone(), {k: v.clone() for k, v in feats.items()})
+            logits_v, feats = self._run(batch.view(view), taps, logits)
+            out[view] = Outputs(logits_v.clone(), {k: v.clone() for k, v in feats.items()})
         return out
 
     def forward(self, x: Tensor) -> Tensor:

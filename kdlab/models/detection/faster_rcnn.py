@@ -59,6 +59,8 @@ class FasterRCNNDetector(TapModel, FasterRCNN):
     """
 
     fpn_names = ("0", "1", "2", "3", "pool")
+    #: ``forward_taps(..., logits=False)`` is understood (:class:`kdlab.train.teacher.FrozenTeacher` passes it)
+    optional_logits = True
 
     def __init__(
         self,
@@ -119,20 +121,28 @@ class FasterRCNNDetector(TapModel, FasterRCNN):
         return heads.box_predictor(heads.box_head(pooled))
 
     def forward_taps(
-        self, x: Tensor | dict[str, Tensor], taps: Collection[str] = ()
+        self, x: Tensor | dict[str, Tensor], taps: Collection[str] = (), logits: bool = True
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """See the class docstring."""
+        """See the class docstring. ``logits=False`` (eval mode only; a frozen teacher whose method reads no teacher
+        logits, ``Needs.teacher_logits``) skips what only the detections need: the RPN unless ``rois`` or
+        ``roi_logits`` is asked for, the RoI head unless ``roi_logits`` is, and the post-processing; the logits are
+        then ``[B, 0, 6]`` (no detections computed)."""
         wanted = self.check_taps(taps)
         inputs = detection_inputs(x, label_offset=1)
         images = inputs.images
         targets = require_targets(inputs, type(self).__name__) if self.training else None
         features = self.backbone(images.tensors)
+        skip = not logits and not self.training
+        if skip and not wanted & {"rois", "roi_logits"}:  # FPN taps only: no RPN, no RoI head
+            out = {f"fpn.{i}": f for i, f in enumerate(features.values()) if f"fpn.{i}" in wanted}
+            return images.tensors.new_zeros(len(images.image_sizes), 0, 6), out
         if images.tensors.device.type == "meta":
             return self._meta_outputs(features, len(images.image_sizes), wanted)
         proposals, rpn_losses = self.rpn(images, features, targets)
         if self.training:
             proposals, _, labels, regression_targets = self.roi_heads.select_training_samples(proposals, targets)
-        class_logits, box_regression = self._box_branch(features, proposals, images.image_sizes)
+        if not skip or "roi_logits" in wanted:
+            class_logits, box_regression = self._box_branch(features, proposals, images.image_sizes)
         out: dict[str, Tensor] = {}
         for i, f in enumerate(features.values()):
             if f"fpn.{i}" in wanted:
@@ -143,6 +153,8 @@ class FasterRCNNDetector(TapModel, FasterRCNN):
             )
         if "roi_logits" in wanted:
             out["roi_logits"] = class_logits
+        if skip:
+            return images.tensors.new_zeros(len(images.image_sizes), 0, 6), out
         if self.training:
             loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
             losses = {**rpn_losses, "loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}

@@ -59,6 +59,8 @@ class RetinaNetDetector(TapModel, RetinaNet):
     """
 
     fpn_names = ("0", "1", "2", "p6", "p7")
+    #: ``forward_taps(..., logits=False)`` is understood (:class:`kdlab.train.teacher.FrozenTeacher` passes it)
+    optional_logits = True
 
     def __init__(
         self,
@@ -102,23 +104,28 @@ class RetinaNetDetector(TapModel, RetinaNet):
         return self.forward_taps(x)[0]
 
     def forward_taps(
-        self, x: Tensor | dict[str, Tensor], taps: Collection[str] = ()
+        self, x: Tensor | dict[str, Tensor], taps: Collection[str] = (), logits: bool = True
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """See the class docstring."""
+        """See the class docstring. ``logits=False`` (eval mode only; a frozen teacher whose method reads no teacher
+        logits, ``Needs.teacher_logits``) skips what only the detections need: the head when no ``cls`` tap is
+        asked for, and the post-processing; the logits are then ``[B, 0, 6]`` (no detections computed)."""
         wanted = self.check_taps(taps)
         inputs = detection_inputs(x)
         images = inputs.images
         features = list(self.backbone(images.tensors).values())
-        head_outputs = self.head(features)
-        anchors = self.anchor_generator(images, features)
         out: dict[str, Tensor] = {}
         for i, f in enumerate(features):
             if f"fpn.{i}" in wanted:
                 out[f"fpn.{i}"] = f
+        skip = not logits and not self.training
+        head_outputs = self.head(features) if not skip or "cls" in wanted else {}
         if "cls" in wanted:
             out["cls"] = head_outputs["cls_logits"]
+        anchors = self.anchor_generator(images, features) if not skip or "anchors" in wanted else []
         if "anchors" in wanted:
             out["anchors"] = torch.stack(anchors)
+        if skip:
+            return images.tensors.new_zeros(len(images.image_sizes), 0, 6), out
         if images.tensors.device.type == "meta":  # shapes only (build-time checks): no data-dependent selection
             return images.tensors.new_zeros(len(images.image_sizes), self.detections_per_img, 6), out
         if self.training:
