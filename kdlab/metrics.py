@@ -303,7 +303,9 @@ class PixelAccuracy(ConfusionMatrix):
         return 100.0 * float(self.sums.diagonal().sum()) / total if total else math.nan
 
 
-METRICS: Registry[type[Metric]] = Registry("metric")
+# the box-mAP metric lives in kdlab.metrics_detection (a Metric subclass importing this module): the registry imports
+# it on its first lookup, so neither module imports the other at module level (tests/test_imports.py)
+METRICS: Registry[type[Metric]] = Registry("metric", package="kdlab.metrics_detection")
 METRICS.add("top1", Top1, description="top-1 accuracy (%)")
 METRICS.add("top5", Top5, description="top-5 accuracy (%)")
 METRICS.add("nll", NLL, description="mean negative log-likelihood of the softmax (nats)")
@@ -311,7 +313,6 @@ METRICS.add("ece", ECE, description="expected calibration error, 15 equal-width 
 METRICS.add("auc", AUC, description="ROC AUC: binary, or macro one-vs-rest for more classes (0..1)")
 METRICS.add("miou", MeanIoU, description="mean intersection-over-union from the confusion matrix (%)")
 METRICS.add("pixel_acc", PixelAccuracy, description="pixel accuracy from the confusion matrix (%)")
-import kdlab.metrics_detection  # noqa: E402, F401  registers "map" (a Metric subclass; pycocotools loads lazily)
 
 
 def metric_names() -> list[str]:
