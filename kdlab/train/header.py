@@ -240,6 +240,16 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def split_size(split: object) -> int:
+    """Samples of a loader's split: ``len(split)`` (image folders, token, dense and box sets), else its labels'
+    first dimension (the in-memory ``[N]`` label splits), 0 for no split."""
+    if split is None:
+        return 0
+    if hasattr(split, "__len__"):
+        return len(split)
+    return int(split.y.shape[0])
+
+
 def build_header(trainer: Any, measure: bool = True) -> dict:
     """The header of ``trainer``'s run (a :class:`kdlab.train.trainer.Trainer` whose run is built).
 
@@ -257,8 +267,7 @@ def build_header(trainer: Any, measure: bool = True) -> dict:
     run, cfg = trainer.run, trainer.cfg
     splits, data = run.splits, run.data
     input_size = tuple(splits.input_size) if hasattr(splits, "input_size") else None
-    val = getattr(data, "val", None)
-    val_size = int(val.y.shape[0]) if val is not None and hasattr(val, "y") else 0
+    val_size = split_size(getattr(data, "val", None))
     header: dict[str, Any] = {
         "data": {
             "name": cfg.data.name,
