@@ -468,7 +468,12 @@ class _TopRightSingular(torch.autograd.Function):
         ok_n = lam_n > tol
         outside = torch.where(ok_n[..., None, :], outside / torch.where(ok_n, lam_n, 1.0)[..., None, :], 0.0)
         v_n = v[..., :n]
-        grad_gram = (v @ coef + outside) @ v_n.transpose(-2, -1)  # [B, C, C]
+        a = v @ coef + outside  # d(x^T x) = a v_n^T, [B, C, n]
+        if x.shape[-2] < x.shape[-1]:
+            # M < C: x (a v_n^T + v_n a^T) from its rank-n factors, never forming the [B, C, C] matrix (the same
+            # sum; measured slower than the square form when M >= C, where x's rows outnumber C)
+            return (x @ a) @ v_n.transpose(-2, -1) + (x @ v_n) @ a.transpose(-2, -1), None
+        grad_gram = a @ v_n.transpose(-2, -1)  # [B, C, C]
         return x @ (grad_gram + grad_gram.transpose(-2, -1)), None
 
 
