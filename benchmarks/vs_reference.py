@@ -34,6 +34,12 @@ run's time is the median of its timed steps; the ratio of a round is mdistiller'
 images/s ÷ mdistiller images/s); the reported ratio is the median over rounds, the images/s the median over every
 timed step.
 
+Threads: each side runs on ``--threads`` intra-op threads, as its trainer would. On the CPU, MKL's LAPACK routines
+on small batched matrices do not gain from a second thread and lose much (KDSVD's eigendecompositions measured 54x
+the CPU time on two threads); kdlab runs its one LAPACK call of a training step single-threaded
+(:func:`kdlab.losses.feature.single_threaded_lapack`), mdistiller's KDSVD calls ``torch.svd`` on the process's
+threads, as its code does.
+
 Requirements beyond kdlab's: a copy of mdistiller (``git archive`` of megvii-research/mdistiller, outside this
 repository) named by ``--reference-dir``, and its config package ``yacs`` (``pip install yacs``); tensorboardX and
 wandb are not needed (its ``engine`` package is loaded without its trainer). tcmalloc: ``kdlab.allocator``'s search
