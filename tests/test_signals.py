@@ -33,11 +33,11 @@ def _signal_at_step(monkeypatch, n: int, signum: int = signal.SIGTERM) -> dict:
     calls = {"steps": 0, "fits": 0}
     real_step, real_fit = Trainer._backward_step, Trainer.fit
 
-    def step(self, loss):
+    def step(self, loss, *args, **kwargs):
         calls["steps"] += 1
         if calls["steps"] == n:
             _signal_self(signum)
-        return real_step(self, loss)
+        return real_step(self, loss, *args, **kwargs)
 
     def fit(self):
         calls["fits"] += 1
