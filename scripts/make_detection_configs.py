@@ -101,12 +101,13 @@ ASSUMED = (
 # the first step was 44,968 (detection losses 0.58) and, under the 500-step warm-up, the detection losses rose from
 # 2.1 to 1,767 within 5 epochs; with clipping at 35 only the first epoch was clipped and the run trained (tiny set,
 # 25 epochs: detection losses 2.0 -> 1.99, DIST 6.4 -> 2.5). Faster R-CNN's softmax rows trained without it (first
-# epoch gradient norm 16).
+# epoch gradient norm 16). The bound is mmdetection's own for RetinaNet where it clips (open-mmlab/mmdetection
+# configs/retinanet/retinanet_r50_fpn_fp16_1x_coco.py: grad_clip max_norm 35, norm_type 2, "for stability").
 CLIP = 35.0
 CLIP_NOTE = (
     "train.clip_grad_norm: 35 is kdlab's addition for DIST on RetinaNet's sigmoid scores: near-constant rows of a "
     "fresh head give Pearson gradients thousands of times the detection losses' (measured on the tiny pair), which "
-    "diverged without it."
+    "diverged without it; 35 is mmdetection's bound for its fp16 RetinaNet."
 )
 
 
