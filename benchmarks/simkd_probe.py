@@ -14,7 +14,8 @@ For one subset size (``--train-per-class``) and seed, with the benchmark's own c
    explains.
 3. Training from the run's initialisation for ``--probe-steps`` steps of the benchmark's recipe (SGD, lr, momentum,
    weight decay; constant lr): per step the gradient norm of the projector, of the student's backbone and of the
-   student's own classifier, and the loss.
+   student's own classifier, the loss, and for comparison the backbone's gradient norm that the student's own
+   cross-entropy (the student alone) would give at the same point.
 
 Usage: ``python benchmarks/simkd_probe.py [--train-per-class 50] [--seed 0] [--probe-steps 16]
 [--out runs/real_cifar10] [--report benchmarks/results/simkd_probe_<n>pc.md]``.
@@ -157,6 +158,8 @@ def probe(args: argparse.Namespace) -> dict:
         io = StepIO({"x": Outputs(logits, feats)}, (t_out,), batch, Progress(step=len(steps)))
         loss_out = method.loss(io)
         loss = sum(loss_out.terms.values())
+        # what the student alone (ce) would get at the same point: the backbone's gradient of its own cross-entropy
+        ce_grads = torch.autograd.grad(F.cross_entropy(logits, batch.y), backbone, retain_graph=True)
         opt.zero_grad()
         loss.backward()
         steps.append(
@@ -165,6 +168,7 @@ def probe(args: argparse.Namespace) -> dict:
                 "grad_projector": _norm(projector),
                 "grad_backbone": _norm(backbone),
                 "grad_own_classifier": _norm(own_head),
+                "grad_backbone_if_ce": float(torch.cat([g.flatten() for g in ce_grads]).norm()),
                 "train_top1": float(loss_out.metrics["top1"]),
             }
         )
@@ -220,14 +224,15 @@ def render(res: dict) -> str:
         "",
         f"## Gradient norms over the first {len(steps)} steps from the run's initialisation",
         "",
-        "| steps | loss | projector | student backbone | student's own classifier | train top-1 (reused head) |",
-        "|---|---|---|---|---|---|",
+        "| steps | loss | projector | student backbone | student's own classifier | student backbone under ce "
+        "(same point) | train top-1 (reused head) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, part in ((f"1-{half}", steps[:half]), (f"{half + 1}-{len(steps)}", steps[half:])):
         if part:
             lines.append(
                 f"| {name} | {avg('loss', part)} | {avg('grad_projector', part)} | {avg('grad_backbone', part)} | "
-                f"{avg('grad_own_classifier', part)} | {avg('train_top1', part)} |"
+                f"{avg('grad_own_classifier', part)} | {avg('grad_backbone_if_ce', part)} | {avg('train_top1', part)} |"
             )
     return "\n".join(lines) + "\n"
 
