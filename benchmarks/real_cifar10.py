@@ -363,6 +363,18 @@ def fusion_ratio(run_dir: Path) -> dict | None:
 # ------------------------------------------------------------------------------------------ report
 
 
+def batch_layout(n: int, batch: int = 64, min_fraction: float = 0.125) -> str:
+    """How ``n`` training images fall into batches under the loaders' last-batch rule
+    (:meth:`kdlab.data.loader.BatchPlan.merges_last_batch`): ``"6 x 64 + 66"`` (a small remainder merged into the
+    last full batch), ``"7 x 64 + 52"`` (a batch of its own) or ``"31 x 64"``."""
+    full, rest = divmod(n, batch)
+    if rest == 0:
+        return f"{full} x {batch}"
+    if n > batch and rest < min_fraction * batch:
+        return f"{full - 1} x {batch} + {batch + rest}"
+    return f"{full} x {batch} + {rest}"
+
+
 def fmt(x: float | None, sign: bool = False, digits: int = 2) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
@@ -399,6 +411,7 @@ def report(
 ) -> str:
     base = results.get("ce", {}).get("top1", [])
     n_train = args.train_per_class * 10
+    n_fit = (args.train_per_class - round(args.train_per_class * HOLDOUT)) * 10  # stratified: per class
     codes = sorted({c for r in results.values() for c in r["code"]})
     lines = [
         "# Real-data evidence: CIFAR-10 (JPEG copy)",
@@ -423,8 +436,8 @@ def report(
         "- Every method at its registered defaults (schedule-bound defaults follow `kdlab.schedule`: a fraction of the "
         "run). Learned fusion policies (tgeo_kd, rw_kd) hold out 10 % of the training subset for their outer loop.",
         "- The loaders' last-batch rule (`data.last_batch_min_fraction`, 1/8): a last partial batch below 1/8 of "
-        "the batch is merged into the previous one, so the 450 images left by the held-out split train as 6 x 64 + 66 "
-        "(before the rule: 7 x 64 + a 2-image batch every epoch); 500 images stay 7 x 64 + 52.",
+        f"the batch is merged into the previous one; the {n_train:,} images train as {batch_layout(n_train)} per "
+        f"epoch, the {n_fit:,} left by the held-out split as {batch_layout(n_fit)}.",
         "- Top-1 is the last epoch's on the test subset; Δ is the per-seed difference to `ce` (mean ± std over seeds); "
         "t and p are the paired t-test (`scipy.stats.ttest_rel`, two-sided).",
         f"- CPU, {args.threads} thread(s) per run, {args.jobs} runs at a time on a machine shared with other jobs "

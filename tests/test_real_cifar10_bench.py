@@ -99,3 +99,11 @@ def test_crd_controls_change_only_their_memory_field(bench, tmp_path):
     assert (base.num_negatives, base.momentum) == (16384, 0.5)
     assert (k64.num_negatives, k64.momentum) == (64, 0.5)
     assert (m0.num_negatives, m0.momentum) == (16384, 0.0)
+
+
+def test_batch_layout_follows_the_loaders_last_batch_rule(bench):
+    assert bench.batch_layout(500) == "7 x 64 + 52"  # 52 >= 8: a batch of its own
+    assert bench.batch_layout(450) == "6 x 64 + 66"  # 2 < 8: merged into the previous batch
+    assert bench.batch_layout(2000) == "31 x 64 + 16"
+    assert bench.batch_layout(1800) == "28 x 64 + 8"  # exactly 1/8 of the batch: not below it, kept
+    assert bench.batch_layout(192) == "3 x 64"
