@@ -172,7 +172,6 @@ def _reference_runner(reference_dir: str, threads: int, num_data: int):
     engine = types.ModuleType("mdistiller.engine")
     engine.__path__ = [str(ref / "mdistiller" / "engine")]
     sys.modules["mdistiller.engine"] = engine
-    from mdistiller.distillers import CRD as crd_module
     from mdistiller.distillers import distiller_dict
     from mdistiller.engine.cfg import CFG
     from mdistiller.engine.utils import AverageMeter, accuracy
@@ -180,7 +179,7 @@ def _reference_runner(reference_dir: str, threads: int, num_data: int):
 
     # CRD's ContrastMemory moves its alias sampler to CUDA unconditionally; the sampler is unused in the exact mode
     # (the dataset draws the negatives), so on the CPU the move is skipped
-    crd_module.AliasMethod.cuda = lambda self: self
+    sys.modules["mdistiller.distillers.CRD"].AliasMethod.cuda = lambda self: self
 
     def run(label: str, warmup: int, steps: int) -> dict[str, list[float]]:
         pair = METHODS[label]
