@@ -17,7 +17,7 @@ from kdlab.config import ConfigError, build_config
 from kdlab.methods import build_method
 from kdlab.methods.simkd import SimKDStudent, stage_pairs
 from kdlab.models.base import TapError
-from kdlab.train.build import build_context
+from kdlab.train.build import build_context, build_run
 from kdlab.train.trainer import Trainer, TrainingInterrupted
 from kdlab.types import Batch, Outputs, StepIO
 
@@ -513,3 +513,25 @@ def test_sweep_spec_expands_to_the_studys_grid():
     }
     assert {r.config["model"]["student"] for r in runs} == {"mobilenetv2_1_0"}
     assert all(r.config["optim"]["lr"] == r.grid["optim.lr"] for r in runs)
+
+
+def test_reused_head_on_a_renormalised_teachers_map_gives_the_teachers_logits(tmp_path):
+    """Issue 22: a pretrained teacher whose inputs are re-normalised (``input_mean``/``input_std``) sees the same
+    re-normalised images for its map and its logits, so simkd's frozen head on the teacher's pooled last map is the
+    teacher's own prediction (what the projected student map is trained to stand in for)."""
+    run = build_run(
+        tiny_config(
+            tmp_path,
+            "model.teachers.0.input_mean=[0.4,0.45,0.5]",
+            "model.teachers.0.input_std=[0.2,0.25,0.3]",
+            method="simkd",
+        )
+    )
+    teacher, method = run.teachers[0], run.method
+    assert teacher.renormalize
+    t_tap = method.pairs[-1][1]
+    batch = next(run.data.eval_batches("test"))
+    out = teacher.outputs(batch, ("x",), (t_tap,))["x"]
+    torch.testing.assert_close(method.predict(out.taps[t_tap]), out.logits, rtol=1e-5, atol=1e-5)
+    plain = teacher.model.forward_taps(batch.x, (t_tap,))[1][t_tap]  # the same teacher without re-normalisation
+    assert not torch.allclose(plain, out.taps[t_tap])
