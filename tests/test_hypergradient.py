@@ -7,6 +7,7 @@ The reference below is that earlier implementation, written out: differentiate t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -298,3 +299,56 @@ def test_the_trainer_runs_the_outer_step_before_the_optimiser_step_with_its_grad
         assert all(h is None for _, _, h in calls)
     assert any(not torch.equal(p, theta0[n]) for n, p in student.named_parameters())
     assert "meta.heldout_ce" in trainer.history[-1]["train"]
+
+
+@pytest.mark.parametrize(
+    ("shape", "affine", "channels_last", "tangents"),
+    [
+        ((8, 5, 6, 6), True, False, "x,w,b"),
+        ((8, 5, 6, 6), True, False, "x"),
+        ((8, 5, 6, 6), True, False, "w,b"),
+        ((8, 5, 6, 6), False, False, "x"),
+        ((8, 5, 6, 6), True, True, "x,w,b"),
+        ((7, 3), True, False, "x,w,b"),
+        ((4, 3, 5), True, False, "x,w"),
+    ],
+)
+def test_batch_norm_jvp_equals_torchs_forward_mode(shape, affine, channels_last, tangents):
+    """:class:`~kdlab.methods.fusion.BatchNormJvp`: training-mode batch norm's primal is torch's bit for bit and its
+    tangent torch's own forward-mode derivative (float64), whichever of input, weight and bias carry tangents."""
+    import torch.autograd.forward_ad as fwad
+
+    from kdlab.methods.fusion import BatchNormJvp
+
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(3)
+    c = shape[1]
+    x = torch.randn(*shape)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    w, b = (torch.randn(c), torch.randn(c)) if affine else (None, None)
+    dx, dw, db = torch.randn_like(x), torch.randn(c), torch.randn(c)
+
+    def run(mode):
+        with torch.no_grad(), fwad.dual_level(), mode:
+            xi = fwad.make_dual(x, dx) if "x" in tangents else x
+            wi = fwad.make_dual(w, dw) if affine and "w" in tangents else w
+            bi = fwad.make_dual(b, db) if affine and "b" in tangents else b
+            out = F.batch_norm(xi, torch.zeros(c), torch.ones(c), wi, bi, training=True, eps=1e-5)
+            primal, tangent = fwad.unpack_dual(out)
+            return primal, torch.zeros_like(primal) if tangent is None else tangent
+
+    ref_primal, ref_tangent = run(contextlib.nullcontext())
+    primal, tangent = run(BatchNormJvp())
+    assert torch.equal(primal, ref_primal)
+    torch.testing.assert_close(tangent, ref_tangent, rtol=1e-10, atol=1e-12)
+    assert ref_tangent.abs().max() > 0.1
+
+
+def test_batch_norm_jvp_leaves_eval_mode_batch_norm_to_torch():
+    from kdlab.methods.fusion import BatchNormJvp
+
+    x, mean, var = torch.randn(6, 3, 4, 4), torch.randn(3), torch.rand(3) + 0.5
+    with BatchNormJvp():
+        out = F.batch_norm(x, mean, var, training=False)
+    assert torch.equal(out, F.batch_norm(x, mean, var, training=False))

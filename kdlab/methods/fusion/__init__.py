@@ -7,8 +7,9 @@ method (``kd``, ``dkd``, ``dist``), one file per policy family over a shared bas
   the teacher's margin), :mod:`~kdlab.methods.fusion.wls` (``wls_kd``, weighted soft labels): fixed policies;
 - :mod:`~kdlab.methods.fusion.learned` (:class:`RatioNet`, :class:`LearnedFusion`) and
   :mod:`~kdlab.methods.fusion.hypergradient` (:class:`HypergradientStep`, the one-step-unrolled hypergradient
-  solver): learned policies, trained on a held-out split; :mod:`~kdlab.methods.fusion.rw` (``rw_kd``) is one,
-  ``tgeo_kd`` (:mod:`kdlab.methods.tgeo_kd`) the other.
+  solver; :mod:`~kdlab.methods.fusion.jvp`, its cheaper exact batch-norm tangent): learned policies, trained on a
+  held-out split; :mod:`~kdlab.methods.fusion.rw` (``rw_kd``) is one, ``tgeo_kd`` (:mod:`kdlab.methods.tgeo_kd`)
+  the other.
 
 Every public name of these modules is re-exported here (``from kdlab.methods.fusion import SampleFusion``).
 """
@@ -19,6 +20,7 @@ from kdlab.methods.fusion.ada import MarginFusion
 from kdlab.methods.fusion.anl import AnnealedFusion
 from kdlab.methods.fusion.base import CLASS_STATS_MAX, SAMPLE_FORMS, SampleFusion, SampleTerms
 from kdlab.methods.fusion.hypergradient import HypergradientStep
+from kdlab.methods.fusion.jvp import BatchNormJvp
 from kdlab.methods.fusion.learned import LearnedFusion, RatioNet
 from kdlab.methods.fusion.rw import ReweightFusion
 from kdlab.methods.fusion.wls import WeightedSoftLabelFusion
@@ -27,6 +29,7 @@ __all__ = [
     "CLASS_STATS_MAX",
     "SAMPLE_FORMS",
     "AnnealedFusion",
+    "BatchNormJvp",
     "HypergradientStep",
     "LearnedFusion",
     "MarginFusion",

@@ -28,6 +28,7 @@ from kdlab import distributed
 from kdlab.losses import fusion as fusion_losses
 from kdlab.methods.base import AuxObjective
 from kdlab.methods.fusion.base import SampleTerms
+from kdlab.methods.fusion.jvp import BatchNormJvp
 from kdlab.methods.heldout import HeldoutStream
 from kdlab.types import Batch, StepIO
 
@@ -128,7 +129,7 @@ class HypergradientStep(AuxObjective):
         # 3. <v, grad_theta K_i> and <v, grad_theta G_i> for every sample: one forward-mode pass along v (dual
         # numbers; no_grad keeps autograd from recording the pass, forward-mode derivatives still flow); its primal
         # is the training batch's forward at theta, which gives the weights when step 1 did not run
-        with torch.no_grad(), fwad.dual_level():
+        with torch.no_grad(), fwad.dual_level(), BatchNormJvp():  # BatchNormJvp: batch norm's exact, cheaper tangent
             duals = _make_duals(theta, v)
             along_io, along = train_terms(*duals)
             d_kd, d_gt = (_tangent(fwad.unpack_dual(term)) for term in (along.kd, along.gt))
