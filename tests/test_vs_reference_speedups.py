@@ -54,6 +54,27 @@ def test_resnet_block_in_place_sum_is_bitwise_the_out_of_place_sum(c_in, c_out, 
         assert torch.equal(block.eval()(x), _out_of_place(ref_block.eval(), x_ref))
 
 
+@pytest.mark.parametrize(("c_in", "c_out", "stride"), [(8, 8, 1), (8, 16, 2)])
+def test_option_a_block_in_place_sum_is_bitwise_the_out_of_place_sum(c_in, c_out, stride):
+    from kdlab.models.cifar.resnet_option_a import _BlockA, option_a_shortcut
+
+    torch.manual_seed(1)
+    block = _BlockA(c_in, c_out, stride).train()
+    ref_block = copy.deepcopy(block)
+    x = torch.randn(4, c_in, 8, 8, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out = block(x)
+    h = ref_block.bn2(ref_block.conv2(F.relu(ref_block.bn1(ref_block.conv1(x_ref)), inplace=True)))
+    ref = h + option_a_shortcut(x_ref, c_out, stride)
+    assert torch.equal(out, ref)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    (ref * w).sum().backward()
+    assert torch.equal(x.grad, x_ref.grad)
+    for p, p_ref in zip(block.parameters(), ref_block.parameters()):
+        assert torch.equal(p.grad, p_ref.grad)
+
+
 def _unfused(a, p, u, q):
     """The relation term as :func:`kdlab.losses.kdsvd` computed it before the fusion."""
     s_rbf = torch.exp(-(a[:, :, None, :] - p[:, None, :, :]).pow(2) / 8)

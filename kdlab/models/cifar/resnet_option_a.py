@@ -78,7 +78,7 @@ class _BlockA(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = F.relu(self.bn1(self.conv1(x)), inplace=True)
         h = self.bn2(self.conv2(h))
-        return h + option_a_shortcut(x, self.c_out, self.stride)
+        return h.add_(option_a_shortcut(x, self.c_out, self.stride))  # in place on the BN output, as resnet_crd
 
 
 class OptionAResNet(CifarResNet):
