@@ -461,6 +461,7 @@ def format_markdown(result: dict) -> str:
         "",
         f"    {result['command']}",
         "",
+        *([result["note"], ""] if result.get("note") else []),
         f"{result['teacher']} -> {result['student']}, batch {result['batch_size']}, {result['threads']} thread(s) "
         f"per side, CPU ({result['cpu_count']} cores, {result['platform']}); mdistiller "
         f"{result['reference_commit'] or '(commit not given)'}. {result['rounds']} interleaved rounds of "
@@ -541,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-data", type=int, default=50000, help="CRD memory bank rows (both sides)")
     p.add_argument("--out", help="write <out>.json and <out>.md")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="combine the JSON results of runs (no measuring)")
+    p.add_argument("--note", help="a sentence printed under the table's title (e.g. the machine's state)")
     p.add_argument("--worker", choices=["kdlab", "reference"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -553,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, KeyError, UsageError) as err:
             print(f"vs_reference --merge: {err}", file=sys.stderr)
             return 2
+        if args.note:
+            result["note"] = args.note
         return _write(result, args.out)
     args.allocators_given = args.allocators is not None
     args.allocators = args.allocators or ",".join(ALLOCATORS)
@@ -566,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"vs_reference: {err}", file=sys.stderr)
         return 2
+    if args.note:
+        result["note"] = args.note
     return _write(result, args.out)
 
 
