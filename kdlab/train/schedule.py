@@ -32,10 +32,13 @@ per epoch (a staircase); kdlab's rises every step.
 
 from __future__ import annotations
 
+import logging
 import math
 
 from kdlab.config import OptimConfig
 from kdlab.types import Progress
+
+log = logging.getLogger("kdlab")
 
 #: The granularity ``optim.schedule_updates: auto`` gives each schedule.
 AUTO_UPDATES = {"step": "epoch", "constant": "epoch", "cosine": "step", "exp_step": "step", "poly": "step"}
@@ -107,4 +110,30 @@ def learning_rate(cfg: OptimConfig, progress: Progress) -> float:
     return lr
 
 
-__all__ = ["AUTO_UPDATES", "learning_rate", "schedule_epochs", "schedule_updates", "warmup_epochs"]
+def warn_if_warmup_outlasts_run(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> str | None:
+    """Log (and return) a warning when the warm-up is at least as long as the run: the learning rate then never
+    reaches ``optim.lr`` (e.g. the COCO 1x recipe's 500-step warm-up in a 240-step smoke run stays below half of
+    ``lr``); None when it fits."""
+    total = steps_per_epoch * epochs
+    warm = cfg.warmup_steps or cfg.warmup_epochs * steps_per_epoch
+    if warm <= 0 or total <= 0 or warm < total:
+        return None
+    last = Progress(total - 1, epochs - 1, steps_per_epoch - 1, steps_per_epoch, epochs)
+    peak = learning_rate(cfg, last)
+    msg = (
+        f"the warm-up ({warm:g} steps) is not shorter than the run ({total} steps of {epochs} epochs): the learning "
+        f"rate ends at {peak:.3g}, below optim.lr={cfg.lr:g}; shorten optim.warmup_steps / optim.warmup_epochs for "
+        "a short run"
+    )
+    log.warning(msg)
+    return msg
+
+
+__all__ = [
+    "AUTO_UPDATES",
+    "learning_rate",
+    "schedule_epochs",
+    "schedule_updates",
+    "warmup_epochs",
+    "warn_if_warmup_outlasts_run",
+]

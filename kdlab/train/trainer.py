@@ -54,7 +54,7 @@ from kdlab.train.header import log_header
 from kdlab.train.optim import make_optimizer
 from kdlab.train.provenance import git_commit, versions
 from kdlab.train.runrecord import RunExistsError, check_resume_config, move_aside, repair_metrics
-from kdlab.train.schedule import learning_rate
+from kdlab.train.schedule import learning_rate, warn_if_warmup_outlasts_run
 from kdlab.train.state import TrainerCheckpointMixin
 from kdlab.train.step import TrainerStepMixin, TrainStep, functional_student_outputs
 from kdlab.train.strategy import check_strategy
@@ -199,6 +199,7 @@ class Trainer(
         self.metric_names = run_metrics(cfg, r.splits)
         self.aux = list(r.method.aux_objectives())
         self.steps_per_epoch = r.data.steps_per_epoch()
+        warn_if_warmup_outlasts_run(cfg.optim, self.steps_per_epoch, cfg.train.epochs)  # e.g. a 1x recipe shortened
         # the method's own stages (if any) run first, then the main stage of `train.epochs`
         self.stages = [*r.method.stages(), Stage(MAIN_STAGE, cfg.train.epochs, trains="all")]
         names = [st.name for st in self.stages]
