@@ -113,7 +113,7 @@ def run(
         b = _batch(g, batch, size)
         start = time.perf_counter()
         with torch.inference_mode():
-            t_logits, t_taps = teacher.forward_taps(b.x, sorted(needs.teacher_taps))
+            t_logits, t_taps = teacher.forward_taps(b.x, sorted(needs.teacher_taps), logits=needs.teacher_logits)
         t_out = Outputs(t_logits.clone(), {k: v.clone() for k, v in t_taps.items()})
         mid = time.perf_counter()
         s_logits, s_taps = student.forward_taps(b.x, sorted(needs.student_taps))
