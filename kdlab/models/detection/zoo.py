@@ -23,9 +23,9 @@ _TINY_RCNN = {
 }
 #: Anchor base sizes of the tiny variants (64x64 images hold objects of 8-48 pixels). On tests/coco_tiny.py's boxes
 #: (6-40 x 4-31 px) every box gets its best anchor through torchvision's low-quality matches (82 % at IoU >= 0.4).
-#: From scratch the tiny RetinaNet needs a schedule that fits a short run: the COCO 1x recipe's 500-step warm-up and
-#: epoch-8/11 LR steps leave a 240-step run at lr 5e-5 and 0 mAP; no warm-up, lr 0.05 at batch 4 and late steps reach
-#: a nonzero mAP in the same 240 steps (tests/test_detection_short_run.py).
+#: From scratch the tiny RetinaNet needs a schedule that fits a short run: the COCO 1x recipe's lr 0.01, 500-step
+#: warm-up and epoch-8/11 LR steps leave a 240-step run at 0 mAP (it ends at lr 5e-5); no warm-up, lr 0.05 at batch 4
+#: and late steps reach a nonzero mAP in the same 240 steps (tests/test_detection_short_run.py).
 _TINY_ANCHORS = (8, 16, 32, 64, 128)
 _TINY_FPN = 16
 
