@@ -160,6 +160,11 @@ def markdown(result: dict) -> str:
         "Gain = fp32 step time / bf16 + channels_last step time (> 1: bf16 + channels_last is faster). Layout PxT: "
         "P processes side by side, T threads each; images/s is the machine's (all processes).",
         "",
+        *(
+            [f"Partial: the cells {', '.join(result['cells_pending'])} did not run (stopped before them).", ""]
+            if result.get("cells_pending")
+            else []
+        ),
         "| batch | layout | fp32 step (s) | bf16+cl step (s) | gain | fp32 images/s | bf16+cl images/s |",
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
@@ -211,34 +216,43 @@ def main() -> None:
     command = f"python benchmarks/precision_gain.py --cells {args.cells} --rounds {args.rounds} --steps {args.steps}"
     load0 = os.getloadavg()
     t0 = time.perf_counter()
-    rows = []
+    rows: list[dict] = []
+
+    def write(done: bool) -> str:
+        """The report so far: written after every cell, so a long run on a loaded machine leaves its finished cells
+        (``cells_pending`` lists the rest)."""
+        result = {
+            "benchmark": "bf16 + channels_last vs fp32, KD step",
+            "command": command,
+            "teacher": "resnet32x4",
+            "student": "resnet8x4",
+            "method": "kd",
+            "rounds": args.rounds,
+            "steps_per_phase": args.steps,
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+            "cpu": _cpu_flags(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "load_average_start": list(load0),
+            "load_average_end": list(os.getloadavg()),
+            "wall_s": time.perf_counter() - t0,
+            "complete": done,
+            "cells_pending": [f"{bs}:{pr}x{th}" for bs, pr, th in cells[len(rows) :]],
+            "rows": rows,
+        }
+        text = markdown(result)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        if args.md:
+            Path(args.md).write_text(text)
+        return text
+
     for bs, procs, threads in cells:
         rows.append(run_layout(procs, threads, bs, args.rounds, args.steps))
         r = rows[-1]
         logging.getLogger("kdlab").warning("batch %d layout %s: gain %.2f", bs, r["layout"], r["gain"])
-    result = {
-        "benchmark": "bf16 + channels_last vs fp32, KD step",
-        "command": command,
-        "teacher": "resnet32x4",
-        "student": "resnet8x4",
-        "method": "kd",
-        "rounds": args.rounds,
-        "steps_per_phase": args.steps,
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "cpu": _cpu_flags(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "load_average_start": list(load0),
-        "load_average_end": list(os.getloadavg()),
-        "wall_s": time.perf_counter() - t0,
-        "rows": rows,
-    }
-    text = markdown(result)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    if args.md:
-        Path(args.md).write_text(text)
-    print(text)
+        write(len(rows) == len(cells))
+    print(write(True))
 
 
 if __name__ == "__main__":
