@@ -18,7 +18,9 @@ Methods (``--methods``, labels of :data:`VARIANTS`): ``ce``, ``kd``, ``tekap(kd)
 (``--controls``): ``kd[holdout]`` (kd trained on the same 90 % of the training subset as tgeo_kd, the other 10 %
 unused), ``tgeo_kd[pool]`` (tgeo_kd whose held-out split comes from extra images of a separate pool, so it trains on
 as many images as kd), ``kd[holdout,drop_last]`` (kd[holdout] without the epoch's last partial batch) and
-``tgeo_kd[init=inner]`` (tgeo_kd whose ratio starts at the inner kd's own 0.9 instead of 0.5).
+``tgeo_kd[init=inner]`` (tgeo_kd whose ratio starts at the inner kd's own 0.9 instead of 0.5); and the controls of
+CRD's memory, paired with ``crd``: ``crd[k=64]`` (64 negatives instead of the clamped 16384), ``crd[m=0]`` and
+``crd[m=0.9]`` (memory momentum 0 or 0.9 instead of 0.5). :data:`CONTROL_NOTES` describes each in the report.
 
 Runs go seed by seed (every label's seed 0, in :data:`RUN_ORDER`, before any seed 1), ``--jobs`` at a time, each
 in its own process with ``train.threads`` = ``--threads``; finished runs are reused and interrupted ones resumed when
