@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     args.allocators = args.allocators or ",".join(ALLOCATORS)
     cmd_args = list(sys.argv[1:] if argv is None else argv)
     for i in range(1, len(cmd_args)):  # the record names no path of this machine
-        if cmd_args[i - 1] in ("--reference-dir", "--tcmalloc"):
+        if cmd_args[i - 1] in ("--reference-dir", "--tcmalloc", "--out"):
             cmd_args[i] = "<" + cmd_args[i - 1].lstrip("-").upper().replace("-", "_") + ">"
     args.command = "python benchmarks/vs_reference.py " + " ".join(shlex.quote(a) for a in cmd_args)
     try:
