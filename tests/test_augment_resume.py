@@ -18,6 +18,7 @@ def _b3(tmp_path, *overrides: str):
         [
             "data.name=synthetic", "data.image_size=32", "data.num_classes=5", "data.train_size=80",
             "data.test_size=20", "data.batch_size=16", "data.workers=0", "model.student=convnet_xs",
+            "model.student_drop_path=null",  # B3's Swin-T stochastic depth: convnet_xs has none (refused)
             "model.teachers.0.name=convnet_xs", "method.name=kd", "optim.warmup_epochs=0", "train.epochs=2",
             "train.ema_decay=0.9", "train.device=cpu", "train.threads=1", f"train.run_dir={tmp_path}",
             "log.progress=off", *overrides,
