@@ -44,7 +44,8 @@ from torch import Tensor
 
 from kdlab.config import ConfigError, DataConfig
 from kdlab.data.base import DataError
-from kdlab.data.streaming import WorkerPlan, _Schedule, load_rgb
+from kdlab.data.file_loader import FileSetLoader
+from kdlab.data.streaming import load_rgb
 from kdlab.seeding import derive_seed
 from kdlab.types import DEFAULT_VIEW, Batch
 
@@ -301,7 +302,7 @@ def _collate(items: list) -> tuple[Tensor, Tensor, Tensor]:
     return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), torch.tensor([i for *_, i in items])
 
 
-class DenseLoader(WorkerPlan):
+class DenseLoader(FileSetLoader):
     """Batches of a :class:`DenseSplits` dataset (the interface of :class:`~kdlab.data.streaming.StreamingLoader`).
 
     Args:
@@ -315,6 +316,9 @@ class DenseLoader(WorkerPlan):
         rank, world_size: this process's part of each global batch (or call :meth:`shard` later).
     """
 
+    task = "segmentation"
+    collate = staticmethod(_collate)
+
     def __init__(
         self,
         splits: DenseSplits,
@@ -326,41 +330,13 @@ class DenseLoader(WorkerPlan):
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if cfg.workers < 0:
-            raise DataError(f"data.workers={cfg.workers} must be >= 0 (0 decodes in the training process)")
-        self.cfg = cfg
-        self.device = device
-        self.seed = seed
-        self.name = splits.name
-        self.rank, self.world_size = 0, 1
-        self.shard(rank, world_size)
-        self.views = views
-        self.num_classes = splits.num_classes
-        self.input_size = splits.input_size
+        self._setup(splits, cfg, device, seed, views, holdout_fraction, rank, world_size)
         self.table = splits.label_map
-        train = splits.train
-        self.val: PairSet | None = splits.val
-        fraction = cfg.val_fraction or holdout_fraction
-        if self.val is None and fraction > 0:
-            g = torch.Generator().manual_seed(cfg.split_seed)
-            perm = torch.randperm(len(train), generator=g)
-            n_val = max(1, round(fraction * len(train)))
-            self.val = train.subset(perm[:n_val].sort().values)
-            train = train.subset(perm[n_val:].sort().values)
-        self.train = train
-        self.test = splits.test
         self._check_batch_sizes()
-        self._train_labels = torch.zeros(len(train), dtype=torch.long, device=device)
-        mean = torch.tensor(splits.mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(splits.std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
-        self._scale = 1.0 / (255.0 * std)
-        self._shift = mean / std
-        self._pin = device.type == "cuda"
         fill = tuple(round(255 * m) for m in splits.mean)
         self._fill = fill
-        self._schedule = _Schedule()
         transform = PairTransform(self.table, splits.crop_size, splits.scale_range, fill, train=True)
-        self._train_loader = self._loader(_PairDataset(train, transform, seed), self._schedule, persistent=True)
+        self._train_loader = self._loader(_PairDataset(self.train, transform, seed), self._schedule, persistent=True)
         self._crop = splits.crop_size
         self._scale_range = splits.scale_range
 
@@ -383,39 +359,9 @@ class DenseLoader(WorkerPlan):
                 "least 2 per process: raise data.batch_size or set data.drop_last=true"
             )
 
-    @property
-    def views(self) -> tuple[str, ...]:
-        return self._views
-
-    @views.setter
-    def views(self, views: tuple[str, ...]) -> None:
-        extra = [v for v in views if v != DEFAULT_VIEW]
-        if extra:
-            raise ConfigError(
-                f"the method needs view(s) {extra} (extra image augmentations), which the segmentation dataset "
-                f"{self.name!r} does not provide; choose a method without extra views"
-            )
-        self._views = tuple(views)
-
-    def _loader(self, dataset, sampler, persistent: bool = False) -> torch.utils.data.DataLoader:
-        # its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG, which would
-        # shift the model's dropout masks after a mid-epoch resume (one extra iterator is created then)
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            num_workers=self.cfg.workers,
-            collate_fn=_collate,
-            pin_memory=self._pin,
-            persistent_workers=persistent and self.cfg.workers > 0,
-            generator=torch.Generator().manual_seed(self.seed),
-        )
-
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """Augmented training batches of ``epoch``, from ``start_step`` (a mid-epoch resume)."""
-        order = self.epoch_order(epoch)
-        steps = range(start_step, self.steps_per_epoch())
-        self._schedule.batches = [[(int(i), epoch) for i in self.step_indices(epoch, s, order)] for s in steps]
-        for _, (x, y, index) in zip(steps, self._train_loader):
+        for _, (x, y, index) in zip(self._schedule_epoch(epoch, start_step), self._train_loader):
             yield Batch(x=self.normalize(self._to_device(x)), y=self._to_device(y), index=self._to_device(index))
 
     def eval_batches(self, split: str = "test", limit: int | None = None, shard: bool = False) -> Iterator[Batch]:

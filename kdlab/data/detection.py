@@ -57,7 +57,8 @@ from torch import Tensor
 
 from kdlab.config import ConfigError, DataConfig
 from kdlab.data.base import DataError
-from kdlab.data.streaming import WorkerPlan, _Schedule, load_rgb
+from kdlab.data.file_loader import FileSetLoader
+from kdlab.data.streaming import load_rgb
 from kdlab.seeding import derive_seed
 from kdlab.types import DEFAULT_VIEW, Batch
 
@@ -344,7 +345,7 @@ def collate_detection(items: list[tuple[dict, int]]) -> dict[str, Tensor]:
     }
 
 
-class DetectionLoader(WorkerPlan):
+class DetectionLoader(FileSetLoader):
     """Batches of a :class:`DetectionSplits` dataset (the interface of :class:`~kdlab.data.dense.DenseLoader`).
 
     Args:
@@ -358,6 +359,9 @@ class DetectionLoader(WorkerPlan):
         rank, world_size: this process's part of each global batch (or call :meth:`shard` later).
     """
 
+    task = "detection"
+    collate = staticmethod(collate_detection)
+
     def __init__(
         self,
         splits: DetectionSplits,
@@ -369,65 +373,10 @@ class DetectionLoader(WorkerPlan):
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if cfg.workers < 0:
-            raise DataError(f"data.workers={cfg.workers} must be >= 0 (0 decodes in the training process)")
-        self.cfg = cfg
-        self.device = device
-        self.seed = seed
-        self.name = splits.name
-        self.rank, self.world_size = 0, 1
-        self.shard(rank, world_size)
-        self.views = views
-        self.num_classes = splits.num_classes
-        self.input_size = splits.input_size
-        train = splits.train
-        self.val: BoxSet | None = splits.val
-        fraction = cfg.val_fraction or holdout_fraction
-        if self.val is None and fraction > 0:
-            g = torch.Generator().manual_seed(cfg.split_seed)
-            perm = torch.randperm(len(train), generator=g)
-            n_val = max(1, round(fraction * len(train)))
-            self.val = train.subset(perm[:n_val].sort().values)
-            train = train.subset(perm[n_val:].sort().values)
-        self.train = train
-        self.test = splits.test
-        self._train_labels = torch.zeros(len(train), dtype=torch.long, device=device)
-        mean = torch.tensor(splits.mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(splits.std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
-        self._scale = 1.0 / (255.0 * std)
-        self._shift = mean / std
-        self._pin = device.type == "cuda"
+        self._setup(splits, cfg, device, seed, views, holdout_fraction, rank, world_size)
         self._sizes = (splits.min_size, splits.max_size)
-        self._schedule = _Schedule()
         transform = DetectionTransform(*self._sizes, flip=cfg.augment in ("flip", "crop_flip"))
-        self._train_loader = self._loader(_BoxDataset(train, transform, seed), self._schedule, persistent=True)
-
-    @property
-    def views(self) -> tuple[str, ...]:
-        return self._views
-
-    @views.setter
-    def views(self, views: tuple[str, ...]) -> None:
-        extra = [v for v in views if v != DEFAULT_VIEW]
-        if extra:
-            raise ConfigError(
-                f"the method needs view(s) {extra} (extra image augmentations), which the detection dataset "
-                f"{self.name!r} does not provide; choose a method without extra views"
-            )
-        self._views = tuple(views)
-
-    def _loader(self, dataset, sampler, persistent: bool = False) -> torch.utils.data.DataLoader:
-        # its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG (dropout masks
-        # would shift after a mid-epoch resume)
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            num_workers=self.cfg.workers,
-            collate_fn=collate_detection,
-            pin_memory=self._pin,
-            persistent_workers=persistent and self.cfg.workers > 0,
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+        self._train_loader = self._loader(_BoxDataset(self.train, transform, seed), self._schedule, persistent=True)
 
     def to_batch(self, cpu: dict[str, Tensor]) -> Batch:
         """A collated CPU batch (:func:`collate_detection`) on the device: images normalised, padding zeroed."""
@@ -448,10 +397,7 @@ class DetectionLoader(WorkerPlan):
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """Training batches of ``epoch`` (resized, flipped, padded), from ``start_step`` (a mid-epoch resume)."""
-        order = self.epoch_order(epoch)
-        steps = range(start_step, self.steps_per_epoch())
-        self._schedule.batches = [[(int(i), epoch) for i in self.step_indices(epoch, s, order)] for s in steps]
-        for _, cpu in zip(steps, self._train_loader):
+        for _, cpu in zip(self._schedule_epoch(epoch, start_step), self._train_loader):
             yield self.to_batch(cpu)
 
     def eval_batches(self, split: str = "test", limit: int | None = None, shard: bool = False) -> Iterator[Batch]:

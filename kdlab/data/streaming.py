@@ -223,8 +223,9 @@ class _Schedule:
 
 class WorkerPlan(BatchPlan):
     """The epoch order and per-rank step indices shared by the loaders whose samples are decoded in worker
-    processes (:class:`StreamingLoader`, :class:`kdlab.data.dense.DenseLoader`): a seeded permutation per epoch,
-    cut by :meth:`BatchPlan.step_slice`, each rank taking its contiguous part. Subclasses set ``train``,
+    processes (:class:`StreamingLoader`; the dense and detection loaders through
+    :class:`kdlab.data.file_loader.FileSetLoader`): a seeded permutation per epoch, cut by
+    :meth:`BatchPlan.step_slice`, each rank taking its contiguous part. Subclasses set ``train``,
     ``_train_labels``, ``seed``, ``device`` and ``_pin``."""
 
     @property
