@@ -20,7 +20,8 @@ unused), ``tgeo_kd[pool]`` (tgeo_kd whose held-out split comes from extra images
 as many images as kd), ``kd[holdout,drop_last]`` (kd[holdout] without the epoch's last partial batch) and
 ``tgeo_kd[init=inner]`` (tgeo_kd whose ratio starts at the inner kd's own 0.9 instead of 0.5); and the controls of
 CRD's memory, paired with ``crd``: ``crd[k=64]`` (64 negatives instead of the clamped 16384), ``crd[m=0]`` and
-``crd[m=0.9]`` (memory momentum 0 or 0.9 instead of 0.5). :data:`CONTROL_NOTES` describes each in the report.
+``crd[m=0.9]`` (memory momentum 0 or 0.9 instead of 0.5); and two controls of the logit methods, paired with their
+method: ``dkd[beta=2]`` (the authors' NCKD weight for thin-ResNet pairs) and ``mlkd[T=4]`` (one temperature). :data:`CONTROL_NOTES` describes each in the report.
 
 Runs go seed by seed (every label's seed 0, in :data:`RUN_ORDER`, before any seed 1), ``--jobs`` at a time, each
 in its own process with ``train.threads`` = ``--threads``; finished runs are reused and interrupted ones resumed when
@@ -95,6 +96,9 @@ VARIANTS: dict[str, tuple[dict, object]] = {
     "crd[k=64]": ({"name": "crd", "num_negatives": 64}, None),
     "crd[m=0]": ({"name": "crd", "momentum": 0.0}, None),
     "crd[m=0.9]": ({"name": "crd", "momentum": 0.9}, None),
+    # controls of the logit methods that lose to the student: DKD's NCKD weight, MLKD's temperature sum
+    "dkd[beta=2]": ({"name": "dkd", "beta": 2.0}, None),
+    "mlkd[T=4]": ({"name": "mlkd", "extra_temperatures": []}, None),
 }
 DEFAULT_METHODS = "ce,kd,tekap(kd),dist,dkd,mlkd,crd,simkd,tgeo_kd,anl_kd,ada_kd,wls_kd,rw_kd"
 DEFAULT_CONTROLS = "kd[holdout],kd[holdout,drop_last],tgeo_kd[pool],tgeo_kd[init=inner]"
@@ -111,7 +115,7 @@ def split_labels(text: str) -> list[str]:
 #: partial table has as many methods as possible.
 RUN_ORDER = split_labels(
     "ce,kd,simkd,crd,dkd,mlkd,dist,tekap(kd),anl_kd,ada_kd,wls_kd,tgeo_kd,rw_kd,kd[holdout],tgeo_kd[pool],"
-    "crd[k=64],crd[m=0],crd[m=0.9],kd[holdout,drop_last],tgeo_kd[init=inner]"
+    "crd[k=64],crd[m=0],crd[m=0.9],kd[holdout,drop_last],tgeo_kd[init=inner],dkd[beta=2],mlkd[T=4]"
 )
 #: control -> (what it is compared with, paired by seed)
 CONTROL_PAIRS = {
@@ -122,6 +126,8 @@ CONTROL_PAIRS = {
     "crd[k=64]": "crd",
     "crd[m=0]": "crd",
     "crd[m=0.9]": "crd",
+    "dkd[beta=2]": "dkd",
+    "mlkd[T=4]": "mlkd",
 }
 #: control -> what it is (the report's note under the controls' table)
 CONTROL_NOTES = {
@@ -133,6 +139,10 @@ CONTROL_NOTES = {
     "images of the other classes)",
     "crd[m=0]": "crd whose memory rows are replaced by the latest embedding (momentum 0 instead of 0.5)",
     "crd[m=0.9]": "crd whose memory rows move slowly (momentum 0.9)",
+    "dkd[beta=2]": "dkd with NCKD weight beta 2, the authors' value for their thin-ResNet pairs (resnet56 -> resnet20, "
+    "resnet110 -> resnet32 in mdistiller's configs) instead of the registered 8 (their resnet32x4 -> resnet8x4 value)",
+    "mlkd[T=4]": "mlkd at the single temperature 4 (no extra temperatures 3, 5, 2, 6: a fifth of the instance-level "
+    "weight), both views kept",
 }
 FUSION = ("tgeo_kd", "rw_kd", "anl_kd", "ada_kd", "wls_kd", "tgeo_kd[pool]", "tgeo_kd[init=inner]")
 
