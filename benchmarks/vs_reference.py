@@ -34,6 +34,12 @@ run's time is the median of its timed steps; the ratio of a round is mdistiller'
 images/s ÷ mdistiller images/s); the reported ratio is the median over rounds, the images/s the median over every
 timed step.
 
+Memory format (``--kdlab-layouts``): kdlab runs every method twice per round, in the reference's NCHW format (the
+comparison at identical numerics: the same oneDNN convolutions in the same order) and with ``train.channels_last``
+(kdlab's fp32 fast path on the CPU: oneDNN convolves channels-last tensors without reordering them to its blocked
+format and back; mdistiller has no such switch); both are paired with the same mdistiller run of the round, and the
+channels-last ratios get a table of their own.
+
 Threads: each side runs on ``--threads`` intra-op threads, as its trainer would. On the CPU, MKL's LAPACK routines
 on small batched matrices do not gain from a second thread and lose much (KDSVD's eigendecompositions measured 54x
 the CPU time on two threads); kdlab runs its one LAPACK call of a training step single-threaded
@@ -106,6 +112,9 @@ METHODS: dict[str, Pair] = {
     "vid": Pair("vid", "VID", "configs/cifar100/vid.yaml"),
 }
 ALLOCATORS = ("system", "tcmalloc")
+#: kdlab's memory formats: ``nchw`` (the reference's, the comparison at identical numerics) and ``channels_last``
+#: (``train.channels_last``, kdlab's fp32 fast path on oneDNN CPUs; mdistiller has no such switch)
+LAYOUTS = ("nchw", "channels_last")
 
 
 class UsageError(Exception):
@@ -138,7 +147,7 @@ def _kdlab_runner(threads: int, num_data: int):
     trainer_module.time = types.SimpleNamespace(perf_counter=perf_counter)
     tmp = tempfile.mkdtemp(prefix="kdlab_vs_reference_")
 
-    def run(label: str, warmup: int, steps: int) -> dict[str, list[float]]:
+    def run(label: str, warmup: int, steps: int, channels_last: bool = False) -> dict[str, list[float]]:
         pair = METHODS[label]
         recipe_file = ROOT / "configs" / "cifar100" / pair.recipe / "resnet32x4__resnet8x4.yaml"
         recipe = yaml.safe_load(recipe_file.read_text())
@@ -148,6 +157,7 @@ def _kdlab_runner(threads: int, num_data: int):
         if label == "crd":
             cfg.data.train_size = num_data
             cfg.train.max_steps = n
+        cfg.train.channels_last = channels_last
         trainer = Trainer(cfg, force=True)
         readings.clear()
         trainer.fit()
@@ -261,7 +271,8 @@ def worker_main(args: argparse.Namespace) -> None:
     for line in sys.stdin:
         req = json.loads(line)
         try:
-            out = run(req["method"], req["warmup"], req["steps"])
+            extra = {"channels_last": True} if req.get("channels_last") else {}
+            out = run(req["method"], req["warmup"], req["steps"], **extra)
         except Exception as err:  # reported to the parent, which stops with the message
             logging.getLogger("kdlab").exception("worker failed")
             out = {"error": f"{type(err).__name__}: {err}"}
@@ -306,8 +317,11 @@ class Worker:
             raise RuntimeError(f"worker {self.name}: {out['error']} (log: {self.log_path.read_text()[-3000:]})")
         return out
 
-    def run(self, method: str, warmup: int, steps: int) -> dict[str, list[float]]:
-        self.proc.stdin.write(json.dumps({"method": method, "warmup": warmup, "steps": steps}) + "\n")
+    def run(self, method: str, warmup: int, steps: int, channels_last: bool = False) -> dict[str, list[float]]:
+        req = {"method": method, "warmup": warmup, "steps": steps}
+        if channels_last:  # kdlab's side only: train.channels_last
+            req["channels_last"] = True
+        self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
         return self._read()
 
@@ -331,6 +345,10 @@ def check_requirements(args: argparse.Namespace) -> tuple[list[str], list[str], 
     bad = [a for a in allocators if a not in ALLOCATORS]
     if bad or not allocators:
         raise UsageError(f"unknown allocator(s) {bad or allocators}; choose from {', '.join(ALLOCATORS)}")
+    layouts = [x.strip() for x in args.kdlab_layouts.split(",") if x.strip()]
+    if "nchw" not in layouts or any(x not in LAYOUTS for x in layouts):
+        raise UsageError(f"--kdlab-layouts {args.kdlab_layouts!r}: nchw and optionally channels_last")
+    args.layouts = layouts
     if min(args.rounds, args.steps, args.threads) < 1 or args.warmup < 0:
         raise UsageError("--rounds, --steps and --threads must be >= 1 and --warmup >= 0")
     if args.num_data < 16500:
@@ -365,7 +383,8 @@ def measure(args: argparse.Namespace) -> dict:
     methods, allocators, lib = check_requirements(args)
     t_start = time.perf_counter()
     load_before = list(os.getloadavg())
-    times: dict = {a: {m: {"kdlab": [], "reference": []} for m in methods} for a in allocators}
+    sides = ["kdlab", *(["kdlab_cl"] if "channels_last" in args.layouts else []), "reference"]
+    times: dict = {a: {m: {s: [] for s in sides} for m in methods} for a in allocators}
     with tempfile.TemporaryDirectory() as log_dir:
         workers: dict[tuple[str, str], Worker] = {}
         try:
@@ -375,11 +394,12 @@ def measure(args: argparse.Namespace) -> dict:
             for w in workers.values():
                 w.run("kd", 0, 1)  # untimed: first-call costs of the process
             for r in range(args.rounds):
-                order = ("kdlab", "reference") if r % 2 == 0 else ("reference", "kdlab")
+                order = sides if r % 2 == 0 else sides[::-1]
                 for m in methods:
                     for a in allocators:
                         for side in order:
-                            t = workers[side, a].run(m, args.warmup, args.steps)
+                            worker = workers["reference" if side == "reference" else "kdlab", a]
+                            t = worker.run(m, args.warmup, args.steps, channels_last=side == "kdlab_cl")
                             times[a][m][side].append(t)
                         k, ref = (statistics.median(times[a][m][s][-1]["wall"]) for s in ("kdlab", "reference"))
                         kc, rc = (statistics.median(times[a][m][s][-1]["cpu"]) for s in ("kdlab", "reference"))
@@ -396,6 +416,18 @@ def measure(args: argparse.Namespace) -> dict:
                             ref / k,
                             rc / kc,
                         )
+                        if "kdlab_cl" in times[a][m]:
+                            cl = times[a][m]["kdlab_cl"][-1]
+                            logging.getLogger("kdlab").info(
+                                "round %d %s %s: kdlab channels_last %.3f s (cpu %.3f), ratio %.2f (cpu %.2f)",
+                                r + 1,
+                                m,
+                                a,
+                                statistics.median(cl["wall"]),
+                                statistics.median(cl["cpu"]),
+                                ref / statistics.median(cl["wall"]),
+                                rc / statistics.median(cl["cpu"]),
+                            )
                 if args.out:  # a partial record after every round (a long run stopped early keeps its rounds)
                     partial = _summary(args, methods, allocators, lib, times, r + 1, t_start, load_before, workers)
                     Path(args.out + ".partial.json").write_text(json.dumps(partial, indent=2) + "\n")
@@ -413,17 +445,13 @@ def _summary(args, methods, allocators, lib, times, rounds_done, t_start, load_b
         row: dict = {"method": m}
         for a in allocators:
             k_runs, r_runs = times[a][m]["kdlab"][:rounds_done], times[a][m]["reference"][:rounds_done]
-            cell = {}
-            for clock in ("wall", "cpu"):
-                k_t = [run[clock] for run in k_runs]
-                r_t = [run[clock] for run in r_runs]
-                ratios = [statistics.median(rr) / statistics.median(kk) for kk, rr in zip(k_t, r_t)]
-                suffix = "" if clock == "wall" else "_cpu"
-                cell["kdlab_images_per_s" + suffix] = BATCH / statistics.median([t for run in k_t for t in run])
-                cell["reference_images_per_s" + suffix] = BATCH / statistics.median([t for run in r_t for t in run])
-                cell["ratio" + suffix] = statistics.median(ratios)
-                cell["ratio_rounds" + suffix] = ratios
-            cell["kdlab_steps"], cell["reference_steps"] = k_runs, r_runs
+            cell = _ratio_cell(k_runs, r_runs)
+            for clock, suffix in (("wall", ""), ("cpu", "_cpu")):
+                r_t = [t for run in r_runs for t in run[clock]]
+                cell["reference_images_per_s" + suffix] = BATCH / statistics.median(r_t)
+            cell["reference_steps"] = r_runs
+            if "kdlab_cl" in times[a][m]:
+                cell["channels_last"] = _ratio_cell(times[a][m]["kdlab_cl"][:rounds_done], r_runs)
             row[a] = cell
         rows.append(row)
     return {
@@ -438,6 +466,7 @@ def _summary(args, methods, allocators, lib, times, rounds_done, t_start, load_b
         "warmup_steps": args.warmup,
         "timed_steps": args.steps,
         "num_data": args.num_data,
+        "kdlab_layouts": args.layouts,
         "allocators": {a: (Path(lib).name if a == "tcmalloc" else "glibc malloc") for a in allocators},
         "workers": {f"{s}/{a}": w.info for (s, a), w in workers.items()},
         "command": args.command,
@@ -449,6 +478,18 @@ def _summary(args, methods, allocators, lib, times, rounds_done, t_start, load_b
         "wall_s": time.perf_counter() - t_start,
         "rows": rows,
     }
+
+
+def _ratio_cell(k_runs: list[dict], r_runs: list[dict]) -> dict:
+    """kdlab's images/s and the per-round paired ratios (wall and cpu) of one kdlab variant against the reference."""
+    cell: dict = {"kdlab_steps": k_runs}
+    for clock, suffix in (("wall", ""), ("cpu", "_cpu")):
+        k_t, r_t = [run[clock] for run in k_runs], [run[clock] for run in r_runs]
+        ratios = [statistics.median(rr) / statistics.median(kk) for kk, rr in zip(k_t, r_t)]
+        cell["kdlab_images_per_s" + suffix] = BATCH / statistics.median([t for run in k_t for t in run])
+        cell["ratio" + suffix] = statistics.median(ratios)
+        cell["ratio_rounds" + suffix] = ratios
+    return cell
 
 
 def format_markdown(result: dict) -> str:
@@ -492,6 +533,27 @@ def format_markdown(result: dict) -> str:
                 f" {c['ratio_cpu']:.2f} |"
             )
         lines.append(line)
+    if any("channels_last" in row[a] for row in result["rows"] for a in allocs):
+        lines += [
+            "",
+            "kdlab's fp32 fast path on this CPU, `train.channels_last: true` (the same models, precision and method; "
+            "oneDNN convolves channels-last tensors without reordering them; mdistiller has no such switch), "
+            "against the same mdistiller runs as above (paired by round):",
+            "",
+            "| method |"
+            + "".join(f" kdlab channels_last img/s ({a}) | ratio wall ({a}) | ratio cpu ({a}) |" for a in allocs),
+            "|---|" + "---:|---:|---:|" * len(allocs),
+        ]
+        for row in result["rows"]:
+            line = f"| {row['method']} |"
+            for a in allocs:
+                c = row[a].get("channels_last")
+                line += (
+                    " - | - | - |"
+                    if c is None
+                    else (f" {c['kdlab_images_per_s']:.1f} | **{c['ratio']:.2f}** | {c['ratio_cpu']:.2f} |")
+                )
+            lines.append(line)
     lines += ["", "Allocators: " + "; ".join(f"{a}: {lib}" for a, lib in result["allocators"].items()) + "."]
     lines.append("")
     lines.append("Per-round ratios (wall / cpu):")
@@ -501,6 +563,13 @@ def format_markdown(result: dict) -> str:
             f"{a} " + ", ".join(f"{w:.2f}/{c:.2f}" for w, c in zip(row[a]["ratio_rounds"], row[a]["ratio_rounds_cpu"]))
             for a in allocs
         ]
+        for a in allocs:
+            c = row[a].get("channels_last")
+            if c is not None:
+                parts.append(
+                    f"{a} channels_last "
+                    + ", ".join(f"{w:.2f}/{x:.2f}" for w, x in zip(c["ratio_rounds"], c["ratio_rounds_cpu"]))
+                )
         lines.append(f"- {row['method']}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 
@@ -540,6 +609,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3, help="timed steps per run")
     p.add_argument("--threads", type=int, default=2, help="torch threads of each side")
     p.add_argument("--num-data", type=int, default=50000, help="CRD memory bank rows (both sides)")
+    p.add_argument(
+        "--kdlab-layouts",
+        default="nchw,channels_last",
+        help="kdlab's memory formats: nchw (the reference's) and channels_last (train.channels_last; default both)",
+    )
     p.add_argument("--out", help="write <out>.json and <out>.md")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="combine the JSON results of runs (no measuring)")
     p.add_argument("--note", help="a sentence printed under the table's title (e.g. the machine's state)")

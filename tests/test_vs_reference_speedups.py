@@ -197,6 +197,31 @@ def test_vs_reference_merges_runs_of_different_allocators(tmp_path):
     assert bench.main(["--merge", str(files[0]), str(files[0])]) == 2
 
 
+def test_vs_reference_ratio_cells_and_the_channels_last_table(tmp_path):
+    bench = _vs_reference()
+    k_runs = [{"wall": [1.0, 1.2], "cpu": [1.0, 1.0]}, {"wall": [2.0, 2.0], "cpu": [2.0, 2.0]}]
+    r_runs = [{"wall": [2.2, 2.2], "cpu": [2.0, 2.0]}, {"wall": [2.0, 2.0], "cpu": [1.0, 1.0]}]
+    cell = bench._ratio_cell(k_runs, r_runs)
+    # per round: reference median / kdlab median; the reported ratio is their median
+    assert cell["ratio_rounds"] == pytest.approx([2.0, 1.0]) and cell["ratio"] == pytest.approx(1.5)
+    assert cell["ratio_rounds_cpu"] == pytest.approx([2.0, 0.5]) and cell["ratio_cpu"] == pytest.approx(1.25)
+    assert cell["kdlab_images_per_s"] == pytest.approx(64 / 1.6)  # median of all four timed kdlab steps
+    result = _fake_result(bench, "system", 1.0)
+    result["rows"][0]["system"]["channels_last"] = cell
+    text = bench.format_markdown(result)
+    assert "`train.channels_last: true`" in text
+    assert "| kd | 40.0 | **1.50** | 1.25 |" in text and "| vid | - | - | - |" in text
+    assert "- kd: system 1.00/1.05, 1.00/1.05; system channels_last 2.00/2.00, 1.00/0.50" in text
+
+
+def test_vs_reference_refuses_an_unknown_layout(tmp_path, capsys):
+    bench = _vs_reference()
+    (tmp_path / "mdistiller" / "distillers").mkdir(parents=True)
+    (tmp_path / "mdistiller" / "distillers" / "__init__.py").write_text("")
+    assert bench.main(["--reference-dir", str(tmp_path), "--kdlab-layouts", "nhwc"]) == 2
+    assert "--kdlab-layouts 'nhwc'" in capsys.readouterr().err
+
+
 def test_single_threaded_lapack_restores_the_thread_count():
     from kdlab.losses.feature import single_threaded_lapack
 
