@@ -84,3 +84,30 @@ def test_method_state_round_trips_through_a_checkpoint(tmp_path, teacher_ckpt, m
     assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
     ga, gb = first.run.method.generator_state(), again.run.method.generator_state()
     assert ga.keys() == gb.keys() and all(torch.equal(ga[k], gb[k]) for k in ga)
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_method_trains_in_the_channels_last_format_as_in_nchw(tmp_path, teacher_ckpt, method):
+    """``train.channels_last`` (kdlab's fp32 fast path on oneDNN CPUs) changes only the memory format: every method
+    trains on channels-last students, teachers and batches, and at the same initialisation and batch its loss terms
+    in every stage equal the NCHW run's up to the convolutions' float rounding."""
+    terms = {}
+    for name, cl in (("nchw", False), ("cl", True)):
+        trainer = Trainer(
+            _config(
+                tmp_path, method, teacher_ckpt, "train.max_steps=2", f"train.name={name}", f"train.channels_last={cl}"
+            )
+        )
+        batch = trainer.precision.prepare_batch(next(trainer.run.data.train_batches(0)))
+        assert batch.x.is_contiguous(memory_format=torch.channels_last) is cl or batch.x.dim() != 4
+        for stage in trainer.stages:
+            progress = dataclasses.replace(trainer.start, stage=stage.name)
+            out = trainer.step_module(batch, trainer.teacher_outputs(batch), progress)
+            terms[name, stage.name] = {k: v.detach() for k, v in out.terms.items()}
+        assert trainer.fit()["speed"]["channels_last"] is cl
+    for (layout, stage), values in terms.items():
+        if layout == "cl":
+            ref = terms["nchw", stage]
+            assert values.keys() == ref.keys()
+            for k in ref:
+                torch.testing.assert_close(values[k], ref[k], rtol=1e-4, atol=1e-6, msg=f"{method} {stage}: {k}")
