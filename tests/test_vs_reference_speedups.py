@@ -261,3 +261,17 @@ def test_kdsvd_on_two_threads_equals_one_thread():
     torch.testing.assert_close(v1, v2, rtol=1e-12, atol=0)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_flat_per_sample_is_a_view_in_both_formats_and_sp_does_not_depend_on_it():
+    from kdlab.losses.feature import flat_per_sample, sp
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(6, 8, 4, 4, generator=g), torch.randn(6, 16, 2, 2, generator=g)
+    s_cl, t_cl = (x.contiguous(memory_format=torch.channels_last) for x in (s, t))
+    for x in (s, s_cl):
+        flat = flat_per_sample(x)
+        assert flat.shape == (6, 128) and flat.data_ptr() == x.data_ptr() and flat.is_contiguous()
+    # the channels-last rows are the same elements in (H, W, C) order
+    torch.testing.assert_close(flat_per_sample(s_cl), s.permute(0, 2, 3, 1).reshape(6, -1), rtol=0, atol=0)
+    torch.testing.assert_close(sp(s_cl, t_cl), sp(s, t), rtol=1e-6, atol=1e-7)

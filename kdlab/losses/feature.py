@@ -66,6 +66,19 @@ def match_spatial(s_feat: Tensor, t_feat: Tensor) -> tuple[Tensor, Tensor]:
     raise ValueError(f"maps of equal height but different width cannot be paired: {s_size} and {t_size}")
 
 
+def flat_per_sample(x: Tensor) -> Tensor:
+    """``[B, ...] -> [B, D]``, each sample's elements in the order they lie in memory: a view for NCHW- and for
+    channels-last-contiguous maps (``reshape`` would copy the latter).
+
+    Only for consumers that do not depend on the order of a sample's elements, as long as both operands of a
+    product come from the same map (Gram matrices ``F F^T``, norms): the order is (H, W, C) for a channels-last map
+    and (C, H, W) otherwise.
+    """
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], -1)
+
+
 def _as_list(feats: Tensor | Sequence[Tensor]) -> list[Tensor]:
     return [feats] if isinstance(feats, Tensor) else list(feats)
 
@@ -187,9 +200,8 @@ def sp(s_feat: Tensor, t_feat: Tensor) -> Tensor:
     Returns:
         A scalar.
     """
-    b = s_feat.shape[0]
-    s = s_feat.reshape(b, -1)
-    t = t_feat.reshape(b, -1)
+    s, t = flat_per_sample(s_feat), flat_per_sample(t_feat)
+    b = s.shape[0]
     g_s = F.normalize(s @ s.t(), dim=1)
     g_t = F.normalize(t @ t.t(), dim=1)
     return (g_t - g_s).pow(2).sum() / (b * b)
