@@ -320,7 +320,10 @@ def teacher_accuracy(args: argparse.Namespace, jpg: Path, ckpt: Path) -> dict:
     raw = run_config("kd", 0, args, jpg, ckpt)
     raw["train"]["name"] = "teacher_check"
     trainer = Trainer(build_config(raw), force=True)
-    return evaluate(trainer.run.teachers[0], trainer.run.data.eval_batches("test"))
+    try:
+        return evaluate(trainer.run.teachers[0], trainer.run.data.eval_batches("test"))
+    finally:  # the trainer holds its run directory's lock until fit() ends; this one never trains
+        trainer.lock.release()
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -488,14 +491,20 @@ def report(
             "",
             "## Controls",
             "",
-            "| control | compared with | seeds | top-1 mean ± std | Δ mean ± std | t | p | per seed | min/run |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| control | compared with | seeds | top-1 mean ± std | Δ mean ± std | t | p | per seed | min/run "
+            "| Δ vs ce mean ± std (p) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for label in controls:
             ref_label = CONTROL_PAIRS[label]
             ref = results.get(ref_label, {}).get("top1", [])
             cells = row(label, ref, ref_label).split(" | ", 1)
-            lines.append(f"{cells[0]} | {ref_label} | {cells[1]}")
+            vs_ce = ""
+            if results[label]["top1"] and base and ref_label != "ce":
+                d = paired(results[label]["top1"], base)
+                results[label].setdefault("paired", {})["ce"] = d
+                vs_ce = f"{fmt(d['mean'], True)} ± {fmt(d['std'])} ({fmt(d['p'], digits=3)})"
+            lines.append(f"{cells[0]} | {ref_label} | {cells[1]} {vs_ce} |")
         lines += ["", "; ".join(f"`{label}`: {CONTROL_NOTES[label]}" for label in controls) + "."]
     lines += protocol_pairs(results)
     same = {"train_per_class": args.train_per_class, "epochs": args.epochs}
