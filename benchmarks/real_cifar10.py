@@ -142,8 +142,8 @@ CONTROL_NOTES = {
     "crd[m=0.9]": "crd whose memory rows move slowly (momentum 0.9)",
     "dkd[beta=2]": "dkd with NCKD weight beta 2, the authors' value for their thin-ResNet pairs (resnet56 -> resnet20, "
     "resnet110 -> resnet32 in mdistiller's configs) instead of the registered 8 (their resnet32x4 -> resnet8x4 value)",
-    "mlkd[T=4]": "mlkd at the single temperature 4 (no extra temperatures 3, 5, 2, 6: a fifth of the instance-level "
-    "weight), both views kept",
+    "mlkd[T=4]": "mlkd at the single temperature 4 (no extra temperatures 3, 5, 2, 6: each level's sum over five "
+    "temperatures becomes one term), both views kept",
 }
 FUSION = ("tgeo_kd", "rw_kd", "anl_kd", "ada_kd", "wls_kd", "tgeo_kd[pool]", "tgeo_kd[init=inner]")
 

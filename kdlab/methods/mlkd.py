@@ -31,10 +31,11 @@ Deviations (each reproduced by ``reference_quirks: true``):
 Kept as released: the strong view's class- and batch-level terms, computed but never returned by the released
 code, are not part of the loss; the strong-view instance terms are not masked.
 
-Scale: the instance level sums five temperatures over two views, so at ``kd_weight`` 0.9 it weighs about ten times
-``kd``'s term against a cross-entropy of weight 0.1 per view. On a small student with a weak teacher that pulls the
-student away from the labels; the real-data benchmark (``benchmarks/results/real_cifar10.md``) measures the
-defaults against the control ``mlkd[T=4]`` (``extra_temperatures: []``), both paired with the student alone.
+Scale: every level sums five temperatures (the instance level over two views), so at ``kd_weight`` 0.9 the
+instance level alone weighs about ten ``kd`` terms against a cross-entropy of weight 0.1 per view. On a small
+student with a weak teacher that pulls the student away from the labels; the real-data benchmark
+(``benchmarks/results/real_cifar10.md``) measures the defaults against the control ``mlkd[T=4]``
+(``extra_temperatures: []``), both paired with the student alone.
 """
 
 from __future__ import annotations
