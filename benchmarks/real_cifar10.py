@@ -93,6 +93,8 @@ VARIANTS: dict[str, tuple[dict, object]] = {
     "tgeo_kd[init=inner]": ({"name": "tgeo_kd", "init_ratio": 0.9}, None),
     # kd[holdout] without the last partial batch: 90 % of 500 images is 7 batches of 64 and one of 2
     "kd[holdout,drop_last]": ({"name": "kd"}, lambda n: {"val_fraction": HOLDOUT, "drop_last": True}),
+    # tgeo_kd without the last partial batch (1,800 = 28 x 64 + 8 at 200 images per class)
+    "tgeo_kd[drop_last]": ({"name": "tgeo_kd"}, lambda n: {"drop_last": True}),
     # controls of CRD's memory on a small training set: fewer negatives, a fresher or a slower memory
     "crd[k=64]": ({"name": "crd", "num_negatives": 64}, None),
     "crd[m=0]": ({"name": "crd", "momentum": 0.0}, None),
@@ -116,7 +118,8 @@ def split_labels(text: str) -> list[str]:
 #: partial table has as many methods as possible.
 RUN_ORDER = split_labels(
     "ce,kd,simkd,crd,dkd,mlkd,dist,tekap(kd),anl_kd,ada_kd,wls_kd,tgeo_kd,rw_kd,kd[holdout],tgeo_kd[pool],"
-    "crd[k=64],crd[m=0],crd[m=0.9],kd[holdout,drop_last],tgeo_kd[init=inner],dkd[beta=2],mlkd[T=4]"
+    "crd[k=64],crd[m=0],crd[m=0.9],kd[holdout,drop_last],tgeo_kd[init=inner],dkd[beta=2],mlkd[T=4],"
+    "tgeo_kd[drop_last]"
 )
 #: control -> (what it is compared with, paired by seed)
 CONTROL_PAIRS = {
@@ -124,6 +127,7 @@ CONTROL_PAIRS = {
     "kd[holdout,drop_last]": "kd",
     "tgeo_kd[pool]": "kd",
     "tgeo_kd[init=inner]": "tgeo_kd",
+    "tgeo_kd[drop_last]": "tgeo_kd",
     "crd[k=64]": "crd",
     "crd[m=0]": "crd",
     "crd[m=0.9]": "crd",
@@ -136,6 +140,8 @@ CONTROL_NOTES = {
     "tgeo_kd[pool]": "tgeo_kd with its held-out split taken from extra images, training on as many images as kd",
     "kd[holdout,drop_last]": "kd[holdout] without each epoch's last partial batch",
     "tgeo_kd[init=inner]": "tgeo_kd whose ratio starts at the inner kd's own ratio 0.9 instead of 0.5",
+    "tgeo_kd[drop_last]": "tgeo_kd without each epoch's last partial batch (a batch of 8 of the 1,800 training images "
+    "at 200 per class)",
     "crd[k=64]": "crd with 64 negatives per sample instead of the clamped default (16384 clamped to the training "
     "images of the other classes)",
     "crd[m=0]": "crd whose memory rows are replaced by the latest embedding (momentum 0 instead of 0.5)",
@@ -145,7 +151,16 @@ CONTROL_NOTES = {
     "mlkd[T=4]": "mlkd at the single temperature 4 (no extra temperatures 3, 5, 2, 6: each level's sum over five "
     "temperatures becomes one term), both views kept",
 }
-FUSION = ("tgeo_kd", "rw_kd", "anl_kd", "ada_kd", "wls_kd", "tgeo_kd[pool]", "tgeo_kd[init=inner]")
+FUSION = (
+    "tgeo_kd",
+    "rw_kd",
+    "anl_kd",
+    "ada_kd",
+    "wls_kd",
+    "tgeo_kd[pool]",
+    "tgeo_kd[init=inner]",
+    "tgeo_kd[drop_last]",
+)
 
 log = logging.getLogger("real_cifar10")
 
