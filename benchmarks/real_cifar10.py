@@ -93,6 +93,9 @@ VARIANTS: dict[str, tuple[dict, object]] = {
     "tgeo_kd[init=inner]": ({"name": "tgeo_kd", "init_ratio": 0.9}, None),
     # kd[holdout] without the last partial batch: 90 % of 500 images is 7 batches of 64 and one of 2
     "kd[holdout,drop_last]": ({"name": "kd"}, lambda n: {"val_fraction": HOLDOUT, "drop_last": True}),
+    # the student alone on the same 90 %, with and without that split's last partial batch
+    "ce[holdout]": ({"name": "ce"}, lambda n: {"val_fraction": HOLDOUT}),
+    "ce[holdout,drop_last]": ({"name": "ce"}, lambda n: {"val_fraction": HOLDOUT, "drop_last": True}),
     # tgeo_kd without the last partial batch (1,800 = 28 x 64 + 8 at 200 images per class)
     "tgeo_kd[drop_last]": ({"name": "tgeo_kd"}, lambda n: {"drop_last": True}),
     # controls of CRD's memory on a small training set: fewer negatives, a fresher or a slower memory
@@ -119,7 +122,7 @@ def split_labels(text: str) -> list[str]:
 RUN_ORDER = split_labels(
     "ce,kd,simkd,crd,dkd,mlkd,dist,tekap(kd),anl_kd,ada_kd,wls_kd,tgeo_kd,rw_kd,kd[holdout],tgeo_kd[pool],"
     "crd[k=64],crd[m=0],crd[m=0.9],kd[holdout,drop_last],tgeo_kd[init=inner],dkd[beta=2],mlkd[T=4],"
-    "tgeo_kd[drop_last]"
+    "tgeo_kd[drop_last],ce[holdout],ce[holdout,drop_last]"
 )
 #: control -> (what it is compared with, paired by seed)
 CONTROL_PAIRS = {
@@ -128,6 +131,8 @@ CONTROL_PAIRS = {
     "tgeo_kd[pool]": "kd",
     "tgeo_kd[init=inner]": "tgeo_kd",
     "tgeo_kd[drop_last]": "tgeo_kd",
+    "ce[holdout]": "ce",
+    "ce[holdout,drop_last]": "ce[holdout]",
     "crd[k=64]": "crd",
     "crd[m=0]": "crd",
     "crd[m=0.9]": "crd",
@@ -140,6 +145,8 @@ CONTROL_NOTES = {
     "tgeo_kd[pool]": "tgeo_kd with its held-out split taken from extra images, training on as many images as kd",
     "kd[holdout,drop_last]": "kd[holdout] without each epoch's last partial batch",
     "tgeo_kd[init=inner]": "tgeo_kd whose ratio starts at the inner kd's own ratio 0.9 instead of 0.5",
+    "ce[holdout]": "the student alone on the same 90 % of the training subset as tgeo_kd (the other 10 % unused)",
+    "ce[holdout,drop_last]": "ce[holdout] without each epoch's last partial batch",
     "tgeo_kd[drop_last]": "tgeo_kd without each epoch's last partial batch (a batch of 8 of the 1,800 training images "
     "at 200 per class)",
     "crd[k=64]": "crd with 64 negatives per sample instead of the clamped default (16384 clamped to the training "
