@@ -606,6 +606,9 @@ PROTOCOL_PAIRS = (
     ("tgeo_kd[pool]", "kd", "both train on all the subset's images (the split from a separate pool)"),
     ("tgeo_kd", "kd", "tgeo_kd on 90 %, kd on 100 % (unequal data)"),
     ("kd[holdout]", "kd", "the cost of the 10 % split alone"),
+    ("tgeo_kd", "ce[holdout]", "tgeo_kd against the student alone on the same 90 %"),
+    ("tgeo_kd[drop_last]", "ce[holdout,drop_last]", "the same, both without the split's last partial batch"),
+    ("ce[holdout]", "ce", "the cost of the 10 % split to the student alone"),
 )
 
 
