@@ -21,8 +21,11 @@ as many images as kd), ``kd[holdout,drop_last]`` (kd[holdout] without the epoch'
 ``tgeo_kd[init=inner]`` (tgeo_kd whose ratio starts at the inner kd's own 0.9 instead of 0.5); and the controls of
 CRD's memory, paired with ``crd``: ``crd[k=64]`` (64 negatives instead of the clamped 16384), ``crd[m=0]`` and
 ``crd[m=0.9]`` (memory momentum 0 or 0.9 instead of 0.5); and two controls of the logit methods, paired with their
-method: ``dkd[beta=2]`` (the authors' NCKD weight for thin-ResNet pairs) and ``mlkd[T=4]`` (one temperature).
-:data:`CONTROL_NOTES` describes each in the report.
+method: ``dkd[beta=2]`` (the authors' NCKD weight for thin-ResNet pairs) and ``mlkd[T=4]`` (one temperature); and
+the controls of the split's last partial batch: ``tgeo_kd[drop_last]`` (paired with ``tgeo_kd``), ``ce[holdout]``
+(the student alone on the same 90 % as tgeo_kd, paired with ``ce``) and ``ce[holdout,drop_last]`` (paired with
+``ce[holdout]``). :data:`CONTROL_NOTES` describes each in the report, :data:`PROTOCOL_PAIRS` the held-out
+section's paired differences.
 
 Runs go seed by seed (every label's seed 0, in :data:`RUN_ORDER`, before any seed 1), ``--jobs`` at a time, each
 in its own process with ``train.threads`` = ``--threads``; finished runs are reused and interrupted ones resumed when
