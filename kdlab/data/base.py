@@ -17,11 +17,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdlab.config import ConfigError
 from kdlab.registry import Registry
+from kdlab.types import DEFAULT_VIEW
 
 
 class DataError(ValueError):
     """A dataset is missing or malformed; the message says where kdlab looked and how to get the files."""
+
+
+def default_view_only(views: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """``views`` (the view names a method asks the loader for) when they are the default view only; a
+    :class:`~kdlab.config.ConfigError` naming the extra views otherwise. ``what`` completes "which ... cannot
+    provide", e.g. ``"the token dataset 'criteo'"``: loaders without image augmentation (tokens, segmentation and
+    detection files) serve only the default view."""
+    extra = [v for v in views if v != DEFAULT_VIEW]
+    if extra:
+        raise ConfigError(
+            f"the method needs view(s) {extra} (extra image augmentations such as MLKD's RandAugment 'strong' view), "
+            f"which {what} cannot provide; choose a method without extra views"
+        )
+    return tuple(views)
 
 
 @dataclass

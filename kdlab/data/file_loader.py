@@ -14,10 +14,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from kdlab.config import ConfigError, DataConfig
-from kdlab.data.base import DataError
+from kdlab.config import DataConfig
+from kdlab.data.base import DataError, default_view_only
 from kdlab.data.streaming import WorkerPlan, _Schedule
-from kdlab.types import DEFAULT_VIEW
 
 
 class FileSetLoader(WorkerPlan):
@@ -78,13 +77,7 @@ class FileSetLoader(WorkerPlan):
 
     @views.setter
     def views(self, views: tuple[str, ...]) -> None:
-        extra = [v for v in views if v != DEFAULT_VIEW]
-        if extra:
-            raise ConfigError(
-                f"the method needs view(s) {extra} (extra image augmentations), which the {self.task} dataset "
-                f"{self.name!r} does not provide; choose a method without extra views"
-            )
-        self._views = tuple(views)
+        self._views = default_view_only(views, f"the {self.task} dataset {self.name!r}")
 
     def _loader(self, dataset, sampler, persistent: bool = False) -> torch.utils.data.DataLoader:
         # its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG, which would

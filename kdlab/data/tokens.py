@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from kdlab.config import ConfigError, DataConfig
-from kdlab.data.base import DataError
+from kdlab.data.base import DataError, default_view_only
 from kdlab.data.loader import BatchPlan
 from kdlab.seeding import derive_seed, make_generator
 from kdlab.types import DEFAULT_VIEW, Batch
@@ -159,13 +159,7 @@ class TokenLoader(BatchPlan):
 
     @views.setter
     def views(self, views: tuple[str, ...]) -> None:
-        extra = [v for v in views if v != DEFAULT_VIEW]
-        if extra:
-            raise ConfigError(
-                f"the method needs view(s) {extra} (image augmentations such as MLKD's RandAugment 'strong' view), "
-                f"which the token dataset {self.name!r} cannot provide; choose a method without extra views"
-            )
-        self._views = tuple(views)
+        self._views = default_view_only(views, f"the token dataset {self.name!r}")
 
     @property
     def num_train(self) -> int:
