@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,7 +127,31 @@ def _work_runs(rank: int, out: Path) -> None:
     results["crd"] = _state(_fit(_crd_config(out, "crd")))
     results["dist"] = _dist_gradients(rank)
     results["helpers"] = _helpers(rank)
+    results["checkpoint_on_return"] = _checkpoint_on_return(rank, out)
     torch.save(results, out / f"rank{rank}.pt")
+
+
+def _checkpoint_on_return(rank: int, out: Path) -> dict | None:
+    """Both ranks save a checkpoint while rank 0's write is slow (1 s); what each rank finds on disk the moment its
+    ``save_checkpoint`` returns (a rank that stops right after must not leave before the file is complete)."""
+    import kdlab.train.trainer as trainer_module
+
+    trainer = Trainer(_kd_config(out, "slow_write"))
+    if rank == 0:
+        save = trainer_module.atomic_save
+
+        def slow(state, path):
+            time.sleep(1.0)
+            save(state, path)
+
+        trainer_module.atomic_save = slow
+    try:
+        trainer.save_checkpoint(trainer.start)
+    finally:
+        if rank == 0:
+            trainer_module.atomic_save = save
+    path = out / "runs" / "slow_write" / "checkpoint.pt"
+    return read_file(path)["progress"] if path.exists() else None
 
 
 def _fit(cfg) -> Trainer:
@@ -297,6 +322,14 @@ def test_collective_helpers(runs):
         # both ranks compute the same loss of the gathered rows: each rank's rows get the sum of both gradients
         torch.testing.assert_close(h["grad"], 2 * full[own].cos() * weights[own])
         assert torch.equal(h["avg"], torch.full((3,), 1.5))
+
+
+def test_every_rank_returns_from_a_checkpoint_only_once_rank_0_has_written_it(runs):
+    """Found by the detection DDP test: rank 1 stopped at an epoch's end and read the previous checkpoint while rank 0
+    was still writing the one of the agreed step (under torchrun the exiting rank would stop rank 0 mid-write)."""
+    (r0, r1), _, _ = runs
+    assert r0["checkpoint_on_return"] is not None
+    assert r1["checkpoint_on_return"] == r0["checkpoint_on_return"]
 
 
 def test_sync_bn_on_cpu_is_a_clear_error(runs):

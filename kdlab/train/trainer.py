@@ -265,13 +265,18 @@ class Trainer(
 
     # ----------------------------------------------------------------------------------------- checkpoint
     def save_checkpoint(self, progress: Progress) -> None:
-        """Write ``checkpoint.pt`` atomically (rank 0); a second stop signal waits until the file is complete."""
+        """Write ``checkpoint.pt`` atomically (rank 0); a second stop signal waits until the file is complete.
+
+        Several processes: every rank returns only once rank 0's file is complete, so a rank that stops (or ends)
+        right after never leaves the checkpoint half-way: an exiting rank makes ``torchrun`` stop the others, which
+        would lose the step the ranks agreed to stop at."""
         if self.world.main:  # several processes: rank 0 writes
             self._writing = True
             try:
                 atomic_save(self.state_dict(progress), self.ckpt_path)
             finally:
                 self._writing = False
+        distributed.barrier()
         self._last_checkpoint = progress
         if self._second_signal:
             raise interrupts.Interrupted(
