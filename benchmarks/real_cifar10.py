@@ -39,11 +39,13 @@ trains, so a second driver reaching it waits and then reuses it. The report hold
 the protocol, the teacher's accuracy, per method the mean ± std of the last-epoch test top-1, the mean ± std of the
 paired difference to ``ce`` with the paired t-test (``scipy.stats.ttest_rel``), the per-seed values and run times,
 the controls (held-out split, CRD's memory), and the learned ratio of the fusion methods (first and last epoch,
-teacher-right against teacher-wrong samples) read from each run's ``metrics.jsonl``.
+teacher-right against teacher-wrong samples) read from each run's ``metrics.jsonl``. The stored runs accumulate
+over commits (a run is reused while its config is unchanged); ``--rerun DIR`` names the ``--out`` of the same command
+run again elsewhere (``--seeds 1`` at one commit), and the report lists, run by run, whether it gives the stored top-1.
 
 Usage: ``python benchmarks/real_cifar10.py [--data DIR] [--epochs 20] [--seeds 3] [--train-per-class 200]
 [--test-limit 2000] [--methods LABELS] [--controls LABELS] [--jobs 2] [--threads 1] [--out runs/real_cifar10]
-[--report benchmarks/results/real_cifar10.md] [--before FILE.json] [--report-only]``.
+[--report benchmarks/results/real_cifar10.md] [--before FILE.json] [--rerun DIR] [--report-only]``.
 """
 
 from __future__ import annotations
@@ -59,7 +61,6 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -447,9 +448,11 @@ def report(
     controls: list[str],
     args: argparse.Namespace,
     teacher: dict | None,
-    elapsed: float,
     complete: bool,
+    rerun: dict | None = None,
 ) -> str:
+    """The report's markdown: protocol, results, controls, the held-out pairs, the re-runs (``rerun``: the results
+    of :func:`collect` over ``--rerun``'s folder), before/after and the fusion ratios."""
     base = results.get("ce", {}).get("top1", [])
     n_train = args.train_per_class * 10
     n_fit = (args.train_per_class - round(args.train_per_class * HOLDOUT)) * 10  # stratified: per class
@@ -482,7 +485,8 @@ def report(
         "- Top-1 is the last epoch's on the test subset; Δ is the per-seed difference to `ce` (mean ± std over seeds); "
         "t and p are the paired t-test (`scipy.stats.ttest_rel`, two-sided).",
         f"- CPU, {args.threads} thread(s) per run, {args.jobs} runs at a time on a machine shared with other jobs "
-        f"(run times are indicative only). Wall time so far {elapsed / 60:.0f} min. torch {_torch_version()}, "
+        f"(run times are indicative only). Training time summed over the runs {train_hours(results):.1f} h. "
+        f"torch {_torch_version()}, "
         f"Python {platform.python_version()}.",
         f"- Code: kdlab at commit {', '.join(codes) or 'n/a'} (the commit that trained each run is in its "
         "`bench.json`).",
@@ -532,6 +536,8 @@ def report(
             lines.append(f"{cells[0]} | {ref_label} | {cells[1]} {vs_ce} |")
         lines += ["", "; ".join(f"`{label}`: {CONTROL_NOTES[label]}" for label in controls) + "."]
     lines += protocol_pairs(results)
+    if rerun is not None:
+        lines += rerun_lines(results, rerun, [*methods, *controls])
     same = {"train_per_class": args.train_per_class, "epochs": args.epochs}
     lines += before_after(results, [*methods, *controls], args.before, same)
     fusion_rows = [lbl for lbl in [*methods, *controls] if lbl in FUSION and any(results[lbl]["fusion"])]
@@ -600,6 +606,50 @@ def before_after(results: dict, labels: list[str], before_path: Path | None, pro
         "",
         "Δ: mean paired difference to `ce` (held-out controls: to the run they are compared with above). "
         "`identical`: every seed's top-1 equals the earlier one (the runs are deterministic).",
+    ]
+
+
+def train_hours(results: dict) -> float:
+    """Training time of every finished run in ``results``, summed, in hours (each run's own clock, resumed parts
+    included; the wall time of the invocation that writes the report says nothing about the runs it reuses)."""
+    return sum(t for r in results.values() for t in r["train_time_s"]) / 3600
+
+
+def rerun_lines(results: dict, rerun: dict, labels: list[str]) -> list[str]:
+    """Report lines comparing each finished re-run (``rerun``: :func:`collect` over ``--rerun``'s runs folder) with
+    the stored run of the same label and seed: top-1 and the commit that trained each. The stored runs were trained
+    over a session of commits; a re-run at one commit that gives the same top-1 shows that the stored number is the
+    current code's (training on the CPU is deterministic at a fixed thread count)."""
+    rows, equal, total = [], 0, 0
+    for label in labels:
+        again, stored = rerun.get(label), results.get(label)
+        if not again or not stored:
+            continue
+        for i, seed in enumerate(again["seeds"]):
+            if seed not in stored["seeds"]:
+                continue
+            j = stored["seeds"].index(seed)
+            a, b = stored["top1"][j], again["top1"][i]
+            total += 1
+            equal += a == b
+            rows.append(
+                f"| {label} | {seed} | {a:.2f} ({stored['code'][j]}) | {b:.2f} ({again['code'][i]}) | "
+                + ("equal" if a == b else f"{b - a:+.2f}")
+                + " |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "## Re-runs at one commit",
+        "",
+        f"{equal} of {total} re-runs give the stored top-1 exactly. The stored runs above were trained over several "
+        "commits (listed under Protocol); the re-runs were trained again from scratch in a separate folder by the "
+        "same command with `--out <folder> --seeds 1` (the report's `--rerun <folder>`).",
+        "",
+        "| label | seed | stored: top-1 (commit) | re-run: top-1 (commit) | difference |",
+        "|---|---|---|---|---|",
+        *rows,
     ]
 
 
@@ -711,6 +761,13 @@ def main() -> None:
         "fixes); a missing file skips the comparison",
     )
     p.add_argument(
+        "--rerun",
+        type=Path,
+        default=None,
+        help="the --out folder of a second run of the same protocol (e.g. --seeds 1 at one commit): the report "
+        "compares each of its finished runs with the stored run of the same label and seed",
+    )
+    p.add_argument(
         "--report-only",
         action="store_true",
         help="write the report from the finished runs without training any (a partial report if some are missing)",
@@ -740,7 +797,6 @@ def main() -> None:
     (runs_dir(args) / "logs").mkdir(parents=True, exist_ok=True)  # one log folder per protocol
     args.report.parent.mkdir(parents=True, exist_ok=True)
 
-    t0 = time.perf_counter()
     teacher = teacher_accuracy(args, jpg, ckpt)
     log.info("teacher %s: test top-1 %.2f %%", TEACHER, teacher["top1"])
     labels = [*methods, *controls]
@@ -752,14 +808,17 @@ def main() -> None:
     def write(complete: bool) -> None:
         with lock:
             results = collect(labels, args.seeds, runs_dir(args))
-            text = report(results, methods, controls, args, teacher, time.perf_counter() - t0, complete)
+            again = None
+            if args.rerun is not None:
+                again = collect(labels, args.seeds, runs_dir(argparse.Namespace(**{**vars(args), "out": args.rerun})))
+            text = report(results, methods, controls, args, teacher, complete, again)
             args.report.write_text(text)
             payload = {
                 "complete": complete,
                 "protocol": {
                     k: (str(v) if isinstance(v, Path) else v)
                     for k, v in vars(args).items()
-                    if k not in ("one", "seed", "data", "out", "report", "before")
+                    if k not in ("one", "seed", "data", "out", "report", "before", "rerun")
                 },
                 "teacher": TEACHER,
                 "teacher_test": teacher,

@@ -69,12 +69,37 @@ def test_a_partial_report_gives_each_method_the_seeds_that_finished(bench, tmp_p
     results = bench.collect(["ce", "kd", "simkd"], 3, runs)
     assert results["ce"]["top1"] == [40.0, 41.0]
     assert results["kd"]["top1"] == [42.5]  # stops at the first missing seed: pairs stay aligned by seed
-    text = bench.report(results, ["ce", "kd", "simkd"], [], args, None, 0.0, complete=False)
+    text = bench.report(results, ["ce", "kd", "simkd"], [], args, None, complete=False)
     assert "PARTIAL" in text
     assert "| ce | 2 | 40.50 ± 0.71 |" in text
     assert "| kd | 1 | 42.50 ± n/a | +2.50 ± n/a |" in text
     assert "| simkd | 0 | not run yet |" in text
     assert "2,000 class-balanced training images (200 per class" in text
+    assert "Training time summed over the runs 0.1 h." in text  # 4 runs x 60 s, whichever invocation wrote it
+    assert "Re-runs" not in text  # no --rerun
+
+
+def test_re_runs_are_compared_with_the_stored_run_of_the_same_label_and_seed(bench, tmp_path):
+    def run(label: str, seed: int, top1: float, code: str, out: Path) -> None:
+        d = bench.runs_dir(_args(bench, out)) / bench.run_name(label, seed)
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"finished": True, "last": {"top1": top1}, "train_time_s": 60}))
+        (d / "bench.json").write_text(json.dumps({"code": code}))
+
+    for seed, top1 in enumerate((40.0, 41.0, 42.0)):
+        run("ce", seed, top1, "aaa", tmp_path / "stored")
+        run("kd[holdout]", seed, top1 + 1, "bbb+dirty", tmp_path / "stored")
+    run("ce", 0, 40.0, "ccc", tmp_path / "again")
+    run("kd[holdout]", 0, 40.5, "ccc", tmp_path / "again")
+    labels = ["ce", "simkd", "kd[holdout]"]
+    stored = bench.collect(labels, 3, bench.runs_dir(_args(bench, tmp_path / "stored")))
+    again = bench.collect(labels, 3, bench.runs_dir(_args(bench, tmp_path / "again")))
+    lines = bench.rerun_lines(stored, again, labels)
+    assert lines[3].startswith("1 of 2 re-runs give the stored top-1 exactly.")
+    assert "| ce | 0 | 40.00 (aaa) | 40.00 (ccc) | equal |" in lines
+    assert "| kd[holdout] | 0 | 41.00 (bbb+dirty) | 40.50 (ccc) | -0.50 |" in lines
+    text = bench.report(stored, ["ce", "simkd"], ["kd[holdout]"], _args(bench, tmp_path), None, True, again)
+    assert "## Re-runs at one commit" in text and "| ce | 0 | 40.00 (aaa) | 40.00 (ccc) | equal |" in text
 
 
 def test_before_after_is_skipped_against_another_subset_size(bench, tmp_path):
