@@ -2,10 +2,12 @@
 (issue 21; targets: at most 2.0x ``kd`` every step, at most 1.2x with k = 10; issue 7 had 2.5x and 1.3x).
 
 Teacher resnet32x4 -> student resnet8x4 (random weights: the weights do not change the cost), synthetic CIFAR-shaped
-data (3x32x32, 100 classes), batch 64, on CPU. Variants: ``kd``; ``tgeo_kd`` with ``meta_every`` 1 and 10; and
-``tgeo_kd(k=1, recomputed)``, the outer step without the main step's gradient (``train.clip_grad_norm=1e9``: a
-clipped gradient is not handed over, so the outer step computes the virtual step's gradient itself, one more forward
-and backward of the training batch: the cost of the solver before the gradient was handed over).
+data (3x32x32, 100 classes), batch 64, on CPU. Variants: ``kd``; ``tgeo_kd`` with ``meta_every`` 1 and 10;
+``tgeo_kd(k=1, clipped)``, the same under ``train.clip_grad_norm`` (1e9: the clipping's work, no change of the step),
+where the outer step runs before the clipping and is still handed the main step's gradient; and
+``tgeo_kd(k=1, recomputed)``, the outer step told the gradient is not the loss's own (``before_step(False)``, as under
+fp16 loss scaling or several processes), so it computes the virtual step's gradient itself, one more forward and
+backward of the training batch: the cost of the solver before the gradient was handed over.
 
 Every variant is a real :class:`~kdlab.train.trainer.Trainer` (built, ``prepare``d and warmed up by ``fit`` over
 ``--warmup`` steps). The timed steps are then driven one at a time, variants interleaved step by step (kd, k=1, k=10,
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -38,18 +41,25 @@ import torch
 from kdlab.bench import _context, bench_config
 from kdlab.types import Progress
 
+#: label -> (method fields, train fields, target ratio to kd or None, whether the outer step may be handed the gradient)
 VARIANTS = {
-    "kd": ({"name": "kd"}, {}, None),
-    "tgeo_kd(k=1)": ({"name": "tgeo_kd", "meta_every": 1}, {}, 2.0),
-    "tgeo_kd(k=10)": ({"name": "tgeo_kd", "meta_every": 10}, {}, 1.2),
-    "tgeo_kd(k=1, recomputed)": ({"name": "tgeo_kd", "meta_every": 1}, {"clip_grad_norm": 1e9}, None),
+    "kd": ({"name": "kd"}, {}, None, True),
+    "tgeo_kd(k=1)": ({"name": "tgeo_kd", "meta_every": 1}, {}, 2.0, True),
+    "tgeo_kd(k=10)": ({"name": "tgeo_kd", "meta_every": 10}, {}, 1.2, True),
+    "tgeo_kd(k=1, clipped)": ({"name": "tgeo_kd", "meta_every": 1}, {"clip_grad_norm": 1e9}, None, True),
+    "tgeo_kd(k=1, recomputed)": ({"name": "tgeo_kd", "meta_every": 1}, {}, None, False),
 }
 STEPS_PER_ROUND = 10
 
 
-def _stepper(trainer) -> Callable[[], bool]:
+def _not_handed(run: Callable[[bool], dict], plain: bool) -> dict:
+    """``run`` (the trainer's before-step objectives) told that the gradients are not the loss's own."""
+    return run(False)
+
+
+def _stepper(trainer, handed: bool = True) -> Callable[[], bool]:
     """One training step of ``trainer`` as its loop takes it (``Trainer._loop``), without logging; returns whether an
-    outer step ran."""
+    outer step ran. ``handed=False``: the outer step is never handed the main step's gradient."""
     batches = itertools.chain.from_iterable(trainer.run.data.train_batches(e) for e in itertools.count(1))
     spe = trainer.steps_per_epoch
     state = {"step": trainer.global_step}
@@ -67,6 +77,8 @@ def _stepper(trainer) -> Callable[[], bool]:
         done = dataclasses.replace(progress, step=s + 1, step_in_epoch=progress.step_in_epoch + 1)
         before_step = getattr(trainer, "_aux_before_step", None)  # absent in trees older than issue 21
         early = before_step(batch, progress, done, lr, teachers) if before_step else None
+        if early is not None and not handed:
+            early = functools.partial(_not_handed, early)
         if early is None:
             trainer._backward_step(out.total)
         else:
@@ -106,7 +118,7 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         steppers = {}
-        for label, (method, train, _) in VARIANTS.items():
+        for label, (method, train, _, handed) in VARIANTS.items():
             cfg = bench_config(
                 method,
                 teacher=args.teacher,
@@ -121,7 +133,7 @@ def main() -> None:
             )
             trainer = Trainer(cfg, force=True)
             trainer.fit()  # prepare (Tbar), warm-up steps
-            steppers[label] = _stepper(trainer)
+            steppers[label] = _stepper(trainer, handed)
         for _ in range(args.rounds * STEPS_PER_ROUND):
             for label, step in steppers.items():
                 s0 = time.perf_counter()
@@ -129,7 +141,7 @@ def main() -> None:
                 times[label].append((time.perf_counter() - s0, outer))
     kd = _mean_step(times["kd"])
     rows = []
-    for label, (method, train, target) in VARIANTS.items():
+    for label, (method, train, target, _) in VARIANTS.items():
         mean = _mean_step(times[label])
         row = {
             "variant": label,

@@ -45,8 +45,7 @@ from torch import Tensor
 from kdlab.config import ConfigError, DataConfig
 from kdlab.data.base import DataError
 from kdlab.data.file_loader import FileSetLoader
-from kdlab.data.streaming import load_rgb
-from kdlab.seeding import derive_seed
+from kdlab.data.streaming import KeyedDataset, load_rgb
 from kdlab.types import DEFAULT_VIEW, Batch
 
 log = logging.getLogger(__name__)
@@ -277,21 +276,13 @@ class PairTransform:
         return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
 
-class _PairDataset(torch.utils.data.Dataset):
-    """Items ``(i, epoch)`` (training) or ``i`` (evaluation) -> ``(image, labels, i)``."""
+class _PairDataset(KeyedDataset):
+    """Items ``(i, epoch)`` (training) or ``i`` (evaluation) of a :class:`PairSet` -> ``(image, labels, i)``."""
 
-    def __init__(self, pairs: PairSet, transform: PairTransform, seed: int) -> None:
-        self.pairs = pairs
-        self.transform = transform
-        self.seed = seed
+    stream = _STREAM_SAMPLE
 
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
-        i, epoch = key if isinstance(key, tuple) else (key, None)
-        rng = None if epoch is None else np.random.default_rng(derive_seed(self.seed, epoch, i, _STREAM_SAMPLE))
-        image, label = self.transform(self.pairs.image_path(i), self.pairs.label_path(i), rng)
+    def read(self, i: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, int]:
+        image, label = self.transform(self.items.image_path(i), self.items.label_path(i), rng)
         return image, label, i
 
 

@@ -58,8 +58,7 @@ from torch import Tensor
 from kdlab.config import ConfigError, DataConfig
 from kdlab.data.base import DataError
 from kdlab.data.file_loader import FileSetLoader
-from kdlab.data.streaming import load_rgb
-from kdlab.seeding import derive_seed
+from kdlab.data.streaming import KeyedDataset, load_rgb
 from kdlab.types import DEFAULT_VIEW, Batch
 
 log = logging.getLogger(__name__)
@@ -293,21 +292,13 @@ class DetectionTransform:
         }
 
 
-class _BoxDataset(torch.utils.data.Dataset):
-    """Items ``(i, epoch)`` (training) or ``i`` (evaluation) -> ``(transformed dict, i)``."""
+class _BoxDataset(KeyedDataset):
+    """Items ``(i, epoch)`` (training) or ``i`` (evaluation) of a :class:`BoxSet` -> ``(transformed dict, i)``."""
 
-    def __init__(self, boxset: BoxSet, transform: DetectionTransform, seed: int) -> None:
-        self.boxset = boxset
-        self.transform = transform
-        self.seed = seed
+    stream = _STREAM_SAMPLE
 
-    def __len__(self) -> int:
-        return len(self.boxset)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[dict, int]:
-        i, epoch = key if isinstance(key, tuple) else (key, None)
-        rng = None if epoch is None else np.random.default_rng(derive_seed(self.seed, epoch, i, _STREAM_SAMPLE))
-        return self.transform(self.boxset, i, rng), i
+    def read(self, i: int, rng: np.random.Generator | None) -> tuple[dict, int]:
+        return self.transform(self.items, i, rng), i
 
 
 def collate_detection(items: list[tuple[dict, int]]) -> dict[str, Tensor]:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -185,21 +185,45 @@ class ImageTransform:
         return arr
 
 
-class _FileDataset(torch.utils.data.Dataset):
-    """Items ``(i, epoch)`` (training) or ``i`` (evaluation) -> ``([S, S, 3] uint8, i)``."""
+class KeyedDataset(torch.utils.data.Dataset):
+    """A map-style dataset read by key, shared by the worker-decoded loaders (image files, segmentation pairs,
+    detection boxes): ``(i, epoch)`` in training, where item ``i``'s augmentation draws from a generator seeded by
+    ``(seed, epoch, i, stream)`` (the same draws whichever worker reads it, and on resume), or ``i`` in evaluation
+    (no augmentation: the generator is None).
 
-    def __init__(self, files: FileSet, transform: ImageTransform, seed: int) -> None:
-        self.files = files
+    Subclasses set :attr:`stream` (their ``derive_seed`` stream) and implement :meth:`read`.
+
+    Args:
+        items: the set read (``len`` gives the dataset's length).
+        transform: what :meth:`read` applies.
+        seed: run seed.
+    """
+
+    stream: int = _STREAM_SAMPLE
+
+    def __init__(self, items, transform: Callable, seed: int) -> None:
+        self.items = items
         self.transform = transform
         self.seed = seed
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.items)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple:
         i, epoch = key if isinstance(key, tuple) else (key, None)
-        rng = None if epoch is None else np.random.default_rng(derive_seed(self.seed, epoch, i, _STREAM_SAMPLE))
-        return self.transform(load_rgb(self.files.path(i)), rng), i
+        rng = None if epoch is None else np.random.default_rng(derive_seed(self.seed, epoch, i, self.stream))
+        return self.read(i, rng)
+
+    def read(self, i: int, rng: np.random.Generator | None) -> tuple:
+        """Item ``i`` (augmented with ``rng``, or not when it is None) and ``i`` last."""
+        raise NotImplementedError
+
+
+class _FileDataset(KeyedDataset):
+    """Items ``(i, epoch)`` (training) or ``i`` (evaluation) of a :class:`FileSet` -> ``([S, S, 3] uint8, i)``."""
+
+    def read(self, i: int, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
+        return self.transform(load_rgb(self.items.path(i)), rng), i
 
 
 def _collate(items: list[tuple[np.ndarray, int]]) -> tuple[Tensor, Tensor]:
@@ -327,7 +351,7 @@ class StreamingLoader(WorkerPlan):
         dataset = _FileDataset(train, transform, seed)
         self._train_loader = self._loader(dataset, self._schedule, persistent=True)
 
-    def _loader(self, dataset: _FileDataset, sampler, persistent: bool = False) -> torch.utils.data.DataLoader:
+    def _loader(self, dataset: KeyedDataset, sampler, persistent: bool = False) -> torch.utils.data.DataLoader:
         workers = self.cfg.workers
         return torch.utils.data.DataLoader(
             dataset,

@@ -40,23 +40,18 @@ Deviations:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from torch import nn
 
 from kdlab import losses
 from kdlab.method_configs.ab import ABConfig
 from kdlab.methods import register_method
-from kdlab.methods._feature import FeatureMethod, stage_taps
-from kdlab.methods.base import BuildContext, Stage
+from kdlab.methods._feature import stage_taps
+from kdlab.methods._init_stage import INIT_STAGE, InitStageMethod
+from kdlab.methods.base import BuildContext
 from kdlab.methods.fitnet import ConvReg
-from kdlab.schedule import reference_fraction, scaled_stage_epochs
 from kdlab.types import LossOut, StepIO
-
-#: Name of AB's initialisation stage (``io.progress.stage`` while it runs).
-INIT_STAGE = "init"
-#: The init stage's default length as a share of the run: RepDistiller's ``--init_epochs 30`` of 240 epochs.
-INIT_FRACTION = reference_fraction(30)
 
 
 def preact_stage_taps(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
@@ -67,7 +62,7 @@ def preact_stage_taps(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
 @register_method(
     "ab", description="AB: activation boundaries of pre-activations in an init stage (student + connectors), then CE"
 )
-class AB(FeatureMethod):
+class AB(InitStageMethod):
     """Activation-boundary transfer: an init stage that trains the student (through connectors) to reproduce the
     teacher's activation pattern at every stage, then plain cross-entropy training.
 
@@ -76,13 +71,10 @@ class AB(FeatureMethod):
     """
 
     Config = ABConfig
+    init_trains = "all"  # the student and the connectors together
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)
-        if cfg.init_epochs is not None and cfg.init_epochs < 0:
-            raise ValueError(f"method.init_epochs must be >= 0, got {cfg.init_epochs}")
-        #: epochs of the init stage: ``init_epochs``, or the reference's 30 of 240 as a share of the run
-        self.init_epochs = scaled_stage_epochs(cfg.init_epochs, INIT_FRACTION, ctx.total_epochs)
         self.student_tap_names, self.teacher_tap_names = self.resolve_stage_taps(
             cfg.student_taps or preact_stage_taps(self.s_shapes), cfg.teacher_taps or preact_stage_taps(self.t_shapes)
         )
@@ -97,20 +89,6 @@ class AB(FeatureMethod):
             except ValueError as err:
                 raise self.pair_error(str(err), [s_tap], [t_tap]) from None
         self.adapters["connectors"] = connectors
-
-    def stages(self) -> Sequence[Stage]:
-        """The init stage: student and connectors together (``trains="all"``) at a constant learning rate."""
-        if self.init_epochs == 0:
-            return ()
-        return (
-            Stage(
-                INIT_STAGE,
-                self.init_epochs,
-                trains="all",
-                lr=self.cfg.init_lr,
-                student_mode=self.cfg.init_student_mode,
-            ),
-        )
 
     def loss(self, io: StepIO) -> LossOut:
         """Init stage: ``{"ab": ...}``; main stage: ``{"ce": ...}``."""

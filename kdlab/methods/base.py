@@ -95,7 +95,8 @@ class AuxContext:
         step_grads: for an objective that runs before the optimiser step
             (:attr:`AuxObjective.before_optimizer_step`), the main step's gradient of each trainable student parameter
             (name -> ``Tensor`` or None) when it is exactly the gradient of the method's loss on ``batch`` (fp32, no
-            loss scaling, clipping or term factors, one process); None otherwise.
+            loss scaling or term factors, one process; under ``train.clip_grad_norm`` the gradient before clipping,
+            which the objective sees first); None otherwise.
     """
 
     student: nn.Module

@@ -50,48 +50,22 @@ from kdlab import distributed, losses
 from kdlab.losses.detection import detection_dist
 from kdlab.method_configs.dist import DISTConfig
 from kdlab.methods import register_method
-from kdlab.methods._dense import aux_needs, is_dense, logit_rows, with_aux
-from kdlab.methods._detection import ONE_STAGE, DetectionPair, refuse
-from kdlab.methods.base import BuildContext, DistillMethod
-from kdlab.types import LossOut, Needs, StepIO
+from kdlab.methods._any_task import AnyTaskLogitMethod
+from kdlab.methods._dense import is_dense, logit_rows
+from kdlab.methods._detection import ONE_STAGE
+from kdlab.types import LossOut, StepIO
 
 
 @register_method("dist", description="DIST: CE + Pearson-correlation relations (inter- and intra-class)")
-class DIST(DistillMethod):
+class DIST(AnyTaskLogitMethod):
     """Distillation from a stronger teacher by matching Pearson correlations of the predictions."""
-
-    mixed_labels = "soft"
-
-    averages_teachers = True
-    dense_outputs = True
-    detection_outputs = True
 
     Config = DISTConfig
 
-    def __init__(self, cfg: DISTConfig, ctx: BuildContext) -> None:
-        super().__init__(cfg, ctx)
-        self.detection = DetectionPair.build("dist", ctx)  # None unless the student is a detector
-        if self.detection is not None:
-            refuse(
-                "dist",
-                {
-                    "gather_logits": cfg.gather_logits,
-                    "aux_weight": cfg.aux_weight > 0,
-                    "label_smoothing": cfg.label_smoothing > 0,
-                },
-            )
+    def detection_refusals(self) -> dict[str, bool]:
+        return {"gather_logits": self.cfg.gather_logits, **super().detection_refusals()}
 
-    def needs(self) -> Needs:
-        if self.detection is not None:
-            return self.detection.needs()
-        return aux_needs(Needs(), self.cfg.aux_weight)
-
-    def loss(self, io: StepIO) -> LossOut:
-        if self.detection is not None:
-            return self._detection_loss(io)
-        return with_aux(self._loss, io, self.cfg.aux_weight)
-
-    def _detection_loss(self, io: StepIO) -> LossOut:
+    def detection_loss(self, io: StepIO) -> LossOut:
         cfg = self.cfg
         sigmoid = self.detection.kind == ONE_STAGE
         per_teacher = sum(
@@ -100,7 +74,7 @@ class DIST(DistillMethod):
         )  # [M]: summed over the FPN levels (one-stage) or the one RoI group (two-stage)
         return LossOut({"ce": cfg.ce_weight * io.task_loss(io.s.logits), "dist": cfg.dist_weight * per_teacher.mean()})
 
-    def _loss(self, io: StepIO) -> LossOut:
+    def logit_loss(self, io: StepIO) -> LossOut:
         cfg = self.cfg
         s = io.s.logits
         if is_dense(s) and cfg.gather_logits:

@@ -33,20 +33,15 @@ Deviations:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from kdlab import losses
 from kdlab.method_configs.fsp import FSPConfig
 from kdlab.methods import register_method
-from kdlab.methods._feature import FeatureMethod, stage_taps
-from kdlab.methods.base import BuildContext, Stage
-from kdlab.schedule import reference_fraction, scaled_stage_epochs
+from kdlab.methods._feature import stage_taps
+from kdlab.methods._init_stage import INIT_STAGE, InitStageMethod
+from kdlab.methods.base import BuildContext
 from kdlab.types import LossOut, StepIO
-
-#: Name of FSP's initialisation stage (``io.progress.stage`` while it runs).
-INIT_STAGE = "init"
-#: The init stage's default length as a share of the run: RepDistiller's ``--init_epochs 30`` of 240 epochs.
-INIT_FRACTION = reference_fraction(30)
 
 
 # The contract tests' default tiny pair (convnet_xs -> convnet_s) has different channel counts; FSP is tested with a
@@ -56,18 +51,15 @@ INIT_FRACTION = reference_fraction(30)
     description="FSP: match the Gram (FSP) matrices of consecutive maps in an init stage, then CE",
     test_student="convnet_s",
 )
-class FSP(FeatureMethod):
+class FSP(InitStageMethod):
     """Flow of solution procedure: an init stage that matches the student's FSP matrices to the teacher's, then
     plain cross-entropy training. No adapters."""
 
     Config = FSPConfig
+    init_trains = "all"  # the student alone: there are no adapters
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)
-        if cfg.init_epochs is not None and cfg.init_epochs < 0:
-            raise ValueError(f"method.init_epochs must be >= 0, got {cfg.init_epochs}")
-        #: epochs of the init stage: ``init_epochs``, or the reference's 30 of 240 as a share of the run
-        self.init_epochs = scaled_stage_epochs(cfg.init_epochs, INIT_FRACTION, ctx.total_epochs)
         s_taps, t_taps = self.resolve_stage_taps(
             cfg.student_taps or self._default_taps(self.s_shapes), cfg.teacher_taps or self._default_taps(self.t_shapes)
         )
@@ -92,20 +84,6 @@ class FSP(FeatureMethod):
     def _default_taps(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
         """``stem`` (where provided) then ``stage1`` .. ``stageN``."""
         return (["stem"] if "stem" in shapes else []) + stage_taps(shapes)
-
-    def stages(self) -> Sequence[Stage]:
-        """The init stage: the student alone (``trains="all"``; there are no adapters) at a constant learning rate."""
-        if self.init_epochs == 0:
-            return ()
-        return (
-            Stage(
-                INIT_STAGE,
-                self.init_epochs,
-                trains="all",
-                lr=self.cfg.init_lr,
-                student_mode=self.cfg.init_student_mode,
-            ),
-        )
 
     def loss(self, io: StepIO) -> LossOut:
         """Init stage: ``{"fsp": ...}``; main stage: ``{"ce": ...}``."""

@@ -36,8 +36,6 @@ Deviations:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -45,15 +43,9 @@ from torch import Tensor, nn
 from kdlab import losses
 from kdlab.method_configs.ft import FTConfig
 from kdlab.methods import register_method
-from kdlab.methods._feature import FeatureMethod
-from kdlab.methods.base import BuildContext, Stage
-from kdlab.schedule import reference_fraction, scaled_stage_epochs
+from kdlab.methods._init_stage import INIT_STAGE, InitStageMethod
+from kdlab.methods.base import BuildContext
 from kdlab.types import LossOut, StepIO
-
-#: Name of FT's initialisation stage (``io.progress.stage`` while it runs).
-INIT_STAGE = "init"
-#: The init stage's default length as a share of the run: RepDistiller's ``--init_epochs 30`` of 240 epochs.
-INIT_FRACTION = reference_fraction(30)
 
 
 def _conv_block(c_in: int, c_out: int, bn: bool, transposed: bool = False) -> list[nn.Module]:
@@ -139,7 +131,7 @@ def paraphraser_reconstruction(paraphraser: Paraphraser, t_feat: Tensor) -> Tens
 @register_method(
     "ft", description="FT: paraphraser init stage, then CE + L1 between translated and paraphrased factor maps"
 )
-class FT(FeatureMethod):
+class FT(InitStageMethod):
     """Factor transfer: the student's translated factor matches the teacher's paraphrased factor.
 
     ``adapters["paraphraser"]`` (:class:`Paraphraser`, trained in the init stage only) and
@@ -147,13 +139,10 @@ class FT(FeatureMethod):
     """
 
     Config = FTConfig
+    init_trains = "adapters"  # the paraphraser (the translator gets no gradient there)
 
     def __init__(self, cfg: Config, ctx: BuildContext) -> None:
         super().__init__(cfg, ctx)
-        if cfg.init_epochs is not None and cfg.init_epochs < 0:
-            raise ValueError(f"method.init_epochs must be >= 0, got {cfg.init_epochs}")
-        #: epochs of the init stage: ``init_epochs``, or the reference's 30 of 240 as a share of the run
-        self.init_epochs = scaled_stage_epochs(cfg.init_epochs, INIT_FRACTION, ctx.total_epochs)
         s_tap = self.resolve_tap("student", cfg.student_tap)
         t_tap = self.resolve_tap("teacher", cfg.teacher_tap)
         s_shape, t_shape = self.s_shapes[s_tap], self.t_shapes[t_tap]
@@ -162,12 +151,6 @@ class FT(FeatureMethod):
         self.student_tap_names, self.teacher_tap_names = [s_tap], [t_tap]
         self.adapters["translator"] = Translator(s_shape, t_shape, cfg.rate)
         self.adapters["paraphraser"] = Paraphraser(t_shape, cfg.rate)
-
-    def stages(self) -> Sequence[Stage]:
-        """The init stage: the adapters (the paraphraser; the translator gets no gradient) at ``init_lr``."""
-        if self.init_epochs == 0:
-            return ()
-        return (Stage(INIT_STAGE, self.init_epochs, trains="adapters", lr=self.cfg.init_lr),)
 
     def init_loss(self, io: StepIO) -> LossOut:
         """The initialisation stage's loss: the paraphraser's reconstruction of the teacher map."""

@@ -31,48 +31,22 @@ from kdlab import losses
 from kdlab.losses.detection import sigmoid_kd
 from kdlab.method_configs.kd import KDConfig
 from kdlab.methods import register_method
-from kdlab.methods._dense import aux_needs, logit_rows, with_aux
-from kdlab.methods._detection import ONE_STAGE, DetectionPair, refuse
-from kdlab.methods.base import BuildContext, DistillMethod
-from kdlab.types import LossOut, Needs, StepIO
+from kdlab.methods._any_task import AnyTaskLogitMethod
+from kdlab.methods._dense import logit_rows
+from kdlab.methods._detection import ONE_STAGE
+from kdlab.types import LossOut, StepIO
 
 
 @register_method("kd", description="Hinton KD: CE + T^2 KL(teacher || student) on softened logits")
-class KD(DistillMethod):
+class KD(AnyTaskLogitMethod):
     """Vanilla knowledge distillation."""
-
-    mixed_labels = "soft"
-
-    averages_teachers = True
-    dense_outputs = True
-    detection_outputs = True
 
     Config = KDConfig
 
-    def __init__(self, cfg: KDConfig, ctx: BuildContext) -> None:
-        super().__init__(cfg, ctx)
-        self.detection = DetectionPair.build("kd", ctx)  # None unless the student is a detector
-        if self.detection is not None:
-            refuse(
-                "kd",
-                {
-                    "standardize": cfg.standardize,
-                    "aux_weight": cfg.aux_weight > 0,
-                    "label_smoothing": cfg.label_smoothing > 0,
-                },
-            )
+    def detection_refusals(self) -> dict[str, bool]:
+        return {"standardize": self.cfg.standardize, **super().detection_refusals()}
 
-    def needs(self) -> Needs:
-        if self.detection is not None:
-            return self.detection.needs()
-        return aux_needs(Needs(), self.cfg.aux_weight)
-
-    def loss(self, io: StepIO) -> LossOut:
-        if self.detection is not None:
-            return self._detection_loss(io)
-        return with_aux(self._loss, io, self.cfg.aux_weight)
-
-    def _detection_loss(self, io: StepIO) -> LossOut:
+    def detection_loss(self, io: StepIO) -> LossOut:
         cfg = self.cfg
         s_rows, t_rows = self.detection.anchor_scores(io)  # [R, C], [M, R, C]
         if self.detection.kind == ONE_STAGE:
@@ -81,7 +55,7 @@ class KD(DistillMethod):
             kd_term = losses.kd(s_rows, t_rows, cfg.temperature).mean()
         return LossOut({"ce": cfg.ce_weight * io.task_loss(io.s.logits), "kd": cfg.kd_weight * kd_term})
 
-    def _loss(self, io: StepIO) -> LossOut:
+    def logit_loss(self, io: StepIO) -> LossOut:
         cfg = self.cfg
         s = io.s.logits
         # All teachers (or TeKAP's synthetic views) in one batched call: [M, B, K] -> [M] -> mean (dense: pixel rows).

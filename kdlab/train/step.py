@@ -134,17 +134,19 @@ class TrainerStepMixin:
     ) -> dict[str, float]:
         """Backward, gradient clipping (``train.clip_grad_norm``) and optimiser step (loss-scaled in fp16); returns the
         step's logged values of the clipping (empty without it; :func:`kdlab.train.clipping.clip_gradients`) and of
-        ``before_step(plain)``, called just before the optimiser step (``plain``: the gradients are the loss's own,
-        neither clipped nor loss-scaled)."""
+        ``before_step(plain)``, called before the optimiser step (``plain``: the gradients are the loss's own, neither
+        clipped nor loss-scaled). Without loss scaling it runs before the clipping, on the loss's own gradients (it
+        reads them and leaves them alone: :attr:`~kdlab.methods.base.AuxObjective.before_optimizer_step`), so a
+        learned fusion policy's outer step reuses the step's gradient under ``train.clip_grad_norm`` too."""
         from kdlab.train.clipping import clip_gradients
 
         max_norm, logs = self.cfg.train.clip_grad_norm, {}
         if self.scaler is None:
             loss.backward()
+            early = before_step(True) if before_step is not None else {}
             if max_norm is not None:
                 logs = clip_gradients(self.optimizer, max_norm)
-            if before_step is not None:
-                logs.update(before_step(max_norm is None))
+            logs.update(early)
             self.optimizer.step()
             return logs
         self.scaler.scale(loss).backward()
@@ -162,7 +164,8 @@ class TrainerStepMixin:
         """The aux objectives due at ``progress`` that run before the optimiser step
         (:attr:`~kdlab.methods.base.AuxObjective.before_optimizer_step`), as :meth:`_backward_step`'s ``before_step``;
         None when there are none. They get the step's gradient (``AuxContext.step_grads``) when it is exactly the
-        gradient of the method's loss: plain (not clipped or loss-scaled), fp32, no term factors, one process."""
+        gradient of the method's loss: plain (before any clipping, not loss-scaled), fp32, no term factors, one
+        process."""
         due = [a for a in self.aux if a.before_optimizer_step and a.due(progress)]
         if not due:
             return None

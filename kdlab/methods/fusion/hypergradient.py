@@ -48,8 +48,9 @@ class HypergradientStep(AuxObjective):
     batch just used, then ``omega <- Adam(omega, grad_omega CE(f(x_val; theta'), y_val))``. It runs between the main
     step's backward and its optimiser step (:attr:`before_optimizer_step`), so ``theta`` is the student the main
     step's gradient was taken at, and that gradient is the virtual step's: the trainer hands it over
-    (``ctx.step_grads``) when it is exactly ``grad_theta`` of the fused loss (fp32, no loss scaling, clipping or term
-    factors, one process); otherwise the step computes it (one more forward and backward of the training batch).
+    (``ctx.step_grads``) when it is exactly ``grad_theta`` of the fused loss (fp32, no loss scaling or term factors,
+    one process; under gradient clipping it runs before the clipping); otherwise the step computes it (one more
+    forward and backward of the training batch).
 
     The training loss is linear in the weights ``a_i``, ``b_i`` (and they do not depend on ``theta``: the policy reads
     the student detached), so with ``v = grad_theta' CE(f(x_val; theta'), y_val)`` the chain rule gives, exactly,
