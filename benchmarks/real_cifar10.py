@@ -618,6 +618,20 @@ def train_hours(results: dict) -> float:
     return sum(t for r in results.values() for t in r["train_time_s"]) / 3600
 
 
+def same_kdlab(commits: list[str]) -> bool:
+    """Whether the clean ``commits`` all hold the same ``kdlab/`` (``git diff --quiet`` between the first and each
+    other); False for a ``+dirty`` or unknown one, or without git."""
+    if any(c.endswith("+dirty") or c == "unknown" for c in commits):
+        return False
+    try:
+        return all(
+            subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", commits[0], c, "--", "kdlab"]).returncode == 0
+            for c in commits[1:]
+        )
+    except OSError:
+        return False
+
+
 def rerun_lines(results: dict, rerun: dict, labels: list[str]) -> list[str]:
     """Report lines comparing each finished re-run (``rerun``: :func:`collect` over ``--rerun``'s runs folder) with
     the stored run of the same label and seed: top-1 and the commit that trained each. The stored runs were trained
@@ -642,13 +656,17 @@ def rerun_lines(results: dict, rerun: dict, labels: list[str]) -> list[str]:
             )
     if not rows:
         return []
+    commits = sorted({c for r in rerun.values() for c in r["code"]})
+    where = f"commit {commits[0]}" if len(commits) == 1 else f"commits {', '.join(commits)}"
+    if len(commits) > 1 and same_kdlab(commits):
+        where += ", whose `kdlab/` is the same (`git diff` between them is empty)"
     return [
         "",
-        "## Re-runs at one commit",
+        "## Re-runs",
         "",
         f"{equal} of {total} re-runs give the stored top-1 exactly. The stored runs above were trained over several "
-        "commits (listed under Protocol); the re-runs were trained again from scratch in a separate folder by the "
-        "same command with `--out <folder> --seeds 1` (the report's `--rerun <folder>`).",
+        f"commits (listed under Protocol); the re-runs were trained again from scratch at {where}, in a separate "
+        "folder, by the same command with `--out <folder> --seeds 1` (the report's `--rerun <folder>`).",
         "",
         "| label | seed | stored: top-1 (commit) | re-run: top-1 (commit) | difference |",
         "|---|---|---|---|---|",

@@ -79,6 +79,15 @@ def test_a_partial_report_gives_each_method_the_seeds_that_finished(bench, tmp_p
     assert "Re-runs" not in text  # no --rerun
 
 
+def test_re_runs_at_several_commits_say_whether_their_kdlab_is_the_same(bench):
+    assert bench.same_kdlab(["abc+dirty", "def"]) is False
+    assert bench.same_kdlab(["unknown"]) is False
+    head = bench.code_version()
+    if head == "unknown" or head.endswith("+dirty"):
+        pytest.skip("not a clean git checkout")
+    assert bench.same_kdlab([head, head]) is True
+
+
 def test_re_runs_are_compared_with_the_stored_run_of_the_same_label_and_seed(bench, tmp_path):
     def run(label: str, seed: int, top1: float, code: str, out: Path) -> None:
         d = bench.runs_dir(_args(bench, out)) / bench.run_name(label, seed)
@@ -96,10 +105,11 @@ def test_re_runs_are_compared_with_the_stored_run_of_the_same_label_and_seed(ben
     again = bench.collect(labels, 3, bench.runs_dir(_args(bench, tmp_path / "again")))
     lines = bench.rerun_lines(stored, again, labels)
     assert lines[3].startswith("1 of 2 re-runs give the stored top-1 exactly.")
+    assert "from scratch at commit ccc, in a separate folder" in lines[3]
     assert "| ce | 0 | 40.00 (aaa) | 40.00 (ccc) | equal |" in lines
     assert "| kd[holdout] | 0 | 41.00 (bbb+dirty) | 40.50 (ccc) | -0.50 |" in lines
     text = bench.report(stored, ["ce", "simkd"], ["kd[holdout]"], _args(bench, tmp_path), None, True, again)
-    assert "## Re-runs at one commit" in text and "| ce | 0 | 40.00 (aaa) | 40.00 (ccc) | equal |" in text
+    assert "## Re-runs" in text and "| ce | 0 | 40.00 (aaa) | 40.00 (ccc) | equal |" in text
 
 
 def test_before_after_is_skipped_against_another_subset_size(bench, tmp_path):
