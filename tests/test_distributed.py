@@ -30,6 +30,7 @@ from kdlab.methods import BuildContext, build_method
 from kdlab.train import distributed
 from kdlab.train.checkpoint import read_file
 from kdlab.train.trainer import Trainer, TrainingInterrupted
+from kdlab.train.weight_scaling import _agree
 from kdlab.types import Batch, Outputs, StepIO
 
 from conftest import REPO, sigterm_during_step, tiny_config
@@ -212,6 +213,7 @@ def _helpers(rank: int) -> dict:
         "rows": rows,
         "where": (where.start, where.stop),
         "avg": p.grad,
+        "factors": _agree({"kd": 1.0 + rank, "ce": 2.0}, torch.device("cpu")),  # train.weight_scaling's per-rank mean
     }
 
 
@@ -322,6 +324,7 @@ def test_collective_helpers(runs):
         # both ranks compute the same loss of the gathered rows: each rank's rows get the sum of both gradients
         torch.testing.assert_close(h["grad"], 2 * full[own].cos() * weights[own])
         assert torch.equal(h["avg"], torch.full((3,), 1.5))
+        assert h["factors"] == {"ce": 2.0, "kd": 1.5}
 
 
 def test_every_rank_returns_from_a_checkpoint_only_once_rank_0_has_written_it(runs):

@@ -10,6 +10,7 @@ import logging
 import torch
 from torch import nn
 
+from kdlab import distributed
 from kdlab.methods.scaling import gradient_norms, gradient_ratios, reference_ratios, scale_factors
 from kdlab.train.build import Run, build_context
 from kdlab.train.step import TrainStep
@@ -119,12 +120,9 @@ def calibrate(run: Run) -> dict[str, float]:
 
 def _agree(factors: dict[str, float], device: torch.device) -> dict[str, float]:
     """Several processes: every rank uses the mean of the ranks' factors (each measured on its own batch)."""
-    import torch.distributed as dist
-
-    if not factors or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+    if not factors or distributed.world_size() < 2:
         return factors
     names = sorted(factors)
     values = torch.tensor([factors[n] for n in names], dtype=torch.float64, device=device)
-    dist.all_reduce(values)
-    values /= dist.get_world_size()
+    values = distributed.reduce_sum(values) / distributed.world_size()
     return dict(zip(names, values.tolist()))
