@@ -808,6 +808,11 @@ def main() -> None:
     unknown = [m for m in [*methods, *controls] if m not in VARIANTS]
     if unknown or any(c not in CONTROL_PAIRS for c in controls):
         p.error(f"unknown label(s) {unknown or controls}; known: {', '.join(VARIANTS)}")
+    if args.rerun is not None and not runs_dir(argparse.Namespace(**{**vars(args), "out": args.rerun})).is_dir():
+        p.error(
+            f"--rerun {args.rerun}: no runs of this protocol there (expected {args.train_per_class} images per class, "
+            f"{args.epochs} epochs); give the --out of a run of the same command"
+        )
     if args.one is not None:
         if args.one not in VARIANTS:
             p.error(f"unknown label {args.one!r}")

@@ -142,3 +142,19 @@ def test_batch_layout_follows_the_loaders_last_batch_rule(bench):
     assert bench.batch_layout(2000) == "31 x 64 + 16"
     assert bench.batch_layout(1800) == "28 x 64 + 8"  # exactly 1/8 of the batch: not below it, kept
     assert bench.batch_layout(192) == "3 x 64"
+
+
+def test_a_rerun_folder_without_runs_of_the_protocol_is_a_clear_error(tmp_path):
+    import subprocess
+    import sys
+
+    script = REPO / "benchmarks" / "real_cifar10.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--report-only", "--rerun", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "--rerun" in out.stderr and "no runs of this protocol there" in out.stderr
+    assert "Traceback" not in out.stderr
